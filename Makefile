@@ -1,0 +1,62 @@
+# trio_streams — operate and test the server with ordinary tools.
+#   make run    serve on 127.0.0.1:4437 with ./data
+#   make test   unit + integration + one crash run + the official conformance suite
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 4437
+DATA ?= ./data
+CONFORMANCE_DIR := tests/conformance
+
+.PHONY: install run test test-all unit conformance conformance-node node-deps bench crash lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+node-deps: $(CONFORMANCE_DIR)/node_modules/.installed
+
+$(CONFORMANCE_DIR)/node_modules/.installed: $(CONFORMANCE_DIR)/package-lock.json
+	cd $(CONFORMANCE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install
+	$(VENV)/bin/trio-streams serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
+
+unit: install
+	$(PY) -m pytest -q
+
+test: install node-deps
+	$(PY) -m pytest -q
+	$(PY) scripts/run_conformance.py
+
+test-all: install node-deps
+	$(PY) -m pytest -q -m ""
+	$(PY) scripts/run_conformance.py
+
+conformance: install node-deps
+	$(PY) scripts/run_conformance.py
+
+conformance-node: node-deps
+	$(PY) scripts/run_conformance.py --server node
+
+crash: install
+	$(PY) -m pytest -q -m "" tests/test_crash.py
+
+bench: install node-deps
+	$(PY) scripts/bench.py
+
+lock:
+	$(PYTHON) -m venv /tmp/trio-streams-lock
+	/tmp/trio-streams-lock/bin/pip install --quiet -e '.[test]'
+	/tmp/trio-streams-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) $(CONFORMANCE_DIR)/node_modules

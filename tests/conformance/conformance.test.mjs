@@ -1,0 +1,10 @@
+// Runs the official conformance suite against CONFORMANCE_TEST_URL.
+// Driven by scripts/run_conformance.py; see that script for the full runner.
+import { runConformanceTests } from "@durable-streams/server-conformance-tests"
+
+const baseUrl = process.env.CONFORMANCE_TEST_URL
+if (!baseUrl) {
+  throw new Error("CONFORMANCE_TEST_URL must be set (e.g. http://127.0.0.1:4437)")
+}
+
+runConformanceTests({ baseUrl, subscriptions: false })

@@ -1,0 +1,89 @@
+"""Command line: ``trio-streams serve`` runs the server under Hypercorn's Trio worker.
+
+Owns: flags → Settings, Hypercorn configuration, signal handling (SIGTERM
+and SIGINT drain in-flight requests, flush the WAL and exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from functools import partial
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from .config import FSYNC_MODES, settings_from_env
+from .http.app import App
+
+GRACEFUL_TIMEOUT_S = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-streams", description="Durable Streams server on Trio.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("serve", help="serve streams over HTTP")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to bind (default 4437)")
+    s.add_argument("--data-dir", help="directory for the WAL, checkpoints and stream files (default ./data)")
+    s.add_argument("--fsync", choices=FSYNC_MODES, help="when appends are acknowledged (default always)")
+    s.add_argument("--long-poll-timeout-ms", type=int, help="long-poll wait before 204 (default 30000)")
+    s.add_argument("--append-bytes-max", type=int, help="largest request body accepted (default 64 MiB)")
+    s.add_argument("--read-chunk-bytes-max", type=int, help="largest read response body (default 1 MiB)")
+    s.add_argument("--stream-prefix", help="URL prefix for streams (default /v1/stream/)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return run_server(args)
+    return 2
+
+
+def run_server(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_env(
+            host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
+            long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
+            read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
+        )
+    except ValueError as exc:
+        print(f"trio-streams: {exc}", file=sys.stderr)
+        return 2
+    app = App(settings)
+    config = Config()
+    config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.accesslog = "-" if args.access_log else None
+    config.errorlog = "-"
+    config.h11_max_incomplete_size = 64 * 1024
+    trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
+    return 1 if app.service.failure is not None else 0
+
+
+async def _shutdown_trigger(app: App) -> None:
+    """Returns on SIGTERM/SIGINT, or when the storage service has failed."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            async def on_signal() -> None:
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+
+            async def on_failure() -> None:
+                await app.service.finished.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            nursery.start_soon(on_failure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

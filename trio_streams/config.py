@@ -1,0 +1,102 @@
+"""Settings: one frozen dataclass of every limit and knob the server has.
+
+Owns: defaults, units (in the names), parsing from flags and from the
+``TRIO_STREAMS_*`` environment. Never: opens files or sockets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+FSYNC_MODES = ("always", "interval", "never")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 4437
+    data_dir: str = "./data"
+    # URL prefix under which streams live; always starts and ends with "/".
+    stream_prefix: str = "/v1/stream/"
+
+    # Durability.
+    fsync: str = "always"
+    fsync_interval_ms: int = 5
+    wal_segment_bytes_max: int = 64 * 1024 * 1024
+    checkpoint_wal_bytes: int = 128 * 1024 * 1024
+    checkpoint_interval_s: float = 300.0
+
+    # Request limits.
+    append_bytes_max: int = 64 * 1024 * 1024
+    stream_path_bytes_max: int = 1024
+    header_value_bytes_max: int = 8192
+
+    # Reads.
+    read_chunk_bytes_max: int = 1024 * 1024
+    long_poll_timeout_ms: int = 30_000
+    sse_connection_s: float = 60.0
+    hot_tail_bytes_max: int = 256 * 1024
+
+    # Actors and fan-out.
+    actor_queue_depth: int = 256
+    actor_batch_max: int = 256
+    actor_idle_s: float = 30.0
+    subscribers_per_stream_max: int = 10_000
+    streams_max: int = 10_000_000
+    open_stream_files_max: int = 256
+
+    # Caching: "public" or "private" for Cache-Control on catch-up reads.
+    cache_visibility: str = "public"
+    cors_allow_origin: str = "*"
+
+    def __post_init__(self) -> None:
+        if self.fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
+        if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
+            raise ValueError("stream_prefix must start and end with '/'")
+        if self.cache_visibility not in ("public", "private"):
+            raise ValueError("cache_visibility must be 'public' or 'private'")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{field.name} must not be negative")
+
+    @property
+    def long_poll_timeout_s(self) -> float:
+        return self.long_poll_timeout_ms / 1000.0
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+ENV_PREFIX = "TRIO_STREAMS_"
+_FIELD_KINDS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = _FIELD_KINDS[str(field.type)]
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    return raw
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Builds Settings from ``TRIO_STREAMS_<FIELD>`` variables, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(Settings):
+        raw = environ.get(ENV_PREFIX + field.name.upper())
+        if raw is not None:
+            try:
+                values[field.name] = _coerce(field, raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{field.name.upper()}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

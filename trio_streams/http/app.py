@@ -1,0 +1,165 @@
+"""The ASGI application: routing, lifespan, and the error boundary.
+
+Owns: mapping (method, path) to a handler, validating stream paths, the
+lifespan that runs the storage service for the server's lifetime, racing
+live reads against client disconnects, and turning every ProtocolError
+into a short JSON error body. Never: protocol rules or storage.
+
+Run it with ``trio-streams serve`` or directly under Hypercorn:
+``hypercorn -k trio 'trio_streams.http.app:create_app()'`` (settings from
+``TRIO_STREAMS_*`` environment variables).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import trio
+
+from ..config import Settings, settings_from_env
+from ..protocol.errors import ProtocolError, not_found
+from ..service import Service
+from . import handlers, reads
+from .asgi import ClientGone, Receive, Request, Scope, Send, common_headers, error_body, parse_request, respond
+from .metrics import render_metrics
+
+log = logging.getLogger("trio_streams.http")
+_BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+RESERVED_SEGMENT = "__ds"
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service = Service(settings)
+        self.cache = reads.ChunkCache()
+        self._base = common_headers(settings.cors_allow_origin)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        async with trio.open_nursery() as nursery:
+            # Recovery runs after startup completes so /healthz can answer 503 meanwhile.
+            nursery.start_soon(self.service.run)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            self.service.stop()
+            await self.service.finished.wait()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = parse_request(scope, receive)
+        try:
+            await self._route(req, send)
+        except ProtocolError as exc:
+            await self._error(send, exc.status, exc.code, exc.message, exc.headers, head=req.method == "HEAD")
+        except ClientGone:
+            pass
+        except Exception:
+            log.exception("unhandled error for %s %s", req.method, req.path)
+            await self._error(send, 500, "INTERNAL", "internal server error", (), head=req.method == "HEAD")
+
+    async def _error(self, send: Send, status: int, code: str, message: str, headers: tuple, *, head: bool) -> None:
+        pairs = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        pairs += [(k.encode(), v.encode()) for k, v in headers]
+        try:
+            await respond(send, status, pairs, error_body(code, message), head=head)
+        except Exception:  # the response had already started; nothing more to say
+            log.debug("could not send error response", exc_info=True)
+
+    async def _route(self, req: Request, send: Send) -> None:
+        if req.path == "/healthz":
+            await self._health(send)
+            return
+        if req.path == "/metrics":
+            await self._metrics(send)
+            return
+        if not req.path.startswith(self.settings.stream_prefix):
+            raise not_found("no such resource")
+        if req.method == "OPTIONS":
+            await handlers.options(req, self.settings, self._base, send)
+            return
+        path = self._stream_path(req.path)
+        registry = self.service.registry
+        if registry is None or not self.service.ready.is_set() or self.service.failure is not None:
+            raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
+        handler = _WRITES.get(req.method)
+        if handler is not None:
+            await handler(req, path, registry, self._base, send)
+        elif req.method == "GET":
+            await self._get(req, path, send)
+        else:
+            raise ProtocolError(405, "METHOD_NOT_ALLOWED", f"method {req.method} is not allowed",
+                                (("allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS"),))
+
+    def _stream_path(self, url_path: str) -> str:
+        """The stream's name below the prefix; 400 for anything that could escape or confuse."""
+        name = url_path[len(self.settings.stream_prefix):]
+        if not name or len(name.encode()) > self.settings.stream_path_bytes_max:
+            raise ProtocolError(400, "INVALID_PATH", "stream path is empty or too long")
+        segments = name.split("/")
+        if _BAD_PATH_CHARS.search(name) or any(s in ("", ".", "..") for s in segments):
+            raise ProtocolError(400, "INVALID_PATH", "stream path has empty, '.' or '..' segments or control characters")
+        if segments[0] == RESERVED_SEGMENT:
+            raise ProtocolError(501, "NOT_IMPLEMENTED", "subscription APIs are not implemented by this server")
+        return name
+
+    async def _get(self, req: Request, path: str, send: Send) -> None:
+        registry = self.service.registry
+        assert registry is not None
+        state = registry.lookup(path)
+        if state is None:
+            raise not_found()
+        registry.touch(state)
+        live = req.query_one("live")
+        if live is None:
+            await reads.catch_up(req, state, registry, self.cache, self._base, send)
+        elif live in ("long-poll", "sse"):
+            operation = reads.long_poll if live == "long-poll" else reads.server_sent_events
+            await _until_disconnect(req.receive, operation(req, state, registry, self.cache, self._base, send))
+        else:
+            raise ProtocolError(400, "INVALID_QUERY", f"unknown live mode {live[:32]!r}")
+
+    async def _health(self, send: Send) -> None:
+        headers = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        if self.service.failure is not None:
+            await respond(send, 503, headers, error_body("FAILED", str(self.service.failure)))
+        elif not self.service.ready.is_set():
+            await respond(send, 503, headers, error_body("RECOVERING", "recovering the write-ahead log"))
+        else:
+            await respond(send, 200, headers, b'{"status":"ok"}')
+
+    async def _metrics(self, send: Send) -> None:
+        body = render_metrics(self.service).encode()
+        headers = self._base + [(b"content-type", b"text/plain; version=0.0.4"), (b"cache-control", b"no-store")]
+        await respond(send, 200, headers, body)
+
+
+_WRITES = {"PUT": handlers.put, "POST": handlers.post, "DELETE": handlers.delete, "HEAD": handlers.head}
+
+
+async def _until_disconnect(receive: Receive, operation) -> None:  # type: ignore[no-untyped-def]
+    """Runs a live read, abandoning it when the client goes away.
+
+    Hypercorn does not cancel an application when its client disconnects;
+    it delivers ``http.disconnect`` to ``receive()``, so we watch for it.
+    """
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await operation
+        nursery.cancel_scope.cancel()
+
+
+def create_app(settings: Settings | None = None) -> App:
+    return App(settings or settings_from_env())

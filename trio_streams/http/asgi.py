@@ -1,0 +1,123 @@
+"""Thin ASGI plumbing: request parsing and response writing.
+
+Owns: turning an ASGI scope into a ``Request`` (lower-cased headers, query
+parameters, bounded body) and writing responses with the headers every
+response carries (browser security, CORS). Never: protocol decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from ..protocol.errors import ProtocolError
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+EXPOSED_HEADERS = (
+    "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, "
+    "Stream-Expires-At, Stream-SSE-Data-Encoding, ETag, Location, Content-Type, "
+    "Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq"
+)
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+ALLOWED_REQUEST_HEADERS = (
+    "Content-Type, If-None-Match, Stream-TTL, Stream-Expires-At, Stream-Closed, Stream-Seq, "
+    "Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, "
+    "Producer-Id, Producer-Epoch, Producer-Seq, Authorization"
+)
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    query: list[tuple[str, str]]
+    scope: Scope
+    receive: Receive
+
+    def query_values(self, name: str) -> list[str]:
+        return [v for k, v in self.query if k == name]
+
+    def query_one(self, name: str) -> str | None:
+        """The parameter's value; 400 when it is repeated (ambiguous)."""
+        values = self.query_values(name)
+        if len(values) > 1:
+            raise ProtocolError(400, "INVALID_QUERY", f"query parameter {name!r} given more than once")
+        return values[0] if values else None
+
+    def absolute_url(self) -> str:
+        host = self.headers.get("host") or _server_host(self.scope)
+        scheme = self.scope.get("scheme", "http")
+        raw = self.scope.get("raw_path") or self.path.encode()
+        return f"{scheme}://{host}{raw.decode('latin-1')}"
+
+    async def body(self, limit: int) -> bytes:
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ProtocolError(413, "PAYLOAD_TOO_LARGE", f"request body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(413, "PAYLOAD_TOO_LARGE", f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before we could answer."""
+
+
+def _server_host(scope: Scope) -> str:
+    server = scope.get("server") or ("localhost", None)
+    return server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
+
+
+def parse_request(scope: Scope, receive: Receive) -> Request:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return Request(scope["method"].upper(), scope["path"], headers, query, scope, receive)
+
+
+def common_headers(cors_origin: str) -> Headers:
+    return [
+        (b"x-content-type-options", b"nosniff"),
+        (b"cross-origin-resource-policy", b"cross-origin"),
+        (b"access-control-allow-origin", cors_origin.encode()),
+        (b"access-control-expose-headers", EXPOSED_HEADERS.encode()),
+    ]
+
+
+def encode_headers(pairs: Iterable[tuple[str, str]]) -> Headers:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+
+
+async def respond(
+    send: Send, status: int, headers: Headers, body: bytes = b"", *, head: bool = False
+) -> None:
+    if not head and status not in (204, 304):
+        headers = headers + [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body, "more_body": False})
+
+
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})

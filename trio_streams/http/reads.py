@@ -1,0 +1,242 @@
+"""GET: catch-up reads, long-poll and SSE (PROTOCOL.md 5.6–5.8, 10).
+
+Owns: turning a stream position into response bytes and headers, waiting
+for new data through the registry's subscriber channels, and the SSE event
+loop. Readers never queue behind writers: they read durable state and data
+directly and only *wait* on a channel.
+
+Never: changes stream state (beyond the sliding-TTL access clock).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import trio
+
+from ..protocol import jsonmode, sse
+from ..protocol.cursor import next_cursor
+from ..protocol.errors import ProtocolError, bad_request, not_found
+from ..protocol.headers import is_sse_text
+from ..protocol.offsets import NOW, START, format_offset, parse_offset
+from ..protocol.state import StreamState
+from ..streams.registry import Registry
+from .asgi import Headers, Request, Send, encode_headers, respond
+
+CACHEABLE = "public, max-age=60, stale-while-revalidate=300"
+CHUNK_CACHE_ENTRIES = 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Chunk:
+    start: int
+    next: int
+    raw: bytes  # stored form
+    body: bytes  # HTTP body form (a JSON array for JSON streams)
+    up_to_date: bool
+    closed: bool  # the stream is closed and this chunk reaches its final offset
+
+
+class ChunkCache:
+    """Encoded chunks by (stream, start, end): one read and encode serves every reader.
+
+    Data at a position never changes and stream ids are never reused, so
+    entries never go stale; the cache only needs a size bound.
+    """
+
+    def __init__(self, entries_max: int = CHUNK_CACHE_ENTRIES) -> None:
+        self._entries: collections.OrderedDict[tuple[int, int, int], tuple[bytes, bytes]] = collections.OrderedDict()
+        self._entries_max = entries_max
+
+    def get(self, key: tuple[int, int, int]) -> tuple[bytes, bytes] | None:
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[int, int, int], value: tuple[bytes, bytes]) -> None:
+        self._entries[key] = value
+        if len(self._entries) > self._entries_max:
+            self._entries.popitem(last=False)
+
+
+async def read_chunk(registry: Registry, cache: ChunkCache, state: StreamState, start: int) -> Chunk:
+    tail, closed = state.tail, state.closed
+    limit = registry.settings.read_chunk_bytes_max
+    key = (state.stream_id, start, min(tail, start + limit))
+    hit = cache.get(key)
+    if hit is None:
+        try:
+            if state.json_mode:
+                raw = await registry.store.read_messages(state.stream_id, start, tail, limit)
+            else:
+                raw = await registry.store.read(state.stream_id, start, key[2])
+        except FileNotFoundError:
+            raise not_found() from None  # deleted while we read
+        hit = (raw, jsonmode.to_array(raw) if state.json_mode else raw)
+        cache.put(key, hit)
+    raw, body = hit
+    end = start + len(raw)
+    return Chunk(start, end, raw, body, end == tail, closed and end == tail)
+
+
+def resolve_start(req: Request, state: StreamState, *, required: bool) -> int | str:
+    """The requested position, or NOW; 400 for malformed, missing or future offsets."""
+    token = req.query_one("offset")
+    if token is None:
+        if required:
+            raise bad_request("live reads require an offset parameter", "MISSING_OFFSET")
+        return 0
+    position = parse_offset(token)
+    if position == START:
+        return 0
+    if position == NOW:
+        return NOW
+    assert isinstance(position, int)
+    if position > state.tail:
+        raise bad_request("offset is beyond the stream's tail", "INVALID_OFFSET")
+    return position
+
+
+def _etag(state: StreamState, chunk: Chunk) -> str:
+    return f'"{state.stream_id}:{chunk.start}:{chunk.next}{":c" if chunk.closed else ""}"'
+
+
+def _chunk_headers(state: StreamState, chunk: Chunk, cursor: str | None) -> list[tuple[str, str]]:
+    pairs = [
+        ("content-type", state.content_type),
+        ("stream-next-offset", format_offset(chunk.next)),
+        ("etag", _etag(state, chunk)),
+        ("cache-control", CACHEABLE if chunk.raw else "no-store"),
+    ]
+    if chunk.up_to_date:
+        pairs.append(("stream-up-to-date", "true"))
+    if chunk.closed:
+        pairs.append(("stream-closed", "true"))
+    elif cursor is not None:
+        pairs.append(("stream-cursor", cursor))
+    return pairs
+
+
+def _if_none_match(req: Request, etag: str) -> bool:
+    header = req.headers.get("if-none-match")
+    if header is None:
+        return False
+    candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+async def catch_up(req: Request, state: StreamState, registry: Registry, cache: ChunkCache, base: Headers, send: Send) -> None:
+    start = resolve_start(req, state, required=False)
+    if start == NOW:
+        await _respond_now(state, base, send)
+        return
+    assert isinstance(start, int)
+    chunk = await read_chunk(registry, cache, state, start)
+    await _send_chunk(req, state, chunk, None, base, send)
+
+
+async def _send_chunk(req: Request, state: StreamState, chunk: Chunk, cursor: str | None, base: Headers, send: Send) -> None:
+    pairs = _chunk_headers(state, chunk, cursor)
+    if _if_none_match(req, _etag(state, chunk)):
+        await respond(send, 304, base + encode_headers(pairs))
+        return
+    await respond(send, 200, base + encode_headers(pairs), chunk.body)
+
+
+async def _respond_now(state: StreamState, base: Headers, send: Send) -> None:
+    pairs = [
+        ("content-type", state.content_type),
+        ("stream-next-offset", format_offset(state.tail)),
+        ("stream-up-to-date", "true"),
+        ("cache-control", "no-store"),
+    ]
+    if state.closed:
+        pairs.append(("stream-closed", "true"))
+    body = jsonmode.EMPTY_ARRAY if state.json_mode else b""
+    await respond(send, 200, base + encode_headers(pairs), body)
+
+
+async def long_poll(req: Request, state: StreamState, registry: Registry, cache: ChunkCache, base: Headers, send: Send) -> None:
+    start = resolve_start(req, state, required=True)
+    position = state.tail if start == NOW else start
+    assert isinstance(position, int)
+    cursor = next_cursor(time.time(), req.query_one("cursor"))
+    with registry.subscribe(state.stream_id) as wakeups:
+        with trio.move_on_after(registry.settings.long_poll_timeout_s):
+            while True:
+                current = registry.lookup(req_path(state))
+                if current is None or current.stream_id != state.stream_id:
+                    raise not_found()
+                if current.tail > position:
+                    chunk = await read_chunk(registry, cache, current, position)
+                    await _send_chunk(req, current, chunk, cursor, base, send)
+                    return
+                if current.closed:
+                    break
+                await wakeups.receive()
+    await _respond_no_content(state, position, cursor, base, send)
+
+
+def req_path(state: StreamState) -> str:
+    return state.path
+
+
+async def _respond_no_content(state: StreamState, position: int, cursor: str, base: Headers, send: Send) -> None:
+    pairs = [
+        ("stream-next-offset", format_offset(position)),
+        ("stream-up-to-date", "true"),
+        ("cache-control", "no-store"),
+    ]
+    if state.closed and position == state.tail:
+        pairs.append(("stream-closed", "true"))
+    else:
+        pairs.append(("stream-cursor", cursor))
+    await respond(send, 204, base + encode_headers(pairs))
+
+
+async def server_sent_events(req: Request, state: StreamState, registry: Registry, cache: ChunkCache, base: Headers, send: Send) -> None:
+    start = resolve_start(req, state, required=True)
+    position = state.tail if start == NOW else start
+    assert isinstance(position, int)
+    binary = not is_sse_text(state.content_type)
+    pairs = [("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache")]
+    if binary:
+        pairs.append(("stream-sse-data-encoding", "base64"))
+    await send({"type": "http.response.start", "status": 200, "headers": base + encode_headers(pairs)})
+    client_cursor = req.query_one("cursor")
+    with registry.subscribe(state.stream_id) as wakeups:
+        with trio.move_on_after(registry.settings.sse_connection_s):
+            await _sse_loop(registry, cache, state, position, binary, client_cursor, wakeups, send)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _sse_loop(
+    registry: Registry, cache: ChunkCache, state: StreamState, position: int, binary: bool,
+    client_cursor: str | None, wakeups: trio.MemoryReceiveChannel[None], send: Send,
+) -> None:
+    announced = False
+    while True:
+        current = registry.lookup(state.path)
+        if current is None or current.stream_id != state.stream_id:
+            return  # deleted or expired: end the event stream
+        cursor = next_cursor(time.time(), client_cursor)
+        if current.tail > position:
+            chunk = await read_chunk(registry, cache, current, position)
+            payload = chunk.body if current.json_mode or binary else chunk.raw
+            event = sse.data_event(payload, binary=binary) + sse.control_event(
+                format_offset(chunk.next), cursor=cursor, up_to_date=chunk.up_to_date, closed=chunk.closed)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            position, announced = chunk.next, True
+            if chunk.closed:
+                return
+            continue
+        if current.closed or not announced:
+            control = sse.control_event(format_offset(position), cursor=cursor, up_to_date=True, closed=current.closed)
+            await send({"type": "http.response.body", "body": control, "more_body": True})
+            announced = True
+            if current.closed:
+                return
+        await wakeups.receive()

@@ -1,0 +1,138 @@
+"""Write rules: every status decision for PUT and POST, in one place.
+
+Owns: given a stream's current state and a parsed request, either the event
+to make durable plus the reply to send once it is, or a ProtocolError.
+Never: I/O. The caller (the stream's actor) guarantees that decisions for
+one stream are made one at a time against the state left by the previous one.
+
+Precedence on append follows PROTOCOL.md 5.2: closed, then content type,
+then idempotent-producer checks, then Stream-Seq, then body validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import jsonmode
+from .errors import ProtocolError, conflict
+from .headers import AppendRequest, CreateRequest, Producer, is_json, media_type
+from .offsets import format_offset
+from .state import Appended, Created, ProducerState, StreamState
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def stored_body(content_type: str, body: bytes, *, creating: bool) -> bytes:
+    if is_json(content_type):
+        return jsonmode.encode_messages(body, allow_empty=creating) if body else b""
+    return body
+
+
+def decide_create(
+    existing: StreamState | None, path: str, req: CreateRequest, stream_id: int, now: float
+) -> tuple[Created | None, Reply]:
+    """A new stream's Created event and 201, or 200 for an identical re-create."""
+    if existing is not None:
+        if not same_config(existing, req):
+            raise conflict("stream exists with a different configuration", "CONFLICT_EXISTS")
+        return None, Reply(200, state_headers(existing))
+    data = stored_body(req.content_type, req.body, creating=True)
+    event = Created(stream_id, path, req.content_type, req.expiry, now, req.closed, data)
+    headers = [("content-type", req.content_type), ("stream-next-offset", format_offset(len(data)))]
+    if req.closed:
+        headers.append(("stream-closed", "true"))
+    return event, Reply(201, tuple(headers))
+
+
+def same_config(state: StreamState, req: CreateRequest) -> bool:
+    return (
+        media_type(state.content_type) == media_type(req.content_type)
+        and state.expiry.ttl_s == req.expiry.ttl_s
+        and state.expiry.expires_at_s == req.expiry.expires_at_s
+        and state.closed == req.closed
+    )
+
+
+def state_headers(state: StreamState) -> tuple[tuple[str, str], ...]:
+    headers = [("content-type", state.content_type), ("stream-next-offset", format_offset(state.tail))]
+    if state.closed:
+        headers.append(("stream-closed", "true"))
+    return tuple(headers)
+
+
+def decide_append(state: StreamState, req: AppendRequest) -> tuple[Appended | None, Reply]:
+    """The Appended event (None when nothing changes) and the reply it earns."""
+    if state.closed:
+        return None, _append_to_closed(state, req)
+    if req.body and media_type(req.content_type or "") != media_type(state.content_type):
+        raise conflict("Content-Type does not match the stream's", "CONTENT_TYPE_MISMATCH")
+    if req.producer is not None:
+        duplicate = _check_producer(state, req.producer)
+        if duplicate is not None:
+            return None, duplicate
+    if req.seq is not None and state.last_seq is not None and req.seq.encode() <= state.last_seq.encode():
+        raise conflict(f"Stream-Seq {req.seq!r} is not above {state.last_seq!r}", "SEQUENCE_CONFLICT")
+    data = stored_body(state.content_type, req.body, creating=False)
+    event = Appended(state.stream_id, data, req.seq, req.producer, req.close)
+    return event, _accepted(state, event)
+
+
+def _accepted(state: StreamState, event: Appended) -> Reply:
+    tail = state.tail + len(event.data)
+    headers = [("stream-next-offset", format_offset(tail))]
+    if event.close:
+        headers.append(("stream-closed", "true"))
+    if event.producer is None:
+        return Reply(204, tuple(headers))
+    headers += _producer_headers(event.producer.epoch, event.producer.seq)
+    return Reply(200 if event.data else 204, tuple(headers))
+
+
+def _append_to_closed(state: StreamState, req: AppendRequest) -> Reply:
+    closed_headers = (("stream-next-offset", format_offset(state.tail)), ("stream-closed", "true"))
+    p = req.producer
+    if p is not None:
+        if state.closed_by == p:
+            return Reply(204, closed_headers + _producer_headers(p.epoch, p.seq))
+        known = state.producers.get(p.id)
+        if known is not None and p.epoch < known.epoch:
+            raise _stale_epoch(known)
+    if not req.body and p is None:
+        return Reply(204, closed_headers)  # close-only is idempotent
+    raise ProtocolError(409, "STREAM_CLOSED", "stream is closed", closed_headers)
+
+
+def _check_producer(state: StreamState, p: Producer) -> Reply | None:
+    """None to accept; a duplicate's 204 reply; raises for stale/gap/bad epoch (5.2.1)."""
+    known = state.producers.get(p.id)
+    if known is None or p.epoch > (known.epoch if known else -1):
+        if p.seq != 0:
+            if known is None:
+                raise _gap(0, p.seq)
+            raise ProtocolError(400, "INVALID_PRODUCER", "a new producer epoch must start at Producer-Seq 0")
+        return None
+    if p.epoch < known.epoch:
+        raise _stale_epoch(known)
+    if p.seq <= known.last_seq:
+        headers = (("stream-next-offset", format_offset(state.tail)),) + _producer_headers(known.epoch, known.last_seq)
+        return Reply(204, headers)
+    if p.seq == known.last_seq + 1:
+        return None
+    raise _gap(known.last_seq + 1, p.seq)
+
+
+def _stale_epoch(known: ProducerState) -> ProtocolError:
+    return ProtocolError(403, "STALE_EPOCH", "producer epoch is stale", (("producer-epoch", str(known.epoch)),))
+
+
+def _gap(expected: int, received: int) -> ProtocolError:
+    headers = (("producer-expected-seq", str(expected)), ("producer-received-seq", str(received)))
+    return conflict(f"producer sequence gap: expected {expected}, got {received}", "PRODUCER_SEQ_GAP", headers)
+
+
+def _producer_headers(epoch: int, seq: int) -> tuple[tuple[str, str], ...]:
+    return (("producer-epoch", str(epoch)), ("producer-seq", str(seq)))

@@ -1,0 +1,127 @@
+"""Stream state and the events that change it — the event-sourced core.
+
+Owns: what a stream *is* (config, tail, closure, writer state) and the one
+function, ``apply``, that moves it forward by an event. Recovery replays the
+write-ahead log through ``apply``; the running server applies each durable
+event through the same function, so the two can never disagree.
+Never: I/O, clocks, trio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+from .headers import Expiry, Producer, is_json
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProducerState:
+    epoch: int
+    last_seq: int
+
+
+@dataclasses.dataclass(slots=True)
+class StreamState:
+    stream_id: int
+    path: str
+    content_type: str
+    expiry: Expiry
+    created_at: float
+    tail: int = 0
+    closed: bool = False
+    closed_by: Producer | None = None
+    last_seq: str | None = None
+    producers: dict[str, ProducerState] = dataclasses.field(default_factory=dict)
+
+    @property
+    def json_mode(self) -> bool:
+        return is_json(self.content_type)
+
+    def speculative_copy(self) -> StreamState:
+        """A copy an actor may decide a batch against before it is durable."""
+        return dataclasses.replace(self, producers=dict(self.producers))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Created:
+    stream_id: int
+    path: str
+    content_type: str
+    expiry: Expiry
+    created_at: float
+    closed: bool
+    data: bytes  # initial content, already in stored form
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Appended:
+    stream_id: int
+    data: bytes  # in stored form; empty for a close-only request
+    seq: str | None = None
+    producer: Producer | None = None
+    close: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deleted:
+    stream_id: int
+
+
+Event = Union[Created, Appended, Deleted]
+
+
+class StreamTable:
+    """Every live stream, by id and by path. Mutated only through ``apply``."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, StreamState] = {}
+        self.by_path: dict[str, StreamState] = {}
+        self.next_stream_id = 1
+
+    def apply(self, event: Event) -> StreamState | None:
+        """Applies one durable event; returns the stream it touched (None once deleted)."""
+        if isinstance(event, Appended):
+            state = self.by_id[event.stream_id]
+            apply_append(state, event)
+            return state
+        if isinstance(event, Created):
+            return self._create(event)
+        state = self.by_id.pop(event.stream_id)
+        del self.by_path[state.path]
+        return None
+
+    def _create(self, event: Created) -> StreamState:
+        assert event.path not in self.by_path, event.path
+        assert event.stream_id >= self.next_stream_id, event.stream_id
+        state = state_from_created(event)
+        self.by_id[state.stream_id] = state
+        self.by_path[state.path] = state
+        self.next_stream_id = event.stream_id + 1
+        return state
+
+    def add(self, state: StreamState) -> None:
+        """Restores one stream from a checkpoint."""
+        self.by_id[state.stream_id] = state
+        self.by_path[state.path] = state
+        self.next_stream_id = max(self.next_stream_id, state.stream_id + 1)
+
+
+def state_from_created(event: Created) -> StreamState:
+    return StreamState(
+        event.stream_id, event.path, event.content_type, event.expiry, event.created_at,
+        tail=len(event.data), closed=event.closed,
+    )
+
+
+def apply_append(state: StreamState, event: Appended) -> None:
+    assert not state.closed, "an append to a closed stream is never made durable"
+    state.tail += len(event.data)
+    if event.seq is not None:
+        state.last_seq = event.seq
+    if event.producer is not None:
+        p = event.producer
+        state.producers[p.id] = ProducerState(p.epoch, p.seq)
+    if event.close:
+        state.closed = True
+        state.closed_by = event.producer

@@ -1,0 +1,82 @@
+"""Event ⇄ WAL record payload codec.
+
+Owns: the byte layout of each event type inside a WAL record (the framing
+around it is wal.py's). Never: performs I/O.
+
+Payload layout: ``u32 meta_length | meta (JSON object) | data bytes``. The
+metadata is small and self-describing, so fields can be added without a
+format version bump; bulk data follows raw, never re-encoded.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import orjson
+
+from ..protocol.headers import Expiry, Producer
+from ..protocol.state import Appended, Created, Deleted, Event
+
+CREATED: Final = 1
+APPENDED: Final = 2
+DELETED: Final = 3
+_META_LENGTH = struct.Struct("<I")
+
+
+def encode_event(event: Event) -> tuple[int, bytes]:
+    if isinstance(event, Appended):
+        return APPENDED, _pack(_append_meta(event), event.data)
+    if isinstance(event, Created):
+        return CREATED, _pack(_create_meta(event), event.data)
+    return DELETED, _pack({"id": event.stream_id}, b"")
+
+
+def decode_event(rtype: int, payload: bytes) -> Event:
+    (meta_length,) = _META_LENGTH.unpack_from(payload)
+    meta = orjson.loads(payload[4 : 4 + meta_length])
+    data = payload[4 + meta_length :]
+    if rtype == APPENDED:
+        return _decode_append(meta, data)
+    if rtype == CREATED:
+        expiry = Expiry(meta.get("ttl"), meta.get("exp"), meta.get("exp_s"))
+        return Created(meta["id"], meta["path"], meta["ct"], expiry, meta["at"], meta.get("closed", False), data)
+    if rtype == DELETED:
+        return Deleted(meta["id"])
+    raise ValueError(f"unknown event record type {rtype}")
+
+
+def _pack(meta: dict[str, object], data: bytes) -> bytes:
+    encoded = orjson.dumps(meta)
+    return _META_LENGTH.pack(len(encoded)) + encoded + data
+
+
+def _create_meta(event: Created) -> dict[str, object]:
+    meta: dict[str, object] = {"id": event.stream_id, "path": event.path, "ct": event.content_type, "at": event.created_at}
+    if event.expiry.ttl_s is not None:
+        meta["ttl"] = event.expiry.ttl_s
+    if event.expiry.expires_at is not None:
+        meta["exp"] = event.expiry.expires_at
+        meta["exp_s"] = event.expiry.expires_at_s
+    if event.closed:
+        meta["closed"] = True
+    return meta
+
+
+def _append_meta(event: Appended) -> dict[str, object]:
+    meta: dict[str, object] = {"id": event.stream_id}
+    if event.seq is not None:
+        meta["seq"] = event.seq
+    if event.producer is not None:
+        meta["p"] = [event.producer.id, event.producer.epoch, event.producer.seq]
+    if event.close:
+        meta["close"] = True
+    return meta
+
+
+def _decode_append(meta: dict[str, object], data: bytes) -> Appended:
+    producer = None
+    if "p" in meta:
+        pid, epoch, seq = meta["p"]  # type: ignore[misc]
+        producer = Producer(pid, epoch, seq)
+    return Appended(meta["id"], data, meta.get("seq"), producer, bool(meta.get("close", False)))  # type: ignore[arg-type]

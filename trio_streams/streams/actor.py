@@ -1,0 +1,148 @@
+"""StreamActor: the one task that serializes every write to one stream path.
+
+Owns: the order of creates, appends, closes and deletes for its path. It
+drains its bounded command channel in batches, decides each command with
+protocol.rules against a speculative copy of the stream's state (so later
+commands in the batch see earlier ones), hands all resulting events to the
+log in one submission, and answers every command once they are durable.
+
+Never: reads data, talks HTTP, or exits while commands are queued. An idle
+actor (no command for ``actor_idle_s``) unregisters and ends; the registry
+starts a new one on demand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Union
+
+import trio
+
+from ..protocol.errors import ProtocolError, not_found
+from ..protocol.headers import AppendRequest, CreateRequest
+from ..protocol.rules import Reply, decide_append, decide_create
+from ..protocol.state import Deleted, Event, StreamState, apply_append, state_from_created
+from ..storage.log import StorageFailed
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+@dataclasses.dataclass(slots=True)
+class Command:
+    request: Union[CreateRequest, AppendRequest, "DeleteRequest"]
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    reply: Reply | None = None
+    error: Exception | None = None
+
+    async def wait(self) -> Reply:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    only_stream_id: int | None = None  # expiry sweeps delete one incarnation, never a newer one
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActorStatistics:
+    path: str
+    commands: int
+    batches: int
+    queue_depth: int
+
+
+class StreamActor:
+    def __init__(self, registry: Registry, path: str) -> None:
+        self.path = path
+        self._registry = registry
+        settings = registry.settings
+        self.send_channel, self._receive = trio.open_memory_channel[Command](settings.actor_queue_depth)
+        self._idle_s = settings.actor_idle_s
+        self._batch_max = settings.actor_batch_max
+        self._commands = 0
+        self._batches = 0
+
+    def statistics(self) -> ActorStatistics:
+        depth = self.send_channel.statistics().current_buffer_used
+        return ActorStatistics(self.path, self._commands, self._batches, depth)
+
+    async def run(self) -> None:
+        async with self._receive:
+            while True:
+                with trio.move_on_after(self._idle_s):
+                    first = await self._receive.receive()
+                    await self._process(self._drain(first))
+                    continue
+                # Idle: no checkpoint between the timeout and unregistering, so no
+                # command can slip into the channel unseen.
+                self._registry.actor_exited(self)
+                return
+
+    def _drain(self, first: Command) -> list[Command]:
+        batch = [first]
+        while len(batch) < self._batch_max:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
+
+    async def _process(self, batch: list[Command]) -> None:
+        self._commands += len(batch)
+        self._batches += 1
+        events: list[Event] = []
+        view = self._registry.durable_state(self.path)
+        now = time.time()
+        if view is not None and self._registry.is_expired(view, now):
+            events.append(Deleted(view.stream_id))
+            view = None
+        for command in batch:
+            view = self._decide(command, view, events, now)
+        if events:
+            try:
+                with trio.CancelScope(shield=True):  # answers must match what became durable
+                    await self._registry.log.submit(events)
+            except StorageFailed as exc:
+                error = ProtocolError(503, "STORAGE_FAILED", f"storage unavailable: {exc}")
+                for command in batch:
+                    if command.error is None:
+                        command.error = error
+        for command in batch:
+            command.done.set()
+
+    def _decide(self, command: Command, view: StreamState | None, events: list[Event], now: float) -> StreamState | None:
+        try:
+            event, view, command.reply = self._decide_one(command.request, view, now)
+        except ProtocolError as exc:
+            command.error = exc
+            return view
+        if event is not None:
+            events.append(event)
+        return view
+
+    def _decide_one(self, request: object, view: StreamState | None, now: float) -> tuple[Event | None, StreamState | None, Reply]:
+        if isinstance(request, AppendRequest):
+            if view is None:
+                raise not_found()
+            event, reply = decide_append(view, request)
+            if event is not None:
+                view = view.speculative_copy()
+                apply_append(view, event)
+            return event, view, reply
+        if isinstance(request, CreateRequest):
+            stream_id = self._registry.allocate_stream_id() if view is None else 0
+            event, reply = decide_create(view, self.path, request, stream_id, now)
+            if event is not None:
+                view = state_from_created(event)
+            return event, view, reply
+        assert isinstance(request, DeleteRequest)
+        if view is None or request.only_stream_id not in (None, view.stream_id):
+            raise not_found()
+        return Deleted(view.stream_id), None, Reply(204)
+
