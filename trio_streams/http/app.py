@@ -150,15 +150,21 @@ async def _until_disconnect(receive: Receive, operation) -> None:  # type: ignor
     Hypercorn does not cancel an application when its client disconnects;
     it delivers ``http.disconnect`` to ``receive()``, so we watch for it.
     """
-    async with trio.open_nursery() as nursery:
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
 
-        nursery.start_soon(watch)
-        await operation
-        nursery.cancel_scope.cancel()
+            nursery.start_soon(watch)
+            await operation
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The watcher never raises, so the group holds the operation's one error.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def create_app(settings: Settings | None = None) -> App:

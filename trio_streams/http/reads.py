@@ -167,7 +167,7 @@ async def long_poll(req: Request, state: StreamState, registry: Registry, cache:
     with registry.subscribe(state.stream_id) as wakeups:
         with trio.move_on_after(registry.settings.long_poll_timeout_s):
             while True:
-                current = registry.lookup(req_path(state))
+                current = registry.lookup(state.path)
                 if current is None or current.stream_id != state.stream_id:
                     raise not_found()
                 if current.tail > position:
@@ -180,8 +180,10 @@ async def long_poll(req: Request, state: StreamState, registry: Registry, cache:
     await _respond_no_content(state, position, cursor, base, send)
 
 
-def req_path(state: StreamState) -> str:
-    return state.path
+def _text_safe(chunk: Chunk) -> Chunk:
+    cut = sse.text_cut(chunk.raw)
+    raw = chunk.raw[:cut]
+    return dataclasses.replace(chunk, next=chunk.start + cut, raw=raw, body=raw)
 
 
 async def _respond_no_content(state: StreamState, position: int, cursor: str, base: Headers, send: Send) -> None:
@@ -225,8 +227,9 @@ async def _sse_loop(
         cursor = next_cursor(time.time(), client_cursor)
         if current.tail > position:
             chunk = await read_chunk(registry, cache, current, position)
-            payload = chunk.body if current.json_mode or binary else chunk.raw
-            event = sse.data_event(payload, binary=binary) + sse.control_event(
+            if not (current.json_mode or binary or chunk.up_to_date):
+                chunk = _text_safe(chunk)
+            event = sse.data_event(chunk.body, binary=binary) + sse.control_event(
                 format_offset(chunk.next), cursor=cursor, up_to_date=chunk.up_to_date, closed=chunk.closed)
             await send({"type": "http.response.body", "body": event, "more_body": True})
             position, announced = chunk.next, True

@@ -22,9 +22,15 @@ _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 def data_event(payload: bytes, *, binary: bool) -> bytes:
     if binary:
-        return b"event: data\ndata: " + base64.b64encode(payload) + b"\n\n"
+        return b"event: data\ndata:" + base64.b64encode(payload) + b"\n\n"
     lines = _LINE_BREAK.split(payload)
-    return b"event: data\n" + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    return b"event: data\n" + b"".join(_data_line(line) for line in lines) + b"\n"
+
+
+def _data_line(line: bytes) -> bytes:
+    # SSE parsers drop one space after "data:", so a line that starts with a
+    # space needs an explicit separator space to keep its own.
+    return (b"data: " if line.startswith(b" ") else b"data:") + line + b"\n"
 
 
 def control_event(
@@ -41,4 +47,26 @@ def control_event(
         control["upToDate"] = True
     if closed:
         control["streamClosed"] = True
-    return b"event: control\ndata: " + orjson.dumps(control) + b"\n\n"
+    return b"event: control\ndata:" + orjson.dumps(control) + b"\n\n"
+
+
+def text_cut(data: bytes) -> int:
+    """How much of a partial text chunk can go out without splitting a character or a CRLF.
+
+    SSE carries text; a multi-byte UTF-8 sequence split across two events
+    would decode as garbage on both sides, and a CR/LF pair split across
+    events would read back as two line breaks.
+    """
+    end = len(data)
+    for back in range(1, min(4, end) + 1):
+        byte = data[end - back]
+        if byte < 0x80:
+            break
+        if byte >= 0xC0:  # a lead byte: keep its sequence only if complete
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            if back < need:
+                end -= back
+            break
+    if end and data[end - 1] == 0x0D:
+        end -= 1
+    return end or len(data)
