@@ -61,8 +61,9 @@ def run_server(args: argparse.Namespace) -> int:
     config = Config()
     config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
-    config.accesslog = "-" if args.access_log else None
-    config.errorlog = "-"
+    # Hand Hypercorn our configured loggers so every line has one format.
+    config.accesslog = logging.getLogger("hypercorn.access") if args.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.h11_max_incomplete_size = 64 * 1024
     trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
     return 1 if app.service.failure is not None else 0
