@@ -69,7 +69,7 @@ async def test_concurrent_appends_get_distinct_contiguous_offsets(service: Servi
     assert tails == list(range(3, 301, 3))
     state = registry.lookup("s")
     assert state is not None and state.tail == 300
-    data = await registry.store.read(state.stream_id, 0, 300)
+    data = await registry.store.read(registry.table, state, 0, 300)
     assert sorted(data[i:i + 3] for i in range(0, 300, 3)) == [b"%03d" % i for i in range(100)]
     # Group commit: 100 concurrent appends need far fewer WAL batches than appends.
     assert registry.log.statistics().batches < 100
@@ -173,7 +173,7 @@ async def test_state_survives_restart(tmp_path: Path) -> None:
         registry = _registry(service)
         state = registry.lookup("r")
         assert state is not None and state.closed and state.tail == 6
-        assert await registry.store.read(state.stream_id, 0, 6) == b"abcdef"
+        assert await registry.store.read(registry.table, state, 0, 6) == b"abcdef"
 
 
 async def test_checkpoint_bounds_replay(tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ async def test_checkpoint_bounds_replay(tmp_path: Path) -> None:
         registry = _registry(service)
         state = registry.lookup("big")
         assert state is not None and state.tail == 200 * 50
-        data = await registry.store.read(state.stream_id, 0, state.tail)
+        data = await registry.store.read(registry.table, state, 0, state.tail)
         assert data == b"".join(b"%050d" % i for i in range(200))
 
 

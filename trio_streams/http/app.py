@@ -13,7 +13,6 @@ Run it with ``trio-streams serve`` or directly under Hypercorn:
 from __future__ import annotations
 
 import logging
-import re
 
 import trio
 
@@ -23,10 +22,9 @@ from ..service import Service
 from . import handlers, reads
 from .asgi import ClientGone, Receive, Request, Scope, Send, common_headers, error_body, parse_request, respond
 from .metrics import render_metrics
+from .paths import stream_name
 
 log = logging.getLogger("trio_streams.http")
-_BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
-RESERVED_SEGMENT = "__ds"
 
 
 class App:
@@ -85,7 +83,7 @@ class App:
         if req.method == "OPTIONS":
             await handlers.options(req, self.settings, self._base, send)
             return
-        path = self._stream_path(req.path)
+        path = stream_name(req.path, self.settings)
         registry = self.service.registry
         if registry is None or not self.service.ready.is_set() or self.service.failure is not None:
             raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
@@ -98,24 +96,10 @@ class App:
             raise ProtocolError(405, "METHOD_NOT_ALLOWED", f"method {req.method} is not allowed",
                                 (("allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS"),))
 
-    def _stream_path(self, url_path: str) -> str:
-        """The stream's name below the prefix; 400 for anything that could escape or confuse."""
-        name = url_path[len(self.settings.stream_prefix):]
-        if not name or len(name.encode()) > self.settings.stream_path_bytes_max:
-            raise ProtocolError(400, "INVALID_PATH", "stream path is empty or too long")
-        segments = name.split("/")
-        if _BAD_PATH_CHARS.search(name) or any(s in ("", ".", "..") for s in segments):
-            raise ProtocolError(400, "INVALID_PATH", "stream path has empty, '.' or '..' segments or control characters")
-        if segments[0] == RESERVED_SEGMENT:
-            raise ProtocolError(501, "NOT_IMPLEMENTED", "subscription APIs are not implemented by this server")
-        return name
-
     async def _get(self, req: Request, path: str, send: Send) -> None:
         registry = self.service.registry
         assert registry is not None
-        state = registry.lookup(path)
-        if state is None:
-            raise not_found()
+        state = registry.get(path)
         registry.touch(state)
         live = req.query_one("live")
         if live is None:

@@ -6,6 +6,9 @@ Never: protocol decisions (protocol.rules) or storage (the actors/log).
 
 from __future__ import annotations
 
+import dataclasses
+from urllib.parse import urlsplit
+
 from ..config import Settings
 from ..protocol import headers as h
 from ..protocol.errors import ProtocolError, not_found
@@ -13,36 +16,43 @@ from ..protocol.offsets import format_offset
 from ..protocol.rules import Reply
 from ..protocol.state import StreamState
 from ..streams.registry import Registry
+from .paths import stream_name
 from .asgi import ALLOWED_METHODS, ALLOWED_REQUEST_HEADERS, Headers, Request, Send, encode_headers, respond
 
 
 async def put(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
     body = await req.body(registry.settings.append_bytes_max)
-    if "stream-forked-from" in req.headers or "stream-fork-offset" in req.headers or "stream-fork-sub-offset" in req.headers:
-        raise ProtocolError(501, "FORK_UNSUPPORTED", "stream forking is not supported by this server yet")
-    reply = await registry.create(path, h.parse_create(req.headers, body))
+    request = h.parse_create(req.headers, body)
+    if request.fork is not None:
+        source = fork_source_name(request.fork.source, registry.settings)
+        request = dataclasses.replace(request, fork=dataclasses.replace(request.fork, source=source))
+    reply = await registry.create(path, request)
     extra = [("location", req.absolute_url())] if reply.status == 201 else []
     await _reply(send, reply, base, extra)
+
+
+def fork_source_name(value: str, settings: Settings) -> str:
+    """Stream-Forked-From (a path, or a URL on this server) → the source's stream name."""
+    path = urlsplit(value).path if "://" in value else value
+    if not path.startswith(settings.stream_prefix):
+        raise ProtocolError(404, "NOT_FOUND", "Stream-Forked-From does not name a stream on this server")
+    return stream_name(path, settings)
 
 
 async def post(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
     body = await req.body(registry.settings.append_bytes_max)
     request = h.parse_append(req.headers, body)
-    if registry.lookup(path) is None:
-        raise not_found()  # cheap early 404 (and expiry) before queueing on an actor
+    registry.get(path)  # cheap early 404/410 (and expiry) before queueing on an actor
     await _reply(send, await registry.append(path, request), base)
 
 
 async def delete(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
-    if registry.lookup(path) is None:
-        raise not_found()
+    registry.get(path)
     await _reply(send, await registry.delete(path), base)
 
 
 async def head(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
-    state = registry.lookup(path)  # HEAD never resets a sliding TTL
-    if state is None:
-        raise not_found()
+    state = registry.get(path)  # HEAD never resets a sliding TTL
     await respond(send, 200, base + encode_headers(metadata_headers(state)), head=True)
 
 

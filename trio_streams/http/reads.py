@@ -70,11 +70,11 @@ async def read_chunk(registry: Registry, cache: ChunkCache, state: StreamState, 
     if hit is None:
         try:
             if state.json_mode:
-                raw = await registry.store.read_messages(state.stream_id, start, tail, limit)
+                raw = await registry.store.read_messages(registry.table, state, start, tail, limit)
             else:
-                raw = await registry.store.read(state.stream_id, start, key[2])
-        except FileNotFoundError:
-            raise not_found() from None  # deleted while we read
+                raw = await registry.store.read(registry.table, state, start, key[2])
+        except (FileNotFoundError, KeyError):
+            raise not_found() from None  # deleted (with its fork chain) while we read
         hit = (raw, jsonmode.to_array(raw) if state.json_mode else raw)
         cache.put(key, hit)
     raw, body = hit
@@ -164,20 +164,25 @@ async def long_poll(req: Request, state: StreamState, registry: Registry, cache:
     position = state.tail if start == NOW else start
     assert isinstance(position, int)
     cursor = next_cursor(time.time(), req.query_one("cursor"))
+    current, chunk = state, None
     with registry.subscribe(state.stream_id) as wakeups:
         with trio.move_on_after(registry.settings.long_poll_timeout_s):
             while True:
-                current = registry.lookup(state.path)
-                if current is None or current.stream_id != state.stream_id:
+                current = registry.get(state.path)
+                if current.stream_id != state.stream_id:
                     raise not_found()
                 if current.tail > position:
                     chunk = await read_chunk(registry, cache, current, position)
-                    await _send_chunk(req, current, chunk, cursor, base, send)
-                    return
+                    break
                 if current.closed:
                     break
                 await wakeups.receive()
-    await _respond_no_content(state, position, cursor, base, send)
+    # Respond outside the timeout's scope: a deadline that fires mid-send must
+    # not cancel a response that has already started.
+    if chunk is not None:
+        await _send_chunk(req, current, chunk, cursor, base, send)
+    else:
+        await _respond_no_content(current, position, cursor, base, send)
 
 
 def _text_safe(chunk: Chunk) -> Chunk:
@@ -222,7 +227,7 @@ async def _sse_loop(
     announced = False
     while True:
         current = registry.lookup(state.path)
-        if current is None or current.stream_id != state.stream_id:
+        if current is None or current.stream_id != state.stream_id or current.soft_deleted:
             return  # deleted or expired: end the event stream
         cursor = next_cursor(time.time(), client_cursor)
         if current.tail > position:

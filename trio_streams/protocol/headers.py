@@ -43,11 +43,20 @@ class Expiry:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ForkSpec:
+    source: str  # Stream-Forked-From as sent: a URL path (or URL) of the source stream
+    offset: str | None  # Stream-Fork-Offset token; None means the source's tail
+    sub_offset: int  # Stream-Fork-Sub-Offset; 0 when absent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CreateRequest:
     content_type: str
     expiry: Expiry
     closed: bool
     body: bytes
+    fork: ForkSpec | None = None
+    content_type_given: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,7 +143,30 @@ def _producer_int(value: str, name: str) -> int:
 def parse_create(headers: Mapping[str, str], body: bytes) -> CreateRequest:
     raw_type = headers.get("content-type")
     content_type = DEFAULT_CONTENT_TYPE if not raw_type else parse_content_type(raw_type)
-    return CreateRequest(content_type, parse_expiry(headers), flag(headers, "stream-closed"), body)
+    return CreateRequest(
+        content_type, parse_expiry(headers), flag(headers, "stream-closed"), body,
+        parse_fork(headers), content_type_given=bool(raw_type),
+    )
+
+
+def parse_fork(headers: Mapping[str, str]) -> ForkSpec | None:
+    source = headers.get("stream-forked-from")
+    offset = headers.get("stream-fork-offset")
+    raw_sub = headers.get("stream-fork-sub-offset")
+    if source is None:
+        if offset is not None or raw_sub is not None:
+            raise bad_request("Stream-Fork-Offset and Stream-Fork-Sub-Offset require Stream-Forked-From", "INVALID_FORK")
+        return None
+    if not source.strip():
+        raise bad_request("Stream-Forked-From must not be empty", "INVALID_FORK")
+    sub_offset = 0
+    if raw_sub is not None:
+        if not _NON_NEGATIVE.match(raw_sub.strip()):
+            raise bad_request(f"invalid Stream-Fork-Sub-Offset {raw_sub[:32]!r}", "INVALID_FORK")
+        sub_offset = int(raw_sub)
+        if sub_offset > 0 and offset is None:
+            raise bad_request("a non-zero Stream-Fork-Sub-Offset needs a Stream-Fork-Offset anchor", "INVALID_FORK")
+    return ForkSpec(source.strip(), offset.strip() if offset is not None else None, sub_offset)
 
 
 def parse_append(headers: Mapping[str, str], body: bytes) -> AppendRequest:

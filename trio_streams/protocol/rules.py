@@ -16,8 +16,8 @@ import dataclasses
 from . import jsonmode
 from .errors import ProtocolError, conflict
 from .headers import AppendRequest, CreateRequest, Producer, is_json, media_type
-from .offsets import format_offset
-from .state import Appended, Created, ProducerState, StreamState
+from .offsets import START, format_offset, parse_offset
+from .state import Appended, Created, ForkOrigin, ProducerState, StreamState
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,29 +32,82 @@ def stored_body(content_type: str, body: bytes, *, creating: bool) -> bytes:
     return body
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResolvedFork:
+    """A fork request checked against its source: where it diverges, resolved."""
+
+    source: StreamState
+    source_path: str
+    anchor: int
+    sub_offset: int
+    base: int
+
+
 def decide_create(
-    existing: StreamState | None, path: str, req: CreateRequest, stream_id: int, now: float
+    existing: StreamState | None, path: str, req: CreateRequest, stream_id: int, now: float,
+    fork: ResolvedFork | None = None,
 ) -> tuple[Created | None, Reply]:
     """A new stream's Created event and 201, or 200 for an identical re-create."""
     if existing is not None:
+        if existing.soft_deleted:
+            raise conflict("a deleted stream still referenced by forks holds this path", "CONFLICT_SOFT_DELETED")
         if not same_config(existing, req):
             raise conflict("stream exists with a different configuration", "CONFLICT_EXISTS")
         return None, Reply(200, state_headers(existing))
-    data = stored_body(req.content_type, req.body, creating=True)
-    event = Created(stream_id, path, req.content_type, req.expiry, now, req.closed, data)
-    headers = [("content-type", req.content_type), ("stream-next-offset", format_offset(len(data)))]
+    content_type, expiry, origin = req.content_type, req.expiry, None
+    if fork is not None:
+        content_type, expiry = _fork_config(req, fork.source)
+        origin = ForkOrigin(fork.source.stream_id, fork.source_path, fork.anchor, fork.sub_offset, fork.base)
+    data = stored_body(content_type, req.body, creating=True)
+    event = Created(stream_id, path, content_type, expiry, now, req.closed, data, origin)
+    headers = [("content-type", content_type), ("stream-next-offset", format_offset(event_tail(event)))]
     if req.closed:
         headers.append(("stream-closed", "true"))
     return event, Reply(201, tuple(headers))
 
 
+def event_tail(event: Created) -> int:
+    return (event.fork.base if event.fork is not None else 0) + len(event.data)
+
+
+def _fork_config(req: CreateRequest, source: StreamState) -> tuple[str, Expiry]:
+    """Content type and expiry of a new fork (PROTOCOL.md 4.2: inherit unless given)."""
+    if source.soft_deleted:
+        raise conflict("the source stream has been deleted", "CONFLICT_SOFT_DELETED")
+    content_type = source.content_type
+    if req.content_type_given:
+        if media_type(req.content_type) != media_type(source.content_type):
+            raise conflict("Content-Type differs from the source stream's", "CONTENT_TYPE_MISMATCH")
+        content_type = req.content_type
+    requested = req.expiry
+    explicit = requested.ttl_s is not None or requested.expires_at is not None
+    return content_type, requested if explicit else source.expiry
+
+
 def same_config(state: StreamState, req: CreateRequest) -> bool:
-    return (
-        media_type(state.content_type) == media_type(req.content_type)
-        and state.expiry.ttl_s == req.expiry.ttl_s
-        and state.expiry.expires_at_s == req.expiry.expires_at_s
-        and state.closed == req.closed
-    )
+    if (state.fork is None) != (req.fork is None):
+        return False
+    if req.fork is not None and not _same_fork(state, req):
+        return False
+    if req.fork is None or req.content_type_given:
+        if media_type(state.content_type) != media_type(req.content_type):
+            return False
+    explicit = req.expiry.ttl_s is not None or req.expiry.expires_at is not None
+    if req.fork is None or explicit:
+        if (state.expiry.ttl_s, state.expiry.expires_at_s) != (req.expiry.ttl_s, req.expiry.expires_at_s):
+            return False
+    return state.closed == req.closed
+
+
+def _same_fork(state: StreamState, req: CreateRequest) -> bool:
+    origin, spec = state.fork, req.fork
+    assert origin is not None and spec is not None
+    if spec.sub_offset != origin.sub_offset or spec.source != origin.source_path:
+        return False
+    if spec.offset is None:  # "the source's tail": whatever it was at creation
+        return True
+    anchor = parse_offset(spec.offset)
+    return anchor == origin.anchor or (anchor == START and origin.anchor == 0)
 
 
 def state_headers(state: StreamState) -> tuple[tuple[str, str], ...]:
@@ -66,6 +119,8 @@ def state_headers(state: StreamState) -> tuple[tuple[str, str], ...]:
 
 def decide_append(state: StreamState, req: AppendRequest) -> tuple[Appended | None, Reply]:
     """The Appended event (None when nothing changes) and the reply it earns."""
+    if state.soft_deleted:
+        raise ProtocolError(410, "GONE", "stream has been deleted")
     if state.closed:
         return None, _append_to_closed(state, req)
     if req.body and media_type(req.content_type or "") != media_type(state.content_type):

@@ -33,6 +33,14 @@ class StreamState:
     closed_by: Producer | None = None
     last_seq: str | None = None
     producers: dict[str, ProducerState] = dataclasses.field(default_factory=dict)
+    fork: ForkOrigin | None = None
+    refcount: int = 0  # forks whose source is this stream
+    soft_deleted: bool = False  # deleted while forks still read its data
+
+    @property
+    def base(self) -> int:
+        """First position this stream stores itself; below it, data comes from the source."""
+        return self.fork.base if self.fork is not None else 0
 
     @property
     def json_mode(self) -> bool:
@@ -44,6 +52,18 @@ class StreamState:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ForkOrigin:
+    """Where a fork branches off. ``anchor``/``sub_offset`` are as requested (for
+    idempotent re-creation); ``base`` is the resolved divergence position."""
+
+    source_id: int
+    source_path: str
+    anchor: int
+    sub_offset: int
+    base: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Created:
     stream_id: int
     path: str
@@ -52,6 +72,7 @@ class Created:
     created_at: float
     closed: bool
     data: bytes  # initial content, already in stored form
+    fork: ForkOrigin | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +99,8 @@ class StreamTable:
         self.by_id: dict[int, StreamState] = {}
         self.by_path: dict[str, StreamState] = {}
         self.next_stream_id = 1
+        # Streams whose data may now be discarded; the owner of the files drains it.
+        self.removed: list[int] = []
 
     def apply(self, event: Event) -> StreamState | None:
         """Applies one durable event; returns the stream it touched (None once deleted)."""
@@ -87,14 +110,32 @@ class StreamTable:
             return state
         if isinstance(event, Created):
             return self._create(event)
-        state = self.by_id.pop(event.stream_id)
-        del self.by_path[state.path]
-        return None
+        return self._delete(self.by_id[event.stream_id])
+
+    def _delete(self, state: StreamState) -> StreamState | None:
+        """Soft-deletes a stream that forks still read; otherwise removes it and
+        cascades up the fork chain to sources that were only kept for it."""
+        if state.refcount > 0:
+            state.soft_deleted = True
+            return state
+        while True:
+            del self.by_id[state.stream_id]
+            del self.by_path[state.path]
+            self.removed.append(state.stream_id)
+            if state.fork is None:
+                return None
+            state = self.by_id[state.fork.source_id]
+            state.refcount -= 1
+            assert state.refcount >= 0
+            if not (state.soft_deleted and state.refcount == 0):
+                return None
 
     def _create(self, event: Created) -> StreamState:
         assert event.path not in self.by_path, event.path
         assert event.stream_id >= self.next_stream_id, event.stream_id
         state = state_from_created(event)
+        if event.fork is not None:
+            self.by_id[event.fork.source_id].refcount += 1
         self.by_id[state.stream_id] = state
         self.by_path[state.path] = state
         self.next_stream_id = event.stream_id + 1
@@ -108,14 +149,15 @@ class StreamTable:
 
 
 def state_from_created(event: Created) -> StreamState:
+    base = event.fork.base if event.fork is not None else 0
     return StreamState(
         event.stream_id, event.path, event.content_type, event.expiry, event.created_at,
-        tail=len(event.data), closed=event.closed,
+        tail=base + len(event.data), closed=event.closed, fork=event.fork,
     )
 
 
 def apply_append(state: StreamState, event: Appended) -> None:
-    assert not state.closed, "an append to a closed stream is never made durable"
+    assert not state.closed and not state.soft_deleted, "such appends are never made durable"
     state.tail += len(event.data)
     if event.seq is not None:
         state.last_seq = event.seq

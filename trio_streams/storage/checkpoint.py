@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..protocol.headers import Expiry, Producer
-from ..protocol.state import Appended, Created, ProducerState, StreamState, StreamTable
+from ..protocol.state import Appended, Created, ForkOrigin, ProducerState, StreamState, StreamTable
 from .events import decode_event
 from .snapshot import load_latest_snapshot, write_snapshot
 from .store import Store
@@ -48,6 +48,8 @@ def _encode_stream(s: StreamState) -> dict[str, Any]:
         "closed_by": dataclasses.astuple(s.closed_by) if s.closed_by else None,
         "seq": s.last_seq,
         "producers": {k: [v.epoch, v.last_seq] for k, v in s.producers.items()},
+        "fork": dataclasses.astuple(s.fork) if s.fork else None,
+        "refcount": s.refcount, "soft_deleted": s.soft_deleted,
     }
 
 
@@ -63,6 +65,8 @@ def decode_table(payload: bytes) -> StreamTable:
             closed_by=Producer(*s["closed_by"]) if s["closed_by"] else None,
             last_seq=s["seq"],
             producers={k: ProducerState(*v) for k, v in s["producers"].items()},
+            fork=ForkOrigin(*s["fork"]) if s["fork"] else None,
+            refcount=s["refcount"], soft_deleted=s["soft_deleted"],
         ))
     table.next_stream_id = max(table.next_stream_id, doc["next_stream_id"])
     return table
@@ -86,12 +90,13 @@ def recover(directory: Path, store: Store, segment_bytes_max: int) -> Recovered:
     loaded = load_latest_snapshot(directory / "checkpoints")
     position, table = (0, StreamTable()) if loaded is None else (loaded[0], decode_table(loaded[1]))
     for state in table.by_id.values():
-        store.truncate_sync(state.stream_id, state.tail)
+        store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)
     wal = SegmentedLog.open(directory / "wal", segment_bytes_max)
     replayed = 0
     for record in wal.recover(position):
         _replay(table, store, decode_event(record.rtype, record.payload))
         replayed += 1
+    table.removed.clear()  # their files are orphans now, removed just below
     store.remove_orphans_sync(set(table.by_id))
     seconds = time.monotonic() - started
     log.info("recovered %d streams: checkpoint at %d, %d events replayed in %.3fs",
@@ -101,10 +106,10 @@ def recover(directory: Path, store: Store, segment_bytes_max: int) -> Recovered:
 
 def _replay(table: StreamTable, store: Store, event: Any) -> None:
     if isinstance(event, Appended):
-        store.write_sync(event.stream_id, table.by_id[event.stream_id].tail, event.data)
+        state = table.by_id[event.stream_id]
+        store.append_sync(event.stream_id, state.tail - state.base, event.data, state.tail + len(event.data))
     elif isinstance(event, Created):
+        base = event.fork.base if event.fork is not None else 0
         store.create_sync(event.stream_id)
-        store.write_sync(event.stream_id, 0, event.data)
-    else:
-        store.remove_sync(event.stream_id)
+        store.append_sync(event.stream_id, 0, event.data, base + len(event.data))
     table.apply(event)

@@ -10,13 +10,14 @@ format version bump; bulk data follows raw, never re-encoded.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Final
 
 import orjson
 
 from ..protocol.headers import Expiry, Producer
-from ..protocol.state import Appended, Created, Deleted, Event
+from ..protocol.state import Appended, Created, Deleted, Event, ForkOrigin
 
 CREATED: Final = 1
 APPENDED: Final = 2
@@ -40,7 +41,8 @@ def decode_event(rtype: int, payload: bytes) -> Event:
         return _decode_append(meta, data)
     if rtype == CREATED:
         expiry = Expiry(meta.get("ttl"), meta.get("exp"), meta.get("exp_s"))
-        return Created(meta["id"], meta["path"], meta["ct"], expiry, meta["at"], meta.get("closed", False), data)
+        fork = ForkOrigin(*meta["fork"]) if "fork" in meta else None
+        return Created(meta["id"], meta["path"], meta["ct"], expiry, meta["at"], meta.get("closed", False), data, fork)
     if rtype == DELETED:
         return Deleted(meta["id"])
     raise ValueError(f"unknown event record type {rtype}")
@@ -60,6 +62,8 @@ def _create_meta(event: Created) -> dict[str, object]:
         meta["exp_s"] = event.expiry.expires_at_s
     if event.closed:
         meta["closed"] = True
+    if event.fork is not None:
+        meta["fork"] = dataclasses.astuple(event.fork)
     return meta
 
 

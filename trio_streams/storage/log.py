@@ -23,9 +23,13 @@ import trio
 from ..config import Settings
 from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable
 from . import checkpoint
-from .events import decode_event, encode_event
+from .events import encode_event
 from .store import Store
 from .wal import SegmentedLog, encode_record
+
+
+def _tail_and_base(state: StreamState) -> tuple[int, int]:
+    return state.tail, state.base
 
 
 class StorageFailed(Exception):
@@ -151,37 +155,44 @@ class Log:
             submission.done.set()
         if self._failed is None:
             self._apply(events)
+            await self._remove_files()
+
+    async def _remove_files(self) -> None:
+        """Deletes the files of streams that left the table (their records are fsynced)."""
+        removed, self._table.removed = self._table.removed, []
+        if removed:
+            def remove_all() -> None:
+                for stream_id in removed:
+                    self._store.remove_sync(stream_id)
+
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(remove_all)
 
     def _write_sync(self, events: list[Event]) -> None:
         """Worker thread: WAL bytes, data files, then fsync (``always``) — one call per batch."""
         records = []
-        tails: dict[int, int] = {}
-        deletes = []
+        tails: dict[int, tuple[int, int]] = {}  # stream id → (tail, base) as of this batch
         for event in events:
             rtype, payload = encode_event(event)
             records.append(encode_record(rtype, payload))
-            self._write_data_sync(event, tails, deletes)
+            self._write_data_sync(event, tails)
         self._wal.append(b"".join(records))
         self._unsynced = True
-        if self._settings.fsync == "always" or deletes:
+        if self._settings.fsync == "always" or any(isinstance(e, Deleted) for e in events):
             # Files are only removed once their DELETE record is on disk.
             self._sync_wal_sync()
-        for stream_id in deletes:
-            self._store.remove_sync(stream_id)
 
-    def _write_data_sync(self, event: Event, tails: dict[int, int], deletes: list[int]) -> None:
+    def _write_data_sync(self, event: Event, tails: dict[int, tuple[int, int]]) -> None:
         if isinstance(event, Appended):
-            position = tails.get(event.stream_id)
-            if position is None:
-                position = self._table.by_id[event.stream_id].tail
-            self._store.write_sync(event.stream_id, position, event.data)
-            tails[event.stream_id] = position + len(event.data)
+            tail, base = tails.get(event.stream_id) or _tail_and_base(self._table.by_id[event.stream_id])
+            end = tail + len(event.data)
+            self._store.append_sync(event.stream_id, tail - base, event.data, end)
+            tails[event.stream_id] = (end, base)
         elif isinstance(event, Created):
+            base = event.fork.base if event.fork is not None else 0
             self._store.create_sync(event.stream_id)
-            self._store.write_sync(event.stream_id, 0, event.data)
-            tails[event.stream_id] = len(event.data)
-        else:
-            deletes.append(event.stream_id)
+            self._store.append_sync(event.stream_id, 0, event.data, base + len(event.data))
+            tails[event.stream_id] = (base + len(event.data), base)
 
     def _sync_wal_sync(self) -> None:
         started = time.monotonic()
@@ -193,14 +204,12 @@ class Log:
 
     def _apply(self, events: list[Event]) -> None:
         for event in events:
-            before = self._table.by_id.get(getattr(event, "stream_id", -1))
-            start = before.tail if before is not None and isinstance(event, Appended) else 0
             state = self._table.apply(event)
-            if isinstance(event, (Appended, Created)):
-                self._store.remember(event.stream_id, start, event.data)
-            elif isinstance(event, Deleted):
-                self._store.forget(event.stream_id)
+            if state is not None and not isinstance(event, Deleted):
+                self._store.remember(event.stream_id, state.tail - len(event.data), event.data)
             self._on_applied(state, event)
+        for stream_id in self._table.removed:
+            self._store.forget(stream_id)
         self._stats["batches"] += 1
         self._stats["events"] += len(events)
         self._stats["last_batch_events"] = len(events)

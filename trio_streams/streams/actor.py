@@ -21,9 +21,10 @@ import trio
 
 from ..protocol.errors import ProtocolError, not_found
 from ..protocol.headers import AppendRequest, CreateRequest
-from ..protocol.rules import Reply, decide_append, decide_create
+from ..protocol.rules import Reply, ResolvedFork, decide_append, decide_create
 from ..protocol.state import Deleted, Event, StreamState, apply_append, state_from_created
 from ..storage.log import StorageFailed
+from .forks import resolve_fork
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -96,14 +97,25 @@ class StreamActor:
     async def _process(self, batch: list[Command]) -> None:
         self._commands += len(batch)
         self._batches += 1
-        events: list[Event] = []
         view = self._registry.durable_state(self.path)
         now = time.time()
+        expired = view is not None and self._registry.is_expired(view, now)
+        if expired or any(_changes_topology(c.request) for c in batch):
+            # Forks and deletes touch two streams (source refcounts): they are
+            # decided and made durable one batch at a time, server-wide.
+            async with self._registry.topology_lock:
+                await self._decide_and_commit(batch, now)
+        else:
+            await self._decide_and_commit(batch, now)
+
+    async def _decide_and_commit(self, batch: list[Command], now: float) -> None:
+        events: list[Event] = []
+        view = self._registry.durable_state(self.path)
         if view is not None and self._registry.is_expired(view, now):
             events.append(Deleted(view.stream_id))
             view = None
         for command in batch:
-            view = self._decide(command, view, events, now)
+            view = await self._decide(command, view, events, now)
         if events:
             try:
                 with trio.CancelScope(shield=True):  # answers must match what became durable
@@ -116,9 +128,13 @@ class StreamActor:
         for command in batch:
             command.done.set()
 
-    def _decide(self, command: Command, view: StreamState | None, events: list[Event], now: float) -> StreamState | None:
+    async def _decide(self, command: Command, view: StreamState | None, events: list[Event], now: float) -> StreamState | None:
         try:
-            event, view, command.reply = self._decide_one(command.request, view, now)
+            fork = None
+            request = command.request
+            if isinstance(request, CreateRequest) and request.fork is not None and view is None:
+                fork = await resolve_fork(self._registry, request.fork, now)
+            event, view, command.reply = self._decide_one(request, view, now, fork)
         except ProtocolError as exc:
             command.error = exc
             return view
@@ -126,7 +142,9 @@ class StreamActor:
             events.append(event)
         return view
 
-    def _decide_one(self, request: object, view: StreamState | None, now: float) -> tuple[Event | None, StreamState | None, Reply]:
+    def _decide_one(
+        self, request: object, view: StreamState | None, now: float, fork: ResolvedFork | None
+    ) -> tuple[Event | None, StreamState | None, Reply]:
         if isinstance(request, AppendRequest):
             if view is None:
                 raise not_found()
@@ -137,12 +155,18 @@ class StreamActor:
             return event, view, reply
         if isinstance(request, CreateRequest):
             stream_id = self._registry.allocate_stream_id() if view is None else 0
-            event, reply = decide_create(view, self.path, request, stream_id, now)
+            event, reply = decide_create(view, self.path, request, stream_id, now, fork)
             if event is not None:
                 view = state_from_created(event)
             return event, view, reply
         assert isinstance(request, DeleteRequest)
         if view is None or request.only_stream_id not in (None, view.stream_id):
             raise not_found()
+        if view.soft_deleted:
+            raise ProtocolError(410, "GONE", "stream has been deleted")
         return Deleted(view.stream_id), None, Reply(204)
+
+
+def _changes_topology(request: object) -> bool:
+    return isinstance(request, DeleteRequest) or (isinstance(request, CreateRequest) and request.fork is not None)
 

@@ -41,6 +41,7 @@ class Registry:
         self._subscribers: dict[int, set[trio.MemorySendChannel[None]]] = {}
         self._last_access: dict[int, float] = {}
         self._next_stream_id = table.next_stream_id
+        self.topology_lock = trio.Lock()
         now = time.time()
         for stream_id in table.by_id:  # restart counts as an access: nothing expires early
             self._last_access[stream_id] = now
@@ -100,6 +101,15 @@ class Registry:
             return None
         return state
 
+    def get(self, path: str) -> StreamState:
+        """The stream a client addresses: 404 when there is none, 410 when soft-deleted."""
+        state = self.lookup(path)
+        if state is None:
+            raise ProtocolError(404, "NOT_FOUND", "stream not found")
+        if state.soft_deleted:
+            raise ProtocolError(410, "GONE", "stream has been deleted")
+        return state
+
     def touch(self, state: StreamState) -> None:
         """A read or write resets the sliding TTL (HEAD does not call this)."""
         self._last_access[state.stream_id] = time.time()
@@ -110,6 +120,8 @@ class Registry:
             self.touch(state)
 
     def is_expired(self, state: StreamState, now: float) -> bool:
+        if state.soft_deleted:
+            return False  # already deleted; kept only for its forks
         expiry = state.expiry
         if expiry.expires_at_s is not None and now >= expiry.expires_at_s:
             return True
