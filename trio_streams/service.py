@@ -21,6 +21,7 @@ import trio
 from .config import Settings
 from .storage.checkpoint import recover
 from .storage.log import Log
+from .protocol.state import StreamTable
 from .storage.store import Store
 from .streams.registry import Registry
 
@@ -62,22 +63,20 @@ class Service:
             hot_tail_bytes_max=self.settings.hot_tail_bytes_max,
         )
         recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings.wal_segment_bytes_max)
-        registry_box: list[Registry] = []
-        wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table,
-                      lambda state, event: registry_box[0].on_applied(state, event))
+        wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
         try:
             async with trio.open_nursery() as log_nursery:
                 log_nursery.start_soon(wal_log.run)
-                await self._serve(wal_log, store, recovered.table, registry_box)
+                await self._serve(wal_log, store, recovered.table)
                 wal_log.close_intake()
         finally:
             await trio.to_thread.run_sync(store.close_sync)
             await trio.to_thread.run_sync(recovered.wal.close)
 
-    async def _serve(self, wal_log: Log, store: Store, table: object, registry_box: list[Registry]) -> None:
+    async def _serve(self, wal_log: Log, store: Store, table: StreamTable) -> None:
         async with trio.open_nursery() as actors:
-            registry = Registry(self.settings, table, store, wal_log, actors)  # type: ignore[arg-type]
-            registry_box.append(registry)
+            registry = Registry(self.settings, table, store, wal_log, actors)
+            wal_log.on_applied = registry.on_applied
             self.registry = registry
             actors.start_soon(registry.sweep_expired_forever)
             self.ready.set()

@@ -64,14 +64,14 @@ class Log:
         wal: SegmentedLog,
         store: Store,
         table: StreamTable,
-        on_applied: Callable[[StreamState | None, Event], None],
     ) -> None:
         self._settings = settings
         self._directory = directory
         self._wal = wal
         self._store = store
         self._table = table
-        self._on_applied = on_applied
+        # Set by the registry: called for each event once it is durable and applied.
+        self.on_applied: Callable[[StreamState | None, Event], None] = lambda state, event: None
         self._send, self._receive = trio.open_memory_channel[_Submission](settings.actor_queue_depth)
         self._failed: BaseException | None = None
         self._unsynced = False
@@ -207,7 +207,7 @@ class Log:
             state = self._table.apply(event)
             if state is not None and not isinstance(event, Deleted):
                 self._store.remember(event.stream_id, state.tail - len(event.data), event.data)
-            self._on_applied(state, event)
+            self.on_applied(state, event)
         for stream_id in self._table.removed:
             self._store.forget(stream_id)
         self._stats["batches"] += 1
