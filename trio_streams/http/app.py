@@ -31,8 +31,8 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.service = Service(settings)
-        self.cache = reads.ChunkCache()
         self._base = common_headers(settings.cors_allow_origin)
+        self._reads: reads.Reads | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -101,12 +101,14 @@ class App:
         assert registry is not None
         state = registry.get(path)
         registry.touch(state)
+        if self._reads is None or self._reads.registry is not registry:
+            self._reads = reads.Reads(registry, self._base)
         live = req.query_one("live")
         if live is None:
-            await reads.catch_up(req, state, registry, self.cache, self._base, send)
+            await self._reads.catch_up(req, state, send)
         elif live in ("long-poll", "sse"):
-            operation = reads.long_poll if live == "long-poll" else reads.server_sent_events
-            await _until_disconnect(req.receive, operation(req, state, registry, self.cache, self._base, send))
+            operation = self._reads.long_poll if live == "long-poll" else self._reads.server_sent_events
+            await _until_disconnect(req.receive, operation(req, state, send))
         else:
             raise ProtocolError(400, "INVALID_QUERY", f"unknown live mode {live[:32]!r}")
 

@@ -25,7 +25,8 @@ from ..protocol.state import StreamState
 from ..streams.registry import Registry
 from .asgi import Headers, Request, Send, encode_headers, respond
 
-CACHEABLE = "public, max-age=60, stale-while-revalidate=300"
+CACHE_MAX_AGE_S = 60
+CACHE_STALE_WHILE_REVALIDATE_S = 300
 CHUNK_CACHE_ENTRIES = 1024
 
 
@@ -62,26 +63,6 @@ class ChunkCache:
             self._entries.popitem(last=False)
 
 
-async def read_chunk(registry: Registry, cache: ChunkCache, state: StreamState, start: int) -> Chunk:
-    tail, closed = state.tail, state.closed
-    limit = registry.settings.read_chunk_bytes_max
-    key = (state.stream_id, start, min(tail, start + limit))
-    hit = cache.get(key)
-    if hit is None:
-        try:
-            if state.json_mode:
-                raw = await registry.store.read_messages(registry.table, state, start, tail, limit)
-            else:
-                raw = await registry.store.read(registry.table, state, start, key[2])
-        except (FileNotFoundError, KeyError):
-            raise not_found() from None  # deleted (with its fork chain) while we read
-        hit = (raw, jsonmode.to_array(raw) if state.json_mode else raw)
-        cache.put(key, hit)
-    raw, body = hit
-    end = start + len(raw)
-    return Chunk(start, end, raw, body, end == tail, closed and end == tail)
-
-
 def resolve_start(req: Request, state: StreamState, *, required: bool) -> int | str:
     """The requested position, or NOW; 400 for malformed, missing or future offsets."""
     token = req.query_one("offset")
@@ -104,12 +85,24 @@ def _etag(state: StreamState, chunk: Chunk) -> str:
     return f'"{state.stream_id}:{chunk.start}:{chunk.next}{":c" if chunk.closed else ""}"'
 
 
-def _chunk_headers(state: StreamState, chunk: Chunk, cursor: str | None) -> list[tuple[str, str]]:
+def cache_control(visibility: str, state: StreamState, chunk: Chunk, now: float) -> str:
+    """Data chunks are immutable and cacheable (10.1); empty tail responses are not,
+    so a cache can never hide new data or the closure signal. A stream that
+    expires sooner than the usual max-age caps it."""
+    if not chunk.raw:
+        return "no-store"
+    max_age = CACHE_MAX_AGE_S
+    if state.expiry.expires_at_s is not None:
+        max_age = max(0, min(max_age, int(state.expiry.expires_at_s - now)))
+    return f"{visibility}, max-age={max_age}, stale-while-revalidate={CACHE_STALE_WHILE_REVALIDATE_S}"
+
+
+def _chunk_headers(state: StreamState, chunk: Chunk, cursor: str | None, visibility: str) -> list[tuple[str, str]]:
     pairs = [
         ("content-type", state.content_type),
         ("stream-next-offset", format_offset(chunk.next)),
         ("etag", _etag(state, chunk)),
-        ("cache-control", CACHEABLE if chunk.raw else "no-store"),
+        ("cache-control", cache_control(visibility, state, chunk, time.time())),
     ]
     if chunk.up_to_date:
         pairs.append(("stream-up-to-date", "true"))
@@ -128,123 +121,167 @@ def _if_none_match(req: Request, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
-async def catch_up(req: Request, state: StreamState, registry: Registry, cache: ChunkCache, base: Headers, send: Send) -> None:
-    start = resolve_start(req, state, required=False)
-    if start == NOW:
-        await _respond_now(state, base, send)
-        return
-    assert isinstance(start, int)
-    chunk = await read_chunk(registry, cache, state, start)
-    await _send_chunk(req, state, chunk, None, base, send)
+class Reads:
+    """The GET side: one instance per app, shared by every reader.
+
+    Holds what readers share — the registry, the chunk cache, the headers
+    every response carries — so each operation takes just the request, the
+    stream and ``send``.
+    """
+
+    def __init__(self, registry: Registry, base: Headers) -> None:
+        self.registry = registry
+        self.settings = registry.settings
+        self.cache = ChunkCache()
+        self.base = base
+
+    async def read_chunk(self, state: StreamState, start: int) -> Chunk:
+        tail, closed = state.tail, state.closed
+        limit = self.settings.read_chunk_bytes_max
+        key = (state.stream_id, start, min(tail, start + limit))
+        hit = self.cache.get(key)
+        if hit is None:
+            store, table = self.registry.store, self.registry.table
+            try:
+                if state.json_mode:
+                    raw = await store.read_messages(table, state, start, tail, limit)
+                else:
+                    raw = await store.read(table, state, start, key[2])
+            except (FileNotFoundError, KeyError):
+                raise not_found() from None  # deleted (with its fork chain) while we read
+            hit = (raw, jsonmode.to_array(raw) if state.json_mode else raw)
+            self.cache.put(key, hit)
+        raw, body = hit
+        end = start + len(raw)
+        return Chunk(start, end, raw, body, end == tail, closed and end == tail)
+
+    # -- catch-up ----------------------------------------------------------
+
+    async def catch_up(self, req: Request, state: StreamState, send: Send) -> None:
+        start = resolve_start(req, state, required=False)
+        if start == NOW:
+            await self._respond_now(state, send)
+            return
+        assert isinstance(start, int)
+        await self._send_chunk(req, state, await self.read_chunk(state, start), None, send)
+
+    async def _send_chunk(self, req: Request, state: StreamState, chunk: Chunk, cursor: str | None, send: Send) -> None:
+        pairs = _chunk_headers(state, chunk, cursor, self.settings.cache_visibility)
+        if _if_none_match(req, _etag(state, chunk)):
+            await respond(send, 304, self.base + encode_headers(pairs))
+            return
+        await respond(send, 200, self.base + encode_headers(pairs), chunk.body)
+
+    async def _respond_now(self, state: StreamState, send: Send) -> None:
+        pairs = [
+            ("content-type", state.content_type),
+            ("stream-next-offset", format_offset(state.tail)),
+            ("stream-up-to-date", "true"),
+            ("cache-control", "no-store"),
+        ]
+        if state.closed:
+            pairs.append(("stream-closed", "true"))
+        body = jsonmode.EMPTY_ARRAY if state.json_mode else b""
+        await respond(send, 200, self.base + encode_headers(pairs), body)
+
+    # -- long-poll ---------------------------------------------------------
+
+    async def long_poll(self, req: Request, state: StreamState, send: Send) -> None:
+        start = resolve_start(req, state, required=True)
+        position = state.tail if start == NOW else start
+        assert isinstance(position, int)
+        cursor = next_cursor(time.time(), req.query_one("cursor"))
+        current, chunk = state, None
+        with self.registry.subscribe(state.stream_id) as wakeups:
+            with trio.move_on_after(self.settings.long_poll_timeout_s):
+                while True:
+                    current = self.registry.get(state.path)
+                    if current.stream_id != state.stream_id:
+                        raise not_found()
+                    if current.tail > position:
+                        chunk = await self.read_chunk(current, position)
+                        break
+                    if current.closed:
+                        break
+                    await wakeups.receive()
+        # Respond outside the timeout's scope: a deadline that fires mid-send must
+        # not cancel a response that has already started.
+        if chunk is not None:
+            await self._send_chunk(req, current, chunk, cursor, send)
+        else:
+            await self._respond_no_content(current, position, cursor, send)
+
+    async def _respond_no_content(self, state: StreamState, position: int, cursor: str, send: Send) -> None:
+        pairs = [
+            ("stream-next-offset", format_offset(position)),
+            ("stream-up-to-date", "true"),
+            ("cache-control", "no-store"),
+        ]
+        if state.closed and position == state.tail:
+            pairs.append(("stream-closed", "true"))
+        else:
+            pairs.append(("stream-cursor", cursor))
+        await respond(send, 204, self.base + encode_headers(pairs))
+
+    # -- SSE ---------------------------------------------------------------
+
+    async def server_sent_events(self, req: Request, state: StreamState, send: Send) -> None:
+        start = resolve_start(req, state, required=True)
+        position = state.tail if start == NOW else start
+        assert isinstance(position, int)
+        binary = not is_sse_text(state.content_type)
+        pairs = [("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache")]
+        if binary:
+            pairs.append(("stream-sse-data-encoding", "base64"))
+        await send({"type": "http.response.start", "status": 200, "headers": self.base + encode_headers(pairs)})
+        session = _SseSession(self, state, position, binary, req.query_one("cursor"), send)
+        with self.registry.subscribe(state.stream_id) as wakeups:
+            with trio.move_on_after(self.settings.sse_connection_s):
+                await session.run(wakeups)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _send_chunk(req: Request, state: StreamState, chunk: Chunk, cursor: str | None, base: Headers, send: Send) -> None:
-    pairs = _chunk_headers(state, chunk, cursor)
-    if _if_none_match(req, _etag(state, chunk)):
-        await respond(send, 304, base + encode_headers(pairs))
-        return
-    await respond(send, 200, base + encode_headers(pairs), chunk.body)
+class _SseSession:
+    """One SSE connection: every data event is followed by its control event."""
 
+    def __init__(self, reads: Reads, state: StreamState, position: int, binary: bool,
+                 client_cursor: str | None, send: Send) -> None:
+        self.reads, self.state, self.position, self.binary = reads, state, position, binary
+        self.client_cursor, self.send = client_cursor, send
+        self.announced = False
 
-async def _respond_now(state: StreamState, base: Headers, send: Send) -> None:
-    pairs = [
-        ("content-type", state.content_type),
-        ("stream-next-offset", format_offset(state.tail)),
-        ("stream-up-to-date", "true"),
-        ("cache-control", "no-store"),
-    ]
-    if state.closed:
-        pairs.append(("stream-closed", "true"))
-    body = jsonmode.EMPTY_ARRAY if state.json_mode else b""
-    await respond(send, 200, base + encode_headers(pairs), body)
-
-
-async def long_poll(req: Request, state: StreamState, registry: Registry, cache: ChunkCache, base: Headers, send: Send) -> None:
-    start = resolve_start(req, state, required=True)
-    position = state.tail if start == NOW else start
-    assert isinstance(position, int)
-    cursor = next_cursor(time.time(), req.query_one("cursor"))
-    current, chunk = state, None
-    with registry.subscribe(state.stream_id) as wakeups:
-        with trio.move_on_after(registry.settings.long_poll_timeout_s):
-            while True:
-                current = registry.get(state.path)
-                if current.stream_id != state.stream_id:
-                    raise not_found()
-                if current.tail > position:
-                    chunk = await read_chunk(registry, cache, current, position)
-                    break
+    async def run(self, wakeups: trio.MemoryReceiveChannel[None]) -> None:
+        while True:
+            current = self.reads.registry.lookup(self.state.path)
+            if current is None or current.stream_id != self.state.stream_id or current.soft_deleted:
+                return  # deleted or expired: end the event stream
+            cursor = next_cursor(time.time(), self.client_cursor)
+            if current.tail > self.position:
+                if await self._send_data(current, cursor):
+                    return
+                continue
+            if current.closed or not self.announced:
+                control = sse.control_event(format_offset(self.position), cursor=cursor, up_to_date=True,
+                                            closed=current.closed)
+                await self.send({"type": "http.response.body", "body": control, "more_body": True})
+                self.announced = True
                 if current.closed:
-                    break
-                await wakeups.receive()
-    # Respond outside the timeout's scope: a deadline that fires mid-send must
-    # not cancel a response that has already started.
-    if chunk is not None:
-        await _send_chunk(req, current, chunk, cursor, base, send)
-    else:
-        await _respond_no_content(current, position, cursor, base, send)
+                    return
+            await wakeups.receive()
+
+    async def _send_data(self, current: StreamState, cursor: str) -> bool:
+        """Sends the next chunk as a data+control pair; True once the final offset went out."""
+        chunk = await self.reads.read_chunk(current, self.position)
+        if not (current.json_mode or self.binary or chunk.up_to_date):
+            chunk = _text_safe(chunk)
+        event = sse.data_event(chunk.body, binary=self.binary) + sse.control_event(
+            format_offset(chunk.next), cursor=cursor, up_to_date=chunk.up_to_date, closed=chunk.closed)
+        await self.send({"type": "http.response.body", "body": event, "more_body": True})
+        self.position, self.announced = chunk.next, True
+        return chunk.closed
 
 
 def _text_safe(chunk: Chunk) -> Chunk:
     cut = sse.text_cut(chunk.raw)
     raw = chunk.raw[:cut]
     return dataclasses.replace(chunk, next=chunk.start + cut, raw=raw, body=raw)
-
-
-async def _respond_no_content(state: StreamState, position: int, cursor: str, base: Headers, send: Send) -> None:
-    pairs = [
-        ("stream-next-offset", format_offset(position)),
-        ("stream-up-to-date", "true"),
-        ("cache-control", "no-store"),
-    ]
-    if state.closed and position == state.tail:
-        pairs.append(("stream-closed", "true"))
-    else:
-        pairs.append(("stream-cursor", cursor))
-    await respond(send, 204, base + encode_headers(pairs))
-
-
-async def server_sent_events(req: Request, state: StreamState, registry: Registry, cache: ChunkCache, base: Headers, send: Send) -> None:
-    start = resolve_start(req, state, required=True)
-    position = state.tail if start == NOW else start
-    assert isinstance(position, int)
-    binary = not is_sse_text(state.content_type)
-    pairs = [("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache")]
-    if binary:
-        pairs.append(("stream-sse-data-encoding", "base64"))
-    await send({"type": "http.response.start", "status": 200, "headers": base + encode_headers(pairs)})
-    client_cursor = req.query_one("cursor")
-    with registry.subscribe(state.stream_id) as wakeups:
-        with trio.move_on_after(registry.settings.sse_connection_s):
-            await _sse_loop(registry, cache, state, position, binary, client_cursor, wakeups, send)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _sse_loop(
-    registry: Registry, cache: ChunkCache, state: StreamState, position: int, binary: bool,
-    client_cursor: str | None, wakeups: trio.MemoryReceiveChannel[None], send: Send,
-) -> None:
-    announced = False
-    while True:
-        current = registry.lookup(state.path)
-        if current is None or current.stream_id != state.stream_id or current.soft_deleted:
-            return  # deleted or expired: end the event stream
-        cursor = next_cursor(time.time(), client_cursor)
-        if current.tail > position:
-            chunk = await read_chunk(registry, cache, current, position)
-            if not (current.json_mode or binary or chunk.up_to_date):
-                chunk = _text_safe(chunk)
-            event = sse.data_event(chunk.body, binary=binary) + sse.control_event(
-                format_offset(chunk.next), cursor=cursor, up_to_date=chunk.up_to_date, closed=chunk.closed)
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-            position, announced = chunk.next, True
-            if chunk.closed:
-                return
-            continue
-        if current.closed or not announced:
-            control = sse.control_event(format_offset(position), cursor=cursor, up_to_date=True, closed=current.closed)
-            await send({"type": "http.response.body", "body": control, "more_body": True})
-            announced = True
-            if current.closed:
-                return
-        await wakeups.receive()
