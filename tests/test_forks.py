@@ -201,3 +201,11 @@ def test_json_fork_reads_one_array_across_the_boundary(server: Server) -> None:
         assert orjson.loads(c.get(fork).content) == [{"n": 1}, {"n": 2}, {"n": "own"}]
         c.post(src, content=b'{"n":4}', headers={"content-type": "application/json"})
         assert orjson.loads(c.get(fork).content) == [{"n": 1}, {"n": 2}, {"n": "own"}]
+
+
+async def test_json_fork_anchor_must_be_a_message_boundary(registry) -> None:  # type: ignore[no-untyped-def]
+    await registry.create("j", CreateRequest("application/json", Expiry(), False, b'[{"a":1},{"b":2}]'))
+    assert await _resolve(registry, "j", len(b'{"a":1}\n'), 0) == len(b'{"a":1}\n')
+    with pytest.raises(ProtocolError) as info:
+        await _resolve(registry, "j", 3, 0)
+    assert info.value.status == 400

@@ -347,3 +347,20 @@ def test_table_replay_is_deterministic() -> None:
     assert a == b
     assert (a.tail, a.closed, a.closed_by, a.last_seq) == (4, True, Producer("p", 0, 1), "1")
     assert "b" not in tables[0].by_path and tables[0].next_stream_id == 3
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id": 18446744073709551617}', b"[-9223372036854775809, 1]", b"123456789012345678901234567890",
+    b'{"s": "1234567890123456789 in a string", "n": 1.5}',
+])
+def test_json_integers_beyond_64_bits_stay_exact(body: bytes) -> None:
+    import json
+    stored = jsonmode.encode_messages(body, allow_empty=False)
+    value = json.loads(body)
+    assert json.loads(jsonmode.to_array(stored)) == (value if isinstance(value, list) else [value])
+
+
+@pytest.mark.parametrize("body", [b"[NaN]", b"[Infinity]", b"[1e99999999999999999999]"])
+def test_json_non_finite_numbers_are_400(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        jsonmode.encode_messages(body, allow_empty=False)

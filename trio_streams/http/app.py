@@ -13,6 +13,8 @@ Run it with ``trio-streams serve`` or directly under Hypercorn:
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
+from typing import Any
 
 import trio
 
@@ -40,6 +42,11 @@ class App:
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
+    def drain(self) -> None:
+        """Begin shutdown: end live reads at once instead of holding connections open."""
+        if self._reads is not None:
+            self._reads.drain()
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         async with trio.open_nursery() as nursery:
@@ -47,12 +54,17 @@ class App:
             nursery.start_soon(self.service.run)
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
+            self.drain()
             self.service.stop()
             await self.service.finished.wait()
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        req = parse_request(scope, receive)
+        try:
+            req = parse_request(scope, receive)
+        except ProtocolError as exc:
+            await self._error(send, exc.status, exc.code, exc.message, exc.headers, head=scope["method"] == "HEAD")
+            return
         try:
             await self._route(req, send)
         except ProtocolError as exc:
@@ -108,7 +120,7 @@ class App:
             await self._reads.catch_up(req, state, send)
         elif live in ("long-poll", "sse"):
             operation = self._reads.long_poll if live == "long-poll" else self._reads.server_sent_events
-            await _until_disconnect(req.receive, operation(req, state, send))
+            await _until_disconnect(req.receive, operation(req, state, _shielded(send)))
         else:
             raise ProtocolError(400, "INVALID_QUERY", f"unknown live mode {live[:32]!r}")
 
@@ -151,6 +163,21 @@ async def _until_disconnect(receive: Receive, operation) -> None:  # type: ignor
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+def _shielded(send: Send) -> Send:
+    """A ``send`` that a disconnect cannot interrupt half-way.
+
+    Hypercorn finishes a response's bookkeeping (recycling the keep-alive
+    connection, re-arming its idle timer) inside the app's final ``send``;
+    cancelling it there would leave the connection without its idle timer,
+    so shutdown would wait out the whole grace period for it.
+    """
+    async def send_shielded(message: MutableMapping[str, Any]) -> None:
+        with trio.CancelScope(shield=True):
+            await send(message)
+
+    return send_shielded
 
 
 def create_app(settings: Settings | None = None) -> App:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import orjson
 
@@ -87,6 +87,21 @@ def _server_host(scope: Scope) -> str:
     return server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
 
 
+def decode_path(scope: Scope) -> str:
+    """The request path, percent-decoded from the raw bytes as strict UTF-8.
+
+    Hypercorn's ``scope["path"]`` replaces undecodable bytes with U+FFFD,
+    which would make ``/x-%ff`` and ``/x-%fe`` the same stream; refuse them.
+    """
+    raw = scope.get("raw_path")
+    if not raw:
+        return scope["path"]
+    try:
+        return unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(400, "INVALID_PATH", "the request path is not valid UTF-8") from None
+
+
 def parse_request(scope: Scope, receive: Receive) -> Request:
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
@@ -94,7 +109,7 @@ def parse_request(scope: Scope, receive: Receive) -> Request:
         value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    return Request(scope["method"].upper(), scope["path"], headers, query, scope, receive)
+    return Request(scope["method"].upper(), decode_path(scope), headers, query, scope, receive)
 
 
 def common_headers(cors_origin: str) -> Headers:

@@ -11,8 +11,10 @@ Never: changes stream state (beyond the sliding-TTL access clock).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 
 import trio
 
@@ -134,6 +136,23 @@ class Reads:
         self.settings = registry.settings
         self.cache = ChunkCache()
         self.base = base
+        self._waits: set[trio.CancelScope] = set()
+        self._draining = False
+
+    def drain(self) -> None:
+        """Shutdown: every live wait ends now (long-poll answers 204, SSE closes cleanly)."""
+        self._draining = True
+        for scope in self._waits:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _live_wait(self, seconds: float) -> Iterator[trio.CancelScope]:
+        with trio.move_on_after(0 if self._draining else seconds) as scope:
+            self._waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waits.discard(scope)
 
     async def read_chunk(self, state: StreamState, start: int) -> Chunk:
         tail, closed = state.tail, state.closed
@@ -157,8 +176,17 @@ class Reads:
 
     # -- catch-up ----------------------------------------------------------
 
+    async def start_position(self, req: Request, state: StreamState, *, required: bool) -> int | str:
+        """resolve_start, plus: a JSON stream's offset must fall between messages."""
+        start = resolve_start(req, state, required=required)
+        if isinstance(start, int) and state.json_mode and 0 < start < state.tail:
+            before = await self.registry.store.read(self.registry.table, state, start - 1, start)
+            if before != jsonmode.TERMINATOR:
+                raise bad_request("offset is not at a message boundary of this JSON stream", "INVALID_OFFSET")
+        return start
+
     async def catch_up(self, req: Request, state: StreamState, send: Send) -> None:
-        start = resolve_start(req, state, required=False)
+        start = await self.start_position(req, state, required=False)
         if start == NOW:
             await self._respond_now(state, send)
             return
@@ -187,13 +215,13 @@ class Reads:
     # -- long-poll ---------------------------------------------------------
 
     async def long_poll(self, req: Request, state: StreamState, send: Send) -> None:
-        start = resolve_start(req, state, required=True)
+        start = await self.start_position(req, state, required=True)
         position = state.tail if start == NOW else start
         assert isinstance(position, int)
         cursor = next_cursor(time.time(), req.query_one("cursor"))
         current, chunk = state, None
         with self.registry.subscribe(state.stream_id) as wakeups:
-            with trio.move_on_after(self.settings.long_poll_timeout_s):
+            with self._live_wait(self.settings.long_poll_timeout_s):
                 while True:
                     current = self.registry.get(state.path)
                     if current.stream_id != state.stream_id:
@@ -226,7 +254,7 @@ class Reads:
     # -- SSE ---------------------------------------------------------------
 
     async def server_sent_events(self, req: Request, state: StreamState, send: Send) -> None:
-        start = resolve_start(req, state, required=True)
+        start = await self.start_position(req, state, required=True)
         position = state.tail if start == NOW else start
         assert isinstance(position, int)
         binary = not is_sse_text(state.content_type)
@@ -236,7 +264,7 @@ class Reads:
         await send({"type": "http.response.start", "status": 200, "headers": self.base + encode_headers(pairs)})
         session = _SseSession(self, state, position, binary, req.query_one("cursor"), send)
         with self.registry.subscribe(state.stream_id) as wakeups:
-            with trio.move_on_after(self.settings.sse_connection_s):
+            with self._live_wait(self.settings.sse_connection_s):
                 await session.run(wakeups)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

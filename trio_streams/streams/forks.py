@@ -31,6 +31,10 @@ async def resolve_fork(registry: Registry, spec: ForkSpec, now: float) -> Resolv
     if source.soft_deleted:
         raise conflict("the source stream has been deleted", "CONFLICT_SOFT_DELETED")
     anchor = _anchor(spec, source)
+    if source.json_mode and 0 < anchor < source.tail:
+        before = await registry.store.read(registry.table, source, anchor - 1, anchor)
+        if before != TERMINATOR:
+            raise bad_request("Stream-Fork-Offset is not at a message boundary of the JSON source", "INVALID_FORK")
     base = anchor
     if spec.sub_offset:
         base = await _sub_position(registry, source, anchor, spec.sub_offset)
