@@ -43,7 +43,7 @@ test-all: install node-deps
 conformance: install node-deps
 	$(PY) scripts/run_conformance.py
 
-conformance-node: node-deps
+conformance-node: install node-deps
 	$(PY) scripts/run_conformance.py --server node
 
 crash: install
