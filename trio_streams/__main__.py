@@ -1,5 +1,8 @@
 """Command line: ``trio-streams serve`` runs the server under Hypercorn's Trio worker.
 
+The client subcommands (create, append, read, tail, head, close, delete)
+live in ``client/cli.py``; this module only registers and dispatches them.
+
 Owns: flags → Settings, Hypercorn configuration, signal handling (SIGTERM
 and SIGINT drain in-flight requests, flush the WAL and exit 0).
 """
@@ -16,6 +19,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from .client import cli as client_cli
 from .config import FSYNC_MODES, settings_from_env
 from .http.app import App
 
@@ -36,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-prefix", help="URL prefix for streams (default /v1/stream/)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    client_cli.add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in client_cli.COMMANDS:
+        return client_cli.run(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return run_server(args)
@@ -65,6 +72,9 @@ def run_server(args: argparse.Namespace) -> int:
     config.accesslog = logging.getLogger("hypercorn.access") if args.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.h11_max_incomplete_size = 64 * 1024
+    # Hypercorn's default closes a keep-alive connection after 1000 requests;
+    # stream writers and pollers reuse one connection for far longer.
+    config.keep_alive_max_requests = 1_000_000
     trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
     return 1 if app.service.failure is not None else 0
 
@@ -76,6 +86,7 @@ async def _shutdown_trigger(app: App) -> None:
             async def on_signal() -> None:
                 async for _ in signals:
                     break
+                app.drain()  # live readers get their final response before connections close
                 nursery.cancel_scope.cancel()
 
             async def on_failure() -> None:

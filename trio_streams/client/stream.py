@@ -1,0 +1,197 @@
+"""The DurableStream handle: create, inspect, write, close, delete and read one stream URL.
+
+Owns: the write operations (create PUT, append and close POSTs, DELETE,
+HEAD) and their request headers; feeding appends through the
+``WriteQueue`` so concurrent appends coalesce into one POST; learning the
+stream's content type (from create, HEAD or a read) because it decides how
+appends are encoded.
+
+Never reads data itself (``response.py`` does, on this handle's connection
+pool) and never resends an append that may have been applied: plain
+appends are retried only when the failure proves the request never took
+effect (connect errors, 429, 503). For retry-safe writes use
+``IdempotentProducer``.
+
+A handle is cheap and does no IO until used. It owns an httpx client unless
+given one; ``aclose()`` or ``async with`` releases it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import httpx
+
+from ._batching import APPEND, CLOSE, UPLOAD, Write, WriteQueue
+from ._protocol import (
+    CLOSED, DEFAULT_CONTENT_TYPE, NEXT_OFFSET, SEQ, START, Backoff, CloseResult, HeadResult, LiveMode, create_body,
+    create_headers, encode_message, frame_batch, head_result, is_json,
+)
+from ._transport import HeadersSpec, ParamsSpec, Transport, check
+from .response import StreamResponse, open_response
+
+# Appends coalesced into one POST stay below this: well under the 64 MiB
+# default request limit of servers, and small enough to retry cheaply.
+APPEND_BATCH_BYTES_MAX = 1024 * 1024
+
+
+class DurableStream:
+    """A handle on one stream URL. ``headers``/``params`` values may be callables (fresh tokens per request)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: HeadersSpec | None = None,
+        params: ParamsSpec | None = None,
+        content_type: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        backoff: Backoff | None = None,
+        batching: bool = True,
+        batch_bytes_max: int = APPEND_BATCH_BYTES_MAX,
+    ) -> None:
+        self.url = url
+        self.content_type = content_type
+        self._transport = Transport(client=client, headers=headers, params=params, backoff=backoff)
+        self._writes = WriteQueue(self._send, batch_bytes_max=batch_bytes_max if batching else 0)
+
+    @classmethod
+    async def create(
+        cls,
+        url: str,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        ttl: int | None = None,
+        expires_at: str | _dt.datetime | None = None,
+        body: Any = None,
+        closed: bool = False,
+        **handle_options: Any,
+    ) -> DurableStream:
+        """Creates the stream (201, or 200 if it exists with this configuration) and returns its handle.
+
+        ``body`` is the initial content: bytes or str as they are, or for a
+        JSON stream a list of messages. ``closed=True`` creates it closed
+        (a one-shot stream). A different existing configuration raises
+        CONFLICT_EXISTS.
+        """
+        handle = cls(url, content_type=content_type, **handle_options)
+        try:
+            headers = create_headers(content_type, ttl, expires_at, closed)
+            content = create_body(body, json_mode=is_json(content_type))
+            response = await handle._transport.request("PUT", url, headers=headers, content=content)
+            await check(response, "create", url)
+        except BaseException:
+            await handle.aclose()
+            raise
+        handle.content_type = response.headers.get("content-type") or content_type
+        return handle
+
+    @classmethod
+    async def connect(cls, url: str, **handle_options: Any) -> DurableStream:
+        """A handle on an existing stream, checked (and its content type learnt) with HEAD."""
+        handle = cls(url, **handle_options)
+        try:
+            await handle.head()
+        except BaseException:
+            await handle.aclose()
+            raise
+        return handle
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> DurableStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def head(self) -> HeadResult:
+        """Metadata: tail offset, content type, closed, TTL or expiry."""
+        response = await self._transport.request("HEAD", self.url)
+        await check(response, "head", self.url)
+        result = head_result(response.headers)
+        self.content_type = result.content_type or self.content_type
+        return result
+
+    async def delete(self) -> None:
+        response = await self._transport.request("DELETE", self.url)
+        await check(response, "delete", self.url)
+
+    async def append(self, data: Any, *, seq: str | None = None) -> str | None:
+        """Appends one message; returns the tail offset after the POST that carried it.
+
+        JSON streams take any JSON-encodable value (bytes: one value already
+        encoded); other streams take bytes or str. Appends made while a POST
+        is in flight are sent together in the next one (a JSON array for
+        JSON streams). ``seq`` is sent as ``Stream-Seq``; such appends
+        travel alone.
+        """
+        piece = encode_message(data, json_mode=await self._json_mode())
+        return await self._writes.submit(Write(APPEND, piece, seq, len(piece)))
+
+    async def append_stream(self, source: AsyncIterable[bytes | str], *, seq: str | None = None) -> str | None:
+        """Uploads ``source`` as one chunked POST (one append); never retried, as it cannot be replayed."""
+        await self._json_mode()
+        return await self._writes.submit(Write(UPLOAD, source, seq))
+
+    async def close(self, body: Any = None) -> CloseResult:
+        """Closes the stream (EOF), with ``body`` as a final message appended atomically if given.
+
+        Closing without a body is idempotent; with a body it raises
+        StreamClosedError if the stream is already closed.
+        """
+        piece = None if body is None else encode_message(body, json_mode=await self._json_mode())
+        return await self._writes.submit(Write(CLOSE, piece))
+
+    async def stream(
+        self, offset: str = START, live: LiveMode = False, *, headers: HeadersSpec | None = None, params: ParamsSpec | None = None
+    ) -> StreamResponse:
+        """Reads this stream (see ``trio_streams.client.stream``), on this handle's connections."""
+        transport = self._transport.derive(headers=headers, params=params)
+        response = await open_response(transport, self.url, offset, live, owns_transport=False)
+        self.content_type = response.content_type or self.content_type
+        return response
+
+    async def _json_mode(self) -> bool:
+        if self.content_type is None:
+            await self.head()
+        return is_json(self.content_type)
+
+    async def _send(self, batch: list[Write]) -> Any:
+        first = batch[0]
+        if first.kind == CLOSE:
+            return await self._post_close(first.payload)
+        json_mode = is_json(self.content_type)
+        headers = {"content-type": self.content_type or DEFAULT_CONTENT_TYPE}
+        if first.seq is not None:
+            headers[SEQ] = first.seq
+        if first.kind == UPLOAD:
+            content: Any = _encoded(first.payload)
+        else:
+            content = frame_batch([w.payload for w in batch], json_mode=json_mode)
+        response = await self._transport.request(
+            "POST", self.url, headers=headers, content=content, idempotent=False, retry=first.kind != UPLOAD
+        )
+        await check(response, "append", self.url, seq_sent=first.seq is not None)
+        return response.headers.get(NEXT_OFFSET)
+
+    async def _post_close(self, piece: bytes | None) -> CloseResult:
+        headers = {CLOSED: "true"}
+        content = None
+        if piece is not None:
+            headers["content-type"] = self.content_type or DEFAULT_CONTENT_TYPE
+            content = frame_batch([piece], json_mode=is_json(self.content_type))
+        # A bare close is idempotent (an already closed stream answers 204); one with a final message is not.
+        response = await self._transport.request("POST", self.url, headers=headers, content=content, idempotent=piece is None)
+        await check(response, "close", self.url)
+        return CloseResult(response.headers.get(NEXT_OFFSET))
+
+
+async def _encoded(source: AsyncIterable[bytes | str]) -> AsyncIterator[bytes]:
+    async for chunk in source:
+        data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+        if data:  # an empty chunk would end a chunked body early
+            yield data
