@@ -364,3 +364,15 @@ def test_json_integers_beyond_64_bits_stay_exact(body: bytes) -> None:
 def test_json_non_finite_numbers_are_400(body: bytes) -> None:
     with pytest.raises(ProtocolError):
         jsonmode.encode_messages(body, allow_empty=False)
+
+
+def test_chunk_cache_is_bounded_in_bytes() -> None:
+    from trio_streams.http.reads import ChunkCache
+    cache = ChunkCache(bytes_max=1000)
+    for i in range(20):
+        data = bytes(100)
+        cache.put((1, i, i + 100), (data, data))
+    assert cache.get((1, 0, 100)) is None and cache.get((1, 19, 119)) is not None
+    assert sum(1 for i in range(20) if cache.get((1, i, i + 100))) == 10
+    cache.put((2, 0, 500), (bytes(500), bytes(500)))  # larger than an eighth: not cached
+    assert cache.get((2, 0, 500)) is None

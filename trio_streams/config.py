@@ -39,6 +39,7 @@ class Settings:
     long_poll_timeout_ms: int = 30_000
     sse_connection_s: float = 60.0
     hot_tail_bytes_max: int = 256 * 1024
+    read_cache_bytes_max: int = 64 * 1024 * 1024
 
     # Actors and fan-out.
     actor_queue_depth: int = 256

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..protocol import headers as h
-from ..protocol.errors import ProtocolError, not_found
+from ..protocol.errors import ProtocolError
 from ..protocol.offsets import format_offset
 from ..protocol.rules import Reply
 from ..protocol.state import StreamState

@@ -20,7 +20,7 @@ import trio
 
 from ..protocol import jsonmode, sse
 from ..protocol.cursor import next_cursor
-from ..protocol.errors import ProtocolError, bad_request, not_found
+from ..protocol.errors import bad_request, not_found
 from ..protocol.headers import is_sse_text
 from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.state import StreamState
@@ -29,7 +29,6 @@ from .asgi import Headers, Request, Send, encode_headers, respond
 
 CACHE_MAX_AGE_S = 60
 CACHE_STALE_WHILE_REVALIDATE_S = 300
-CHUNK_CACHE_ENTRIES = 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,12 +45,13 @@ class ChunkCache:
     """Encoded chunks by (stream, start, end): one read and encode serves every reader.
 
     Data at a position never changes and stream ids are never reused, so
-    entries never go stale; the cache only needs a size bound.
+    entries never go stale; the cache only needs a bound, in bytes.
     """
 
-    def __init__(self, entries_max: int = CHUNK_CACHE_ENTRIES) -> None:
+    def __init__(self, bytes_max: int) -> None:
         self._entries: collections.OrderedDict[tuple[int, int, int], tuple[bytes, bytes]] = collections.OrderedDict()
-        self._entries_max = entries_max
+        self._bytes = 0
+        self._bytes_max = bytes_max
 
     def get(self, key: tuple[int, int, int]) -> tuple[bytes, bytes] | None:
         hit = self._entries.get(key)
@@ -60,9 +60,19 @@ class ChunkCache:
         return hit
 
     def put(self, key: tuple[int, int, int], value: tuple[bytes, bytes]) -> None:
+        size = _size(value)
+        if size > self._bytes_max // 8 or key in self._entries:
+            return  # one huge chunk must not flush everything else
         self._entries[key] = value
-        if len(self._entries) > self._entries_max:
-            self._entries.popitem(last=False)
+        self._bytes += size
+        while self._bytes > self._bytes_max:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= _size(old)
+
+
+def _size(value: tuple[bytes, bytes]) -> int:
+    raw, body = value
+    return len(raw) + (0 if body is raw else len(body))
 
 
 def resolve_start(req: Request, state: StreamState, *, required: bool) -> int | str:
@@ -134,7 +144,7 @@ class Reads:
     def __init__(self, registry: Registry, base: Headers) -> None:
         self.registry = registry
         self.settings = registry.settings
-        self.cache = ChunkCache()
+        self.cache = ChunkCache(self.settings.read_cache_bytes_max)
         self.base = base
         self._waits: set[trio.CancelScope] = set()
         self._draining = False

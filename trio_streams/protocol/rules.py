@@ -15,7 +15,7 @@ import dataclasses
 
 from . import jsonmode
 from .errors import ProtocolError, conflict
-from .headers import AppendRequest, CreateRequest, Producer, is_json, media_type
+from .headers import AppendRequest, CreateRequest, Expiry, Producer, is_json, media_type
 from .offsets import START, format_offset, parse_offset
 from .state import Appended, Created, ForkOrigin, ProducerState, StreamState
 
