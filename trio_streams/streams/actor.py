@@ -113,7 +113,7 @@ class StreamActor:
         view = self._registry.durable_state(self.path)
         if view is not None and self._registry.is_expired(view, now):
             events.append(Deleted(view.stream_id))
-            view = None
+            view = _after_delete(view)
         for command in batch:
             view = await self._decide(command, view, events, now)
         if events:
@@ -164,7 +164,16 @@ class StreamActor:
             raise not_found()
         if view.soft_deleted:
             raise ProtocolError(410, "GONE", "stream has been deleted")
-        return Deleted(view.stream_id), None, Reply(204)
+        return Deleted(view.stream_id), _after_delete(view), Reply(204)
+
+
+def _after_delete(view: StreamState) -> StreamState | None:
+    """What a delete leaves at the path: nothing, or the soft-deleted stream its forks still read."""
+    if view.refcount == 0:
+        return None
+    soft = view.speculative_copy()
+    soft.soft_deleted = True
+    return soft
 
 
 def _changes_topology(request: object) -> bool:
