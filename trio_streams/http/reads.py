@@ -190,7 +190,10 @@ class Reads:
         """resolve_start, plus: a JSON stream's offset must fall between messages."""
         start = resolve_start(req, state, required=required)
         if isinstance(start, int) and state.json_mode and 0 < start < state.tail:
-            before = await self.registry.store.read(self.registry.table, state, start - 1, start)
+            try:
+                before = await self.registry.store.read(self.registry.table, state, start - 1, start)
+            except (FileNotFoundError, KeyError):
+                raise not_found() from None  # deleted (with its fork chain) while we read
             if before != jsonmode.TERMINATOR:
                 raise bad_request("offset is not at a message boundary of this JSON stream", "INVALID_OFFSET")
         return start
