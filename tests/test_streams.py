@@ -200,3 +200,14 @@ async def test_second_server_on_same_directory_fails(tmp_path: Path) -> None:
         other = Service(settings)
         await other.run()
         assert other.failure is not None and "in use" in str(other.failure)
+
+
+async def test_stream_limit_refuses_creates_with_507(tmp_path: Path) -> None:
+    async with run_service(Settings(data_dir=str(tmp_path), streams_max=2)) as service:
+        registry = _registry(service)
+        await registry.create("a", _create())
+        await registry.create("b", _create())
+        with pytest.raises(ProtocolError) as info:
+            await registry.create("c", _create())
+        assert info.value.status == 507
+        assert (await registry.create("a", _create())).status == 200  # re-confirming is still fine

@@ -32,7 +32,6 @@ class Settings:
     # Request limits.
     append_bytes_max: int = 64 * 1024 * 1024
     stream_path_bytes_max: int = 1024
-    header_value_bytes_max: int = 8192
 
     # Reads.
     read_chunk_bytes_max: int = 1024 * 1024

@@ -154,6 +154,8 @@ class StreamActor:
                 apply_append(view, event)
             return event, view, reply
         if isinstance(request, CreateRequest):
+            if view is None and len(self._registry.table.by_id) >= self._registry.settings.streams_max:
+                raise ProtocolError(507, "TOO_MANY_STREAMS", "the server's stream limit is reached")
             stream_id = self._registry.allocate_stream_id() if view is None else 0
             event, reply = decide_create(view, self.path, request, stream_id, now, fork)
             if event is not None:
