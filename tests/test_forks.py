@@ -212,20 +212,14 @@ async def test_json_fork_anchor_must_be_a_message_boundary(registry) -> None:  #
 
 
 async def test_delete_and_recreate_in_one_batch_respects_soft_delete(registry) -> None:  # type: ignore[no-untyped-def]
-    """A delete and a PUT queued together: with forks alive the PUT must get 409."""
+    """A delete and a PUT decided in one actor batch: with forks alive the PUT must get 409."""
+    from trio_streams.streams.actor import Command, DeleteRequest, StreamActor
     await registry.create("src", _create(body=b"x"))
     await registry.create("f", _fork("src"))
-    results: dict[str, object] = {}
-
-    async def run(name, coro):  # type: ignore[no-untyped-def]
-        try:
-            results[name] = (await coro).status
-        except ProtocolError as exc:
-            results[name] = exc.status
-
-    import trio
-    async with trio.open_nursery() as nursery:  # both reach the actor before it runs: one batch
-        nursery.start_soon(run, "delete", registry.delete("src"))
-        nursery.start_soon(run, "put", registry.create("src", _create(body=b"y")))
-    assert results == {"delete": 204, "put": 409}
+    delete, put = Command(DeleteRequest()), Command(_create(body=b"x"))
+    await StreamActor(registry, "src")._process([delete, put])
+    assert (await delete.wait()).status == 204
+    with pytest.raises(ProtocolError) as info:
+        await put.wait()
+    assert info.value.status == 409
     assert registry.table.by_path["src"].soft_deleted
