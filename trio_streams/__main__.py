@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--append-bytes-max", type=int, help="largest request body accepted (default 64 MiB)")
     s.add_argument("--read-chunk-bytes-max", type=int, help="largest read response body (default 1 MiB)")
     s.add_argument("--stream-prefix", help="URL prefix for streams (default /v1/stream/)")
+    s.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS and HTTP/2")
+    s.add_argument("--keyfile", help="TLS private key (PEM)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")
     client_cli.add_commands(commands)
@@ -60,6 +62,7 @@ def run_server(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
             long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
             read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
+            tls_certfile=args.certfile, tls_keyfile=args.keyfile,
         )
     except ValueError as exc:
         print(f"trio-streams: {exc}", file=sys.stderr)
@@ -68,6 +71,8 @@ def run_server(args: argparse.Namespace) -> int:
     config = Config()
     config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    if settings.tls_certfile:
+        config.certfile, config.keyfile = settings.tls_certfile, settings.tls_keyfile
     # Hand Hypercorn our configured loggers so every line has one format.
     config.accesslog = logging.getLogger("hypercorn.access") if args.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")

@@ -21,6 +21,9 @@ class Settings:
     data_dir: str = "./data"
     # URL prefix under which streams live; always starts and ends with "/".
     stream_prefix: str = "/v1/stream/"
+    # Serve HTTPS (and HTTP/2 via ALPN) when both are set.
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
 
     # Durability.
     fsync: str = "always"
@@ -57,6 +60,8 @@ class Settings:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
             raise ValueError("stream_prefix must start and end with '/'")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("tls_certfile and tls_keyfile must be given together")
         if self.cache_visibility not in ("public", "private"):
             raise ValueError("cache_visibility must be 'public' or 'private'")
         for field in dataclasses.fields(self):
