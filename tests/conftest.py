@@ -192,28 +192,27 @@ def _make_server(tmp_root: Path, name: str, extra: list[str]) -> Server:
     return Server(data, extra)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The shared server: 500 ms long-poll timeout, 64 KiB append limit, default 1 MiB read chunks."""
-    srv = _make_server(tmp_path_factory.mktemp("srv"), "data", ["--append-bytes-max", str(APPEND_BYTES_MAX)])
+def serving(tmp_root: Path, extra: list[str]) -> Iterator[Server]:
+    """Runs a server for a fixture's lifetime: stopped cleanly, and killed whatever happens."""
+    srv = _make_server(tmp_root, "data", extra)
     try:
         srv.start()
         yield srv
         srv.stop()
     finally:
         srv.kill_quietly()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The shared server: 500 ms long-poll timeout, 64 KiB append limit, default 1 MiB read chunks."""
+    yield from serving(tmp_path_factory.mktemp("srv"), ["--append-bytes-max", str(APPEND_BYTES_MAX)])
 
 
 @pytest.fixture(scope="session")
 def chunk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server whose reads return at most 16 bytes per response (or one whole JSON message)."""
-    srv = _make_server(tmp_path_factory.mktemp("chunk"), "data", ["--read-chunk-bytes-max", "16"])
-    try:
-        srv.start()
-        yield srv
-        srv.stop()
-    finally:
-        srv.kill_quietly()
+    yield from serving(tmp_path_factory.mktemp("chunk"), ["--read-chunk-bytes-max", "16"])
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from conftest import (
     deadline_poll,
     is_control,
     offset_of,
+    serving,
     unique,
 )
 
@@ -42,15 +43,7 @@ def path(name: str) -> str:
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server whose long-polls wait 30 s, so prompt answers and disconnect clean-up are unambiguous."""
-    data = tmp_path_factory.mktemp("slow") / "data"
-    data.mkdir()
-    srv = Server(data, ["--long-poll-timeout-ms", str(SLOW_POLL_MS)])
-    try:
-        srv.start()
-        yield srv
-        srv.stop()
-    finally:
-        srv.kill_quietly()
+    yield from serving(tmp_path_factory.mktemp("slow"), ["--long-poll-timeout-ms", str(SLOW_POLL_MS)])
 
 
 @pytest.fixture(scope="module")
