@@ -22,7 +22,10 @@ from ..config import Settings, settings_from_env
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
 from . import handlers, reads
-from .asgi import ClientGone, Receive, Request, Scope, Send, common_headers, error_body, parse_request, respond
+from .asgi import (
+    ALLOWED_METHODS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers, error_body,
+    parse_request, respond,
+)
 from .metrics import render_metrics
 from .paths import stream_name
 
@@ -77,7 +80,7 @@ class App:
 
     async def _error(self, send: Send, status: int, code: str, message: str, headers: tuple, *, head: bool) -> None:
         pairs = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-        pairs += [(k.encode(), v.encode()) for k, v in headers]
+        pairs += encode_headers(headers)
         try:
             await respond(send, status, pairs, error_body(code, message), head=head)
         except Exception:  # the response had already started; nothing more to say
@@ -106,7 +109,7 @@ class App:
             await self._get(req, path, send)
         else:
             raise ProtocolError(405, "METHOD_NOT_ALLOWED", f"method {req.method} is not allowed",
-                                (("allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS"),))
+                                (("allow", ALLOWED_METHODS),))
 
     async def _get(self, req: Request, path: str, send: Send) -> None:
         registry = self.service.registry
