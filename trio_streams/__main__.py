@@ -23,8 +23,6 @@ from .client import cli as client_cli
 from .config import FSYNC_MODES, settings_from_env
 from .http.app import App
 
-GRACEFUL_TIMEOUT_S = 5.0
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trio-streams", description="Durable Streams server on Trio.")
@@ -37,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--long-poll-timeout-ms", type=int, help="long-poll wait before 204 (default 30000)")
     s.add_argument("--append-bytes-max", type=int, help="largest request body accepted (default 64 MiB)")
     s.add_argument("--read-chunk-bytes-max", type=int, help="largest read response body (default 1 MiB)")
+    s.add_argument("--send-timeout-s", type=float,
+                   help="drop a reader whose response write makes no progress for this long (default 30)")
+    s.add_argument("--shutdown-grace-s", type=float,
+                   help="after SIGTERM, how long requests and writes may still run (default 5)")
     s.add_argument("--stream-prefix", help="URL prefix for streams (default /v1/stream/)")
     s.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS and HTTP/2")
     s.add_argument("--keyfile", help="TLS private key (PEM)")
@@ -63,6 +65,7 @@ def run_server(args: argparse.Namespace) -> int:
             long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
             read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
             tls_certfile=args.certfile, tls_keyfile=args.keyfile,
+            send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
         )
     except ValueError as exc:
         print(f"trio-streams: {exc}", file=sys.stderr)
@@ -70,7 +73,7 @@ def run_server(args: argparse.Namespace) -> int:
     app = App(settings)
     config = Config()
     config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
-    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.graceful_timeout = settings.shutdown_grace_s
     if settings.tls_certfile:
         config.certfile, config.keyfile = settings.tls_certfile, settings.tls_keyfile
     # Hand Hypercorn our configured loggers so every line has one format.

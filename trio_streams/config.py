@@ -40,6 +40,10 @@ class Settings:
     read_chunk_bytes_max: int = 1024 * 1024
     long_poll_timeout_ms: int = 30_000
     sse_connection_s: float = 60.0
+    # Longest a response write may make no progress (per 256 KiB piece) before
+    # the reader is dropped: a client that stops reading cannot hold a
+    # connection, a task or shutdown.
+    send_timeout_s: float = 30.0
     hot_tail_bytes_max: int = 256 * 1024
     read_cache_bytes_max: int = 64 * 1024 * 1024
 
@@ -50,6 +54,10 @@ class Settings:
     subscribers_per_stream_max: int = 10_000
     streams_max: int = 10_000_000
     open_stream_files_max: int = 256
+
+    # Shutdown: after SIGTERM, in-flight requests and response writes get this
+    # long; then connections are closed and the log is flushed.
+    shutdown_grace_s: float = 5.0
 
     # Caching: "public" or "private" for Cache-Control on catch-up reads.
     cache_visibility: str = "public"

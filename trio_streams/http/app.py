@@ -13,8 +13,6 @@ Run it with ``trio-streams serve`` or directly under Hypercorn:
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
-from typing import Any
 
 import trio
 
@@ -28,6 +26,7 @@ from .asgi import (
 )
 from .metrics import render_metrics
 from .paths import stream_name
+from .send_timeout import SendDeadlines, install as bound_hypercorn_writes
 
 log = logging.getLogger("trio_streams.http")
 
@@ -38,6 +37,9 @@ class App:
         self.service = Service(settings)
         self._base = common_headers(settings.cors_allow_origin)
         self._reads: reads.Reads | None = None
+        # Found by the patched Hypercorn writer through this app (see send_timeout.py).
+        self.send_deadlines = SendDeadlines(settings.send_timeout_s)
+        bound_hypercorn_writes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -46,7 +48,9 @@ class App:
             await self._http(scope, receive, send)
 
     def drain(self) -> None:
-        """Begin shutdown: end live reads at once instead of holding connections open."""
+        """Begin shutdown: end live reads at once instead of holding connections open,
+        and give every response write until the grace period ends, no longer."""
+        self.send_deadlines.drain(self.settings.shutdown_grace_s)
         if self._reads is not None:
             self._reads.drain()
 
@@ -123,7 +127,8 @@ class App:
             await self._reads.catch_up(req, state, send)
         elif live in ("long-poll", "sse"):
             operation = self._reads.long_poll if live == "long-poll" else self._reads.server_sent_events
-            await _until_disconnect(req.receive, operation(req, state, _shielded(send)))
+            bounded = self.send_deadlines.bounded_app_send(send, req.scope.get("http_version", "1.1"))
+            await _until_disconnect(req.receive, operation(req, state, bounded))
         else:
             raise ProtocolError(400, "INVALID_QUERY", f"unknown live mode {live[:32]!r}")
 
@@ -137,7 +142,7 @@ class App:
             await respond(send, 200, headers, b'{"status":"ok"}')
 
     async def _metrics(self, send: Send) -> None:
-        body = render_metrics(self.service).encode()
+        body = render_metrics(self.service, {"stalled_writes_total": self.send_deadlines.stalled}).encode()
         headers = self._base + [(b"content-type", b"text/plain; version=0.0.4"), (b"cache-control", b"no-store")]
         await respond(send, 200, headers, body)
 
@@ -166,21 +171,6 @@ async def _until_disconnect(receive: Receive, operation) -> None:  # type: ignor
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
-
-
-def _shielded(send: Send) -> Send:
-    """A ``send`` that a disconnect cannot interrupt half-way.
-
-    Hypercorn finishes a response's bookkeeping (recycling the keep-alive
-    connection, re-arming its idle timer) inside the app's final ``send``;
-    cancelling it there would leave the connection without its idle timer,
-    so shutdown would wait out the whole grace period for it.
-    """
-    async def send_shielded(message: MutableMapping[str, Any]) -> None:
-        with trio.CancelScope(shield=True):
-            await send(message)
-
-    return send_shielded
 
 
 def create_app(settings: Settings | None = None) -> App:

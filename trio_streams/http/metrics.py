@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from ..service import Service
 
 
-def render_metrics(service: Service) -> str:
+def render_metrics(service: Service, http: dict[str, int]) -> str:
     lines = [f"trio_streams_ready {int(service.ready.is_set() and service.failure is None)}"]
+    lines += [f"trio_streams_http_{name} {value}" for name, value in http.items()]
     registry = service.registry
     if registry is not None:
         for name, value in registry.statistics().items():
