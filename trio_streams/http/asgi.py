@@ -107,7 +107,7 @@ def parse_request(scope: Scope, receive: Receive) -> Request:
     return Request(scope["method"].upper(), decode_path(scope), headers, query, scope, receive)
 
 
-# Stream data is whatever writers put there, served from our origin: an
+# Stream data is whatever writers put there, served from our origin: a
 # text/html or image/svg+xml stream would otherwise run its scripts as us.
 # "sandbox" without allow-scripts gives the document an opaque origin and no
 # scripts; default-src 'none' stops it loading anything either.
