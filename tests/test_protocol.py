@@ -7,15 +7,15 @@ import random
 import orjson
 import pytest
 
-from trio_streams.protocol import cursor, jsonmode, sse
+from trio_streams.protocol import cursor, jsonmode, sse, urls
 from trio_streams.protocol.errors import ProtocolError
 from trio_streams.protocol.headers import (
-    AppendRequest, CreateRequest, Expiry, Producer, flag, is_sse_text, media_type,
+    AppendRequest, CreateRequest, Expiry, ForkSpec, Producer, flag, is_sse_text, media_type,
     parse_append, parse_create, parse_expiry, parse_producer,
 )
 from trio_streams.protocol.offsets import NOW, START, format_offset, parse_offset
 from trio_streams.protocol.rules import decide_append, decide_create
-from trio_streams.protocol.state import Appended, Created, Deleted, ProducerState, StreamState, StreamTable
+from trio_streams.protocol.state import Appended, Created, Deleted, ForkOrigin, ProducerState, StreamState, StreamTable
 
 
 # -- offsets ---------------------------------------------------------------
@@ -376,3 +376,106 @@ def test_chunk_cache_is_bounded_in_bytes() -> None:
     assert sum(1 for i in range(20) if cache.get((1, i, i + 100))) == 10
     cache.put((2, 0, 500), (bytes(500), bytes(500)))  # larger than an eighth: not cached
     assert cache.get((2, 0, 500)) is None
+
+
+# -- fork re-creation: the default offset is the caller's to state -----------
+
+def _existing_fork(anchor: int) -> StreamState:
+    origin = ForkOrigin(1, "src", anchor, 0, anchor)
+    return StreamState(2, "f", "text/plain", Expiry(), 0.0, fork=origin)
+
+
+@pytest.mark.parametrize(("offset", "status"), [
+    (format_offset(5), 200), (format_offset(4), 409), (None, 409),  # None: no source to take a tail from
+])
+def test_fork_recreate_compares_the_stated_offset(offset: str | None, status: int) -> None:
+    req = CreateRequest("text/plain", Expiry(), False, b"", ForkSpec("src", offset, 0), content_type_given=False)
+    try:
+        _, reply = decide_create(_existing_fork(5), "f", req, 9, 1.0)
+        assert reply.status == status
+    except ProtocolError as exc:
+        assert exc.status == status
+
+
+# -- URLs: names, spellings, origins ---------------------------------------
+
+@pytest.mark.parametrize(("raw", "decoded"), [
+    (b"/v1/stream/x%2Fy", "/v1/stream/x/y"), (b"/p%2Bq", "/p+q"), (b"/p+q", "/p+q"),
+    (b"/caf%c3%a9", "/café"), (b"/caf\xc3\xa9", "/café"), (b"/a%20b", "/a b"), (b"/%25", "/%"),
+])
+def test_paths_decode_every_escape(raw: bytes, decoded: str) -> None:
+    assert urls.decode_path(raw) == decoded
+
+
+@pytest.mark.parametrize("raw", [b"/x-%ff", b"/x-%c3", b"/\xff", b"/%ed%a0%80"])
+def test_paths_that_are_not_utf8_are_400(raw: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        urls.decode_path(raw, "INVALID_FORK")
+    assert (info.value.status, info.value.code) == (400, "INVALID_FORK")
+
+
+@pytest.mark.parametrize(("path", "encoded"), [
+    ("/x/y", "/x/y"), ("/p+q", "/p+q"), ("/café", "/caf%C3%A9"), ("/a b", "/a%20b"), ("/%", "/%25"),
+    ("/~a_b.c-d", "/~a_b.c-d"), ("/a?b#c", "/a%3Fb%23c"), ("/!$&'()*,;=:@", "/!$&'()*,;=:@"),
+])
+def test_names_print_in_one_canonical_encoding(path: str, encoded: str) -> None:
+    assert urls.encode_path(path) == encoded
+    assert urls.decode_path(encoded.encode()) == path  # and it reads back as the same name
+
+
+def _respell(name: str, rng: random.Random) -> bytes:
+    """Another spelling of ``name``: each UTF-8 byte raw when it may be, or escaped in either hex case."""
+    out = b""
+    for byte in name.encode():
+        raw_ok = chr(byte).isalnum() and byte < 128 or chr(byte) in "/+~:@!"
+        if raw_ok and rng.random() < 0.5:
+            out += bytes([byte])
+        else:
+            escaped = f"%{byte:02X}"
+            out += (escaped.lower() if rng.random() < 0.5 else escaped).encode()
+    return out
+
+
+def test_every_spelling_decodes_to_the_name_and_prints_canonically() -> None:
+    rng = random.Random(11)
+    alphabet = "az09/+%~ é?#:@!\u00ff\u4e2d"
+    for _ in range(500):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        printed = urls.encode_path(name)
+        assert urls.decode_path(printed.encode()) == name
+        spelling = _respell(name, rng)
+        assert urls.decode_path(spelling) == name, spelling
+        assert urls.encode_path(urls.decode_path(spelling)) == printed
+
+
+@pytest.mark.parametrize(("value", "origin", "path"), [
+    ("/v1/stream/a", None, b"/v1/stream/a"),
+    ("/v1/stream/a?x#y", None, b"/v1/stream/a"),
+    ("/v1/stream/caf\xc3\xa9", None, b"/v1/stream/caf\xc3\xa9"),
+    ("http://h:8/v1/stream/a", urls.Origin("http", "h", 8), b"/v1/stream/a"),
+    ("HTTPS://H.example/v1/stream/a?q", urls.Origin("https", "h.example", 443), b"/v1/stream/a"),
+    ("http://h?q", urls.Origin("http", "h", 80), b""),
+    ("http://[::1]:80/s", urls.Origin("http", "[::1]", 80), b"/s"),
+])
+def test_fork_references_split_into_origin_and_raw_path(value: str, origin: object, path: bytes) -> None:
+    assert urls.split_reference(value) == (origin, path)
+
+
+@pytest.mark.parametrize("value", [
+    "//evil.example/v1/stream/a", "ftp://h/v1/stream/a", "http:/v1/stream/a", "http://u@h/v1/stream/a",
+    "http://h:0/a", "http://h:65536/a", "http:///a", "v1/stream/a", "mailto:a@b",
+])
+def test_malformed_fork_references_are_400(value: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        urls.split_reference(value)
+    assert (info.value.status, info.value.code) == (400, "INVALID_FORK")
+
+
+@pytest.mark.parametrize(("scheme", "authority", "origin"), [
+    ("http", "Example.COM", urls.Origin("http", "example.com", 80)),
+    ("https", "example.com:443", urls.Origin("https", "example.com", 443)),
+    ("http", "127.0.0.1:4437", urls.Origin("http", "127.0.0.1", 4437)),
+    ("http", "evil.example/x", None), ("http", "a b", None), ("http", "", None), ("ws", "h", None),
+])
+def test_origins_fill_in_default_ports_and_fold_case(scheme: str, authority: str, origin: object) -> None:
+    assert urls.parse_origin(scheme, authority) == origin

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shutdown-grace-s", type=float,
                    help="after SIGTERM, how long requests and writes may still run (default 5)")
     s.add_argument("--stream-prefix", help="URL prefix for streams (default /v1/stream/)")
+    s.add_argument("--public-base-url", help="scheme://host[:port] clients use; Location is built from it")
     s.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS and HTTP/2")
     s.add_argument("--keyfile", help="TLS private key (PEM)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -65,7 +66,7 @@ def run_server(args: argparse.Namespace) -> int:
             long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
             read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
             tls_certfile=args.certfile, tls_keyfile=args.keyfile,
-            send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
+            public_base_url=args.public_base_url, send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
         )
     except ValueError as exc:
         print(f"trio-streams: {exc}", file=sys.stderr)

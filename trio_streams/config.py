@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .protocol.urls import normalise_base_url
+
 FSYNC_MODES = ("always", "interval", "never")
 
 
@@ -63,6 +65,12 @@ class Settings:
     cache_visibility: str = "public"
     cors_allow_origin: str = "*"
 
+    # Public URL: ``scheme://host[:port]`` clients reach the server by (behind a
+    # proxy, the proxy's). When set, Location is built from it instead of the
+    # client-supplied Host header, and an absolute Stream-Forked-From must
+    # have this origin. Empty: use the request's scheme and Host.
+    public_base_url: str = ""
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -72,6 +80,8 @@ class Settings:
             raise ValueError("tls_certfile and tls_keyfile must be given together")
         if self.cache_visibility not in ("public", "private"):
             raise ValueError("cache_visibility must be 'public' or 'private'")
+        if self.public_base_url:  # frozen: normalise in place once, at start-up
+            object.__setattr__(self, "public_base_url", normalise_base_url(self.public_base_url))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:

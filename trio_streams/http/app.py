@@ -91,11 +91,8 @@ class App:
             log.debug("could not send error response", exc_info=True)
 
     async def _route(self, req: Request, send: Send) -> None:
-        if req.path == "/healthz":
-            await self._health(send)
-            return
-        if req.path == "/metrics":
-            await self._metrics(send)
+        if req.path in ("/healthz", "/metrics"):
+            await self._operations(req, send)
             return
         if not req.path.startswith(self.settings.stream_prefix):
             raise not_found("no such resource")
@@ -132,21 +129,37 @@ class App:
         else:
             raise ProtocolError(400, "INVALID_QUERY", f"unknown live mode {live[:32]!r}")
 
-    async def _health(self, send: Send) -> None:
+    async def _operations(self, req: Request, send: Send) -> None:
+        """/healthz and /metrics answer GET and HEAD only.
+
+        Anything else is refused before a 2xx can go out: a 2xx to CONNECT
+        switches the connection's protocol, so Hypercorn could not send the body.
+        """
+        if req.method not in OPERATIONS_METHODS.split(", "):
+            raise ProtocolError(405, "METHOD_NOT_ALLOWED", f"method {req.method[:16]} is not allowed here",
+                                (("allow", OPERATIONS_METHODS),))
+        head = req.method == "HEAD"
+        if req.path == "/healthz":
+            await self._health(send, head)
+        else:
+            await self._metrics(send, head)
+
+    async def _health(self, send: Send, head: bool) -> None:
         headers = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
         if self.service.failure is not None:
-            await respond(send, 503, headers, error_body("FAILED", str(self.service.failure)))
+            await respond(send, 503, headers, error_body("FAILED", str(self.service.failure)), head=head)
         elif not self.service.ready.is_set():
-            await respond(send, 503, headers, error_body("RECOVERING", "recovering the write-ahead log"))
+            await respond(send, 503, headers, error_body("RECOVERING", "recovering the write-ahead log"), head=head)
         else:
-            await respond(send, 200, headers, b'{"status":"ok"}')
+            await respond(send, 200, headers, b'{"status":"ok"}', head=head)
 
-    async def _metrics(self, send: Send) -> None:
+    async def _metrics(self, send: Send, head: bool) -> None:
         body = render_metrics(self.service, {"stalled_writes_total": self.send_deadlines.stalled}).encode()
         headers = self._base + [(b"content-type", b"text/plain; version=0.0.4"), (b"cache-control", b"no-store")]
-        await respond(send, 200, headers, body)
+        await respond(send, 200, headers, body, head=head)
 
 
+OPERATIONS_METHODS = "GET, HEAD"
 _WRITES = {"PUT": handlers.put, "POST": handlers.post, "DELETE": handlers.delete, "HEAD": handlers.head}
 
 

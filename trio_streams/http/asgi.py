@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import parse_qsl
 
 import orjson
 
+from ..protocol import urls
 from ..protocol.errors import ProtocolError
 
 Scope = MutableMapping[str, Any]
@@ -53,12 +54,6 @@ class Request:
             raise ProtocolError(400, "INVALID_QUERY", f"query parameter {name!r} given more than once")
         return values[0] if values else None
 
-    def absolute_url(self) -> str:
-        host = self.headers.get("host") or _server_host(self.scope)
-        scheme = self.scope.get("scheme", "http")
-        raw = self.scope.get("raw_path") or self.path.encode()
-        return f"{scheme}://{host}{raw.decode('latin-1')}"
-
     async def body(self, limit: int) -> bytes:
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -82,9 +77,12 @@ class ClientGone(Exception):
     """The client disconnected before we could answer."""
 
 
-def _server_host(scope: Scope) -> str:
-    server = scope.get("server") or ("localhost", None)
-    return server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
+def server_authority(scope: Scope) -> str:
+    """``host[:port]`` of the address the request arrived on."""
+    host, port = scope.get("server") or ("localhost", None)
+    host = f"[{host}]" if ":" in host else host
+    default_port = urls.DEFAULT_PORTS.get(scope.get("scheme", "http"))
+    return host if port in (None, default_port) else f"{host}:{port}"
 
 
 def decode_path(scope: Scope) -> str:
@@ -96,10 +94,7 @@ def decode_path(scope: Scope) -> str:
     raw = scope.get("raw_path")
     if not raw:
         return scope["path"]
-    try:
-        return unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError(400, "INVALID_PATH", "the request path is not valid UTF-8") from None
+    return urls.decode_path(raw.split(b"?", 1)[0])
 
 
 def parse_request(scope: Scope, receive: Receive) -> Request:
@@ -112,9 +107,17 @@ def parse_request(scope: Scope, receive: Receive) -> Request:
     return Request(scope["method"].upper(), decode_path(scope), headers, query, scope, receive)
 
 
+# Stream data is whatever writers put there, served from our origin: a
+# text/html or image/svg+xml stream would otherwise run its scripts as us.
+# "sandbox" without allow-scripts gives the document an opaque origin and no
+# scripts; default-src 'none' stops it loading anything either.
+CONTENT_SECURITY_POLICY = "default-src 'none'; sandbox"
+
+
 def common_headers(cors_origin: str) -> Headers:
     return [
         (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
         (b"cross-origin-resource-policy", b"cross-origin"),
         (b"access-control-allow-origin", cors_origin.encode()),
         (b"access-control-expose-headers", EXPOSED_HEADERS.encode()),

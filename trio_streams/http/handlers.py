@@ -7,7 +7,6 @@ Never: protocol decisions (protocol.rules) or storage (the actors/log).
 from __future__ import annotations
 
 import dataclasses
-from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..protocol import headers as h
@@ -16,7 +15,7 @@ from ..protocol.offsets import format_offset
 from ..protocol.rules import Reply
 from ..protocol.state import StreamState
 from ..streams.registry import Registry
-from .paths import stream_name
+from .paths import fork_source_name, stream_url
 from .asgi import ALLOWED_METHODS, ALLOWED_REQUEST_HEADERS, Headers, Request, Send, encode_headers, respond
 
 
@@ -24,19 +23,11 @@ async def put(req: Request, path: str, registry: Registry, base: Headers, send: 
     body = await req.body(registry.settings.append_bytes_max)
     request = h.parse_create(req.headers, body)
     if request.fork is not None:
-        source = fork_source_name(request.fork.source, registry.settings)
+        source = fork_source_name(request.fork.source, req, registry.settings)
         request = dataclasses.replace(request, fork=dataclasses.replace(request.fork, source=source))
     reply = await registry.create(path, request)
-    extra = [("location", req.absolute_url())] if reply.status == 201 else []
+    extra = [("location", stream_url(req, path, registry.settings))] if reply.status == 201 else []
     await _reply(send, reply, base, extra)
-
-
-def fork_source_name(value: str, settings: Settings) -> str:
-    """Stream-Forked-From (a path, or a URL on this server) → the source's stream name."""
-    path = urlsplit(value).path if "://" in value else value
-    if not path.startswith(settings.stream_prefix):
-        raise ProtocolError(404, "NOT_FOUND", "Stream-Forked-From does not name a stream on this server")
-    return stream_name(path, settings)
 
 
 async def post(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:

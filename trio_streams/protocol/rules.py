@@ -104,8 +104,8 @@ def _same_fork(state: StreamState, req: CreateRequest) -> bool:
     assert origin is not None and spec is not None
     if spec.sub_offset != origin.sub_offset or spec.source != origin.source_path:
         return False
-    if spec.offset is None:  # "the source's tail": whatever it was at creation
-        return True
+    if spec.offset is None:  # the caller states the default (the source's tail now); no source, no match
+        return False
     anchor = parse_offset(spec.offset)
     return anchor == origin.anchor or (anchor == START and origin.anchor == 0)
 

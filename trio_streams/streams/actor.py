@@ -24,7 +24,7 @@ from ..protocol.headers import AppendRequest, CreateRequest
 from ..protocol.rules import Reply, ResolvedFork, decide_append, decide_create
 from ..protocol.state import Deleted, Event, StreamState, apply_append, state_from_created
 from ..storage.log import StorageFailed
-from .forks import resolve_fork
+from .forks import resolve_fork, with_default_offset
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -132,8 +132,11 @@ class StreamActor:
         try:
             fork = None
             request = command.request
-            if isinstance(request, CreateRequest) and request.fork is not None and view is None:
-                fork = await resolve_fork(self._registry, request.fork, now)
+            if isinstance(request, CreateRequest) and request.fork is not None:
+                if view is None:
+                    fork = await resolve_fork(self._registry, request.fork, now)
+                else:
+                    request = dataclasses.replace(request, fork=with_default_offset(self._registry, request.fork))
             event, view, command.reply = self._decide_one(request, view, now, fork)
         except ProtocolError as exc:
             command.error = exc

@@ -11,12 +11,13 @@ registry's topology lock, so the source cannot be deleted underneath it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from ..protocol.errors import ProtocolError, bad_request, conflict
 from ..protocol.headers import ForkSpec
 from ..protocol.jsonmode import TERMINATOR
-from ..protocol.offsets import NOW, START, parse_offset
+from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.rules import ResolvedFork
 from ..protocol.state import StreamState
 
@@ -26,9 +27,10 @@ if TYPE_CHECKING:
 
 async def resolve_fork(registry: Registry, spec: ForkSpec, now: float) -> ResolvedFork:
     source = registry.table.by_path.get(spec.source)
-    if source is None or registry.is_expired(source, now):
+    expired = source is not None and registry.is_expired(source, now)
+    if source is None or (expired and source.refcount == 0):
         raise ProtocolError(404, "NOT_FOUND", "the Stream-Forked-From source stream does not exist")
-    if source.soft_deleted:
+    if source.soft_deleted or expired:  # expiry soft-deletes a source that has forks
         raise conflict("the source stream has been deleted", "CONFLICT_SOFT_DELETED")
     anchor = _anchor(spec, source)
     if source.json_mode and 0 < anchor < source.tail:
@@ -39,6 +41,19 @@ async def resolve_fork(registry: Registry, spec: ForkSpec, now: float) -> Resolv
     if spec.sub_offset:
         base = await _sub_position(registry, source, anchor, spec.sub_offset)
     return ResolvedFork(source, spec.source, anchor, spec.sub_offset, base)
+
+
+def with_default_offset(registry: Registry, spec: ForkSpec) -> ForkSpec:
+    """``spec`` with an omitted (or ``now``) Stream-Fork-Offset spelled out: the source's tail now.
+
+    A re-create is idempotent only if it would fork at the same point (4.2),
+    so the default is resolved at the time of the repeat, not remembered
+    from the first create. Left as is when the source is not there.
+    """
+    source = registry.table.by_path.get(spec.source)
+    if source is None or spec.offset not in (None, NOW):
+        return spec
+    return dataclasses.replace(spec, offset=format_offset(source.tail))
 
 
 def _anchor(spec: ForkSpec, source: StreamState) -> int:

@@ -25,7 +25,7 @@ from ..protocol.rules import Reply
 from ..protocol.state import Deleted, Event, StreamState, StreamTable
 from ..storage.log import Log
 from ..storage.store import Store
-from .actor import Command, DeleteRequest, StreamActor
+from .actor import Command, DeleteRequest, StreamActor, _after_delete
 
 EXPIRY_SWEEP_S = 10.0
 
@@ -40,6 +40,7 @@ class Registry:
         self._actors: dict[str, StreamActor] = {}
         self._subscribers: dict[int, set[trio.MemorySendChannel[None]]] = {}
         self._last_access: dict[int, float] = {}
+        self._expiring: set[int] = set()
         self._next_stream_id = table.next_stream_id
         self.topology_lock = trio.Lock()
         now = time.time()
@@ -94,11 +95,16 @@ class Registry:
     # -- reads -----------------------------------------------------------
 
     def lookup(self, path: str) -> StreamState | None:
-        """The live stream at ``path``; an expired one is reported gone and deleted."""
+        """The stream at ``path`` as clients see it; an expired one is deleted in the background.
+
+        Expiry is a delete, so an expired stream reads as what the delete
+        will leave, from the first request on: nothing (404), or, while forks
+        still reference it, a soft-deleted stream (410 Gone, 4.2).
+        """
         state = self.table.by_path.get(path)
         if state is not None and self.is_expired(state, time.time()):
-            self._nursery.start_soon(self._expire, path, state.stream_id)
-            return None
+            self._start_expiry(path, state.stream_id)
+            return _after_delete(state)
         return state
 
     def get(self, path: str) -> StreamState:
@@ -130,9 +136,18 @@ class Registry:
             return now - last >= expiry.ttl_s
         return False
 
+    def _start_expiry(self, path: str, stream_id: int) -> None:
+        # One delete per stream, however many requests find it expired meanwhile.
+        if stream_id not in self._expiring:
+            self._expiring.add(stream_id)
+            self._nursery.start_soon(self._expire, path, stream_id)
+
     async def _expire(self, path: str, stream_id: int) -> None:
-        with contextlib.suppress(ProtocolError):
-            await self._command(path, DeleteRequest(only_stream_id=stream_id))
+        try:
+            with contextlib.suppress(ProtocolError):
+                await self._command(path, DeleteRequest(only_stream_id=stream_id))
+        finally:
+            self._expiring.discard(stream_id)
 
     async def sweep_expired_forever(self) -> None:
         while True:
@@ -140,7 +155,7 @@ class Registry:
             now = time.time()
             for state in list(self.table.by_id.values()):
                 if self.is_expired(state, now):
-                    self._nursery.start_soon(self._expire, state.path, state.stream_id)
+                    self._start_expiry(state.path, state.stream_id)
 
     # -- fan-out -----------------------------------------------------------
 
