@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import base64
 import json
+import os
 import re
 import signal
 import socket
@@ -76,6 +77,7 @@ class Server:
     data_dir: Path
     extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)  # added to ours: TRIO_STREAMS_* settings without a flag
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -100,7 +102,7 @@ class Server:
         try:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, env=os.environ | self.env,
             )
         finally:
             log.close()
@@ -186,15 +188,15 @@ class Server:
         return seen[-1]
 
 
-def _make_server(tmp_root: Path, name: str, extra: list[str]) -> Server:
+def _make_server(tmp_root: Path, name: str, extra: list[str], env: dict[str, str] | None = None) -> Server:
     data = tmp_root / name
     data.mkdir(parents=True)
-    return Server(data, extra)
+    return Server(data, extra, env=env or {})
 
 
-def serving(tmp_root: Path, extra: list[str]) -> Iterator[Server]:
+def serving(tmp_root: Path, extra: list[str], env: dict[str, str] | None = None) -> Iterator[Server]:
     """Runs a server for a fixture's lifetime: stopped cleanly, and killed whatever happens."""
-    srv = _make_server(tmp_root, "data", extra)
+    srv = _make_server(tmp_root, "data", extra, env)
     try:
         srv.start()
         yield srv
@@ -363,6 +365,7 @@ def raw_request(
 class SseEvent:
     event: str
     data_lines: list[str]
+    id: str | None = None  # the event's own ``id:`` line, if it had one
 
     @property
     def data(self) -> str:
@@ -399,7 +402,7 @@ class SseReader:
 
     def next_event(self) -> SseEvent | None:
         """The next dispatched event, or None at end of stream."""
-        event, data, seen = "message", [], False
+        event, data, seen, event_id = "message", [], False, None
         while True:
             raw = self._line()
             if raw is None:
@@ -407,7 +410,7 @@ class SseReader:
             line = raw.decode("utf-8")  # must be valid UTF-8 on its own
             if line == "":
                 if seen:
-                    return SseEvent(event, data)
+                    return SseEvent(event, data, event_id)
                 continue
             if line.startswith(":"):
                 continue
@@ -418,6 +421,8 @@ class SseReader:
             elif fieldname == "data":
                 data.append(value)
                 seen = True
+            elif fieldname == "id":
+                event_id = value
 
     def until(self, predicate: Callable[[SseEvent], bool]) -> list[SseEvent]:
         """Events up to and including the first one matching ``predicate``."""

@@ -89,6 +89,10 @@ async def test_drain_answers_parked_long_polls_at_once(tmp_path: Path, autojump_
         assert sent.status == 204 and trio.current_time() - started < 1
 
 
+def _sse_data(event: str) -> str:
+    return "\n".join(line.removeprefix("data:") for line in event.split("\n") if line.startswith("data:"))
+
+
 async def test_sse_pairs_data_with_control_and_ends_on_close(tmp_path: Path) -> None:
     async with run_service(Settings(data_dir=str(tmp_path))) as service:
         registry = service.registry
@@ -102,7 +106,7 @@ async def test_sse_pairs_data_with_control_and_ends_on_close(tmp_path: Path) -> 
         events = [block for block in sent.body.decode().split("\n\n") if block]
         kinds = [block.split("\n", 1)[0] for block in events]
         assert kinds == ["event: data", "event: control", "event: data", "event: control"]
-        final = orjson.loads(events[-1].split("data:", 1)[1])
+        final = orjson.loads(_sse_data(events[-1]))
         assert final == {"streamNextOffset": format_offset(len(b'{"n":1}\n{"n":2}\n')), "upToDate": True, "streamClosed": True}
-        assert orjson.loads(events[2].split("data:", 1)[1]) == [{"n": 2}]
+        assert orjson.loads(_sse_data(events[2])) == [{"n": 2}]
         assert sent.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

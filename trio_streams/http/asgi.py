@@ -31,7 +31,7 @@ ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 ALLOWED_REQUEST_HEADERS = (
     "Content-Type, If-None-Match, Stream-TTL, Stream-Expires-At, Stream-Closed, Stream-Seq, "
     "Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, "
-    "Producer-Id, Producer-Epoch, Producer-Seq, Authorization"
+    "Producer-Id, Producer-Epoch, Producer-Seq, Authorization, Last-Event-ID"
 )
 
 

@@ -20,7 +20,7 @@ import trio
 
 from ..protocol import jsonmode, sse
 from ..protocol.cursor import next_cursor
-from ..protocol.errors import bad_request, not_found
+from ..protocol.errors import ProtocolError, bad_request, not_found
 from ..protocol.headers import is_sse_text
 from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.state import StreamState
@@ -267,7 +267,7 @@ class Reads:
     # -- SSE ---------------------------------------------------------------
 
     async def server_sent_events(self, req: Request, state: StreamState, send: Send) -> None:
-        start = await self.start_position(req, state, required=True)
+        start = await self.start_position(_resumed(req), state, required=True)
         position = state.tail if start == NOW else start
         assert isinstance(position, int)
         binary = not is_sse_text(state.content_type)
@@ -280,6 +280,27 @@ class Reads:
             with self._live_wait(self.settings.sse_connection_s):
                 await session.run(wakeups)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _resumed(req: Request) -> Request:
+    """The request as if its ``offset`` were the ``Last-Event-ID`` header, when it has one.
+
+    A browser's EventSource reconnects to the URL it was opened with, so after
+    every recycled connection its ``offset`` is where the reader *started*;
+    ``Last-Event-ID`` echoes the id of the last event it received (the offset
+    after it, see ``protocol/sse.py``) and is where it really stands. An empty
+    value means no id was received and is no header at all, as in the SSE
+    spec; anything else must be an offset (400 otherwise, like ``offset``).
+    """
+    token = req.headers.get("last-event-id")
+    if not token:
+        return req
+    try:
+        parse_offset(token)
+    except ProtocolError:
+        raise bad_request(f"malformed Last-Event-ID {token[:64]!r}: expected an offset", "INVALID_OFFSET") from None
+    query = [(k, v) for k, v in req.query if k != "offset"] + [("offset", token)]
+    return dataclasses.replace(req, query=query)
 
 
 class _SseSession:
@@ -315,8 +336,9 @@ class _SseSession:
         chunk = await self.reads.read_chunk(current, self.position)
         if not (current.json_mode or self.binary or chunk.up_to_date):
             chunk = _text_safe(chunk)
-        event = sse.data_event(chunk.body, binary=self.binary) + sse.control_event(
-            format_offset(chunk.next), cursor=cursor, up_to_date=chunk.up_to_date, closed=chunk.closed)
+        next_offset = format_offset(chunk.next)
+        event = sse.data_event(chunk.body, binary=self.binary, next_offset=next_offset) + sse.control_event(
+            next_offset, cursor=cursor, up_to_date=chunk.up_to_date, closed=chunk.closed)
         await self.send({"type": "http.response.body", "body": event, "more_body": True})
         self.position, self.announced = chunk.next, True
         return chunk.closed

@@ -6,6 +6,13 @@ send them.
 Text payloads are split on every line ending (CR, LF, CRLF) into separate
 ``data:`` lines, so a payload can never end an event early or inject an
 ``event:`` line. Binary payloads are base64 on one line.
+
+Every event carries ``id: <offset after it>`` as its last line. The protocol
+does not use it (its clients resume from ``streamNextOffset``), but a
+browser's ``EventSource`` sends it back as ``Last-Event-ID`` when it
+reconnects, so a recycled connection resumes where it stopped instead of at
+the URL's original offset. It comes last because parsers in the wild look for
+``data:`` right after the ``event:`` line.
 """
 
 from __future__ import annotations
@@ -20,11 +27,17 @@ CONTENT_TYPE: Final = "text/event-stream"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
-def data_event(payload: bytes, *, binary: bool) -> bytes:
+def data_event(payload: bytes, *, binary: bool, next_offset: str | None = None) -> bytes:
+    """``next_offset``, the offset just past this payload, becomes the event's id."""
     if binary:
-        return b"event: data\ndata:" + base64.b64encode(payload) + b"\n\n"
-    lines = _LINE_BREAK.split(payload)
-    return b"event: data\n" + b"".join(_data_line(line) for line in lines) + b"\n"
+        data = b"data:" + base64.b64encode(payload) + b"\n"
+    else:
+        data = b"".join(_data_line(line) for line in _LINE_BREAK.split(payload))
+    return b"event: data\n" + data + _id_line(next_offset) + b"\n"
+
+
+def _id_line(offset: str | None) -> bytes:
+    return b"" if offset is None else b"id: " + offset.encode("ascii") + b"\n"
 
 
 def _data_line(line: bytes) -> bytes:
@@ -47,7 +60,7 @@ def control_event(
         control["upToDate"] = True
     if closed:
         control["streamClosed"] = True
-    return b"event: control\ndata:" + orjson.dumps(control) + b"\n\n"
+    return b"event: control\ndata:" + orjson.dumps(control) + b"\n" + _id_line(next_offset) + b"\n"
 
 
 def text_cut(data: bytes) -> int:
