@@ -22,11 +22,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 node-deps: $(CONFORMANCE_DIR)/node_modules/.installed
 
-# `npm install` with the committed lock installs exactly the locked versions.
+# `npm install` with the committed lock installs exactly the locked versions;
+# --no-save keeps it from rewriting the lock with platform entries.
 # (`npm ci` refuses this lock: the registry lacks some optional platform
 # binaries of a transitive dependency, so the lock cannot list them.)
 $(CONFORMANCE_DIR)/node_modules/.installed: $(CONFORMANCE_DIR)/package-lock.json
-	cd $(CONFORMANCE_DIR) && npm install --no-audit --no-fund --loglevel=error
+	cd $(CONFORMANCE_DIR) && npm install --no-save --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install
