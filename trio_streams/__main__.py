@@ -21,7 +21,7 @@ from hypercorn.trio import serve
 
 from .client import cli as client_cli
 from .config import FSYNC_MODES, settings_from_env
-from .http.app import App
+from .http.app import App, create_app
 
 GRACEFUL_TIMEOUT_S = 5.0
 
@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-prefix", help="URL prefix for streams (default /v1/stream/)")
     s.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS and HTTP/2")
     s.add_argument("--keyfile", help="TLS private key (PEM)")
+    s.add_argument("--connections-max", type=int, help="open connections before new ones get 503 (default 1000)")
+    s.add_argument("--request-read-timeout-s", type=float,
+                   help="drop a client that sends nothing for this long mid-request (default 30)")
+    s.add_argument("--keep-alive-timeout-s", type=float, help="close idle keep-alive connections after this (default 5)")
+    s.add_argument("--request-header-bytes-max", type=int, help="largest request head; larger is 431 (default 64 KiB)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")
     client_cli.add_commands(commands)
@@ -63,11 +68,13 @@ def run_server(args: argparse.Namespace) -> int:
             long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
             read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
             tls_certfile=args.certfile, tls_keyfile=args.keyfile,
+            connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
+            keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
         )
+        app = create_app(settings)
     except ValueError as exc:
         print(f"trio-streams: {exc}", file=sys.stderr)
         return 2
-    app = App(settings)
     config = Config()
     config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
@@ -76,7 +83,8 @@ def run_server(args: argparse.Namespace) -> int:
     # Hand Hypercorn our configured loggers so every line has one format.
     config.accesslog = logging.getLogger("hypercorn.access") if args.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.h11_max_incomplete_size = 64 * 1024
+    config.h11_max_incomplete_size = settings.request_header_bytes_max
+    config.keep_alive_timeout = settings.keep_alive_timeout_s
     # Hypercorn's default closes a keep-alive connection after 1000 requests;
     # stream writers and pollers reuse one connection for far longer.
     config.keep_alive_max_requests = 1_000_000

@@ -21,7 +21,7 @@ import trio
 from ..config import Settings, settings_from_env
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
-from . import handlers, reads
+from . import fd_budget, handlers, hypercorn_guard, reads
 from .asgi import (
     ALLOWED_METHODS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers, error_body,
     parse_request, respond,
@@ -184,4 +184,8 @@ def _shielded(send: Send) -> Send:
 
 
 def create_app(settings: Settings | None = None) -> App:
-    return App(settings or settings_from_env())
+    """The application, with the process prepared for it: file descriptors and Hypercorn's guard."""
+    settings = settings or settings_from_env()
+    fd_budget.ensure(settings)
+    hypercorn_guard.install(settings)
+    return App(settings)
