@@ -62,6 +62,7 @@ import hypercorn.trio.run
 import trio
 from h11._receivebuffer import blank_line_regex
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Event as StreamEvent, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
@@ -136,12 +137,14 @@ class GuardedConnection(h11.Connection):
         super().__init__(h11.SERVER, max_incomplete_event_size=header_bytes_max)
         self._header_bytes_max = header_bytes_max
         self.error: h11.RemoteProtocolError | None = None  # the reason for an error response
+        self.failed_mid_response = False
 
     def next_event(self) -> Any:
         try:
             return super().next_event()
         except h11.RemoteProtocolError as exc:
             self.error = exc
+            self.failed_mid_response = self.our_state is h11.SEND_BODY
             raise
 
     def mid_request(self) -> bool:
@@ -193,6 +196,33 @@ class GuardedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connection = GuardedConnection(_settings().request_header_bytes_max)
+        self._answered_with_error = False
+        self._transport_send, self.send = self.send, self._send
+
+    # Two tasks drive one h11 connection: the reader, which answers parse
+    # errors, and the app, which answers the request. Hypercorn lets both
+    # write and both close, so one could cut the other's response anywhere
+    # (even between head and body), and the app's body could be spliced into
+    # the error response. Here each response finishes before anyone closes.
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if self._answered_with_error and not isinstance(event, StreamClosed):
+            return  # the request was already answered with an error
+        await super().stream_send(event)
+
+    async def _send(self, event: Event) -> None:
+        if isinstance(event, Closed) and self._close_is_premature():
+            return
+        await self._transport_send(event)
+
+    def _close_is_premature(self) -> bool:
+        if self._answered_with_error:  # _send_error_response closes once it is written
+            return True
+        connection = self.connection
+        if isinstance(connection, GuardedConnection) and connection.failed_mid_response:
+            connection.failed_mid_response = False  # the app's response is on the wire; _maybe_recycle closes after it
+            return True
+        return False
 
     def mid_request(self) -> bool:
         connection = self.connection
@@ -216,9 +246,13 @@ class GuardedH11Protocol(H11Protocol):
             (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
             *self.config.response_headers("h11"),
         ]
-        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
-        await self._send_h11_event(h11.Data(data=body))
-        await self._send_h11_event(h11.EndOfMessage())
+        self._answered_with_error = True
+        try:
+            await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+            await self._send_h11_event(h11.Data(data=body))
+            await self._send_h11_event(h11.EndOfMessage())
+        finally:
+            await self._transport_send(Closed())
 
 
 # -- the Trio connection handler ---------------------------------------------
@@ -289,6 +323,10 @@ class GuardedTCPServer(TCPServer):
             if data == b"":
                 break
         await self.protocol.handle(Closed())
+        # Nothing more will be read, so there is nothing to keep alive: without
+        # this a connection the client closed held its descriptor (and its
+        # place under connections_max) until the keep-alive timer ran out.
+        await self.idle_task.stop()
 
     def _read_timeout_s(self) -> float:
         protocol = self.protocol.protocol
