@@ -8,6 +8,7 @@ httpx would never send), plus sans-IO tests of the h11 rules in
 from __future__ import annotations
 
 import logging
+import os
 import re
 import resource
 import socket
@@ -176,6 +177,34 @@ def test_abuse_from_many_connections_at_once(srv: Server, stream_with_data: tupl
         with sock:
             read_to_eof(sock)
     alive_with_data(srv, *stream_with_data)
+
+
+@pytest.fixture
+def plain_hypercorn(tmp_path: Path) -> Iterator[Server]:
+    """The app under `hypercorn -k trio` itself, configured from the environment."""
+    srv = Server(tmp_path / "data")
+    srv.data_dir.mkdir()
+    env = {**os.environ, "TRIO_STREAMS_DATA_DIR": str(srv.data_dir), "TRIO_STREAMS_CONNECTIONS_MAX": "50"}
+    with open(tmp_path / "hypercorn.log", "wb") as log:
+        srv.proc = subprocess.Popen(
+            [str(EXE.parent / "hypercorn"), "-k", "trio", "-b", f"127.0.0.1:{srv.port}",
+             "trio_streams.http.app:create_app()"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.kill_quietly()
+
+
+def test_plain_hypercorn_is_guarded_too(plain_hypercorn: Server) -> None:
+    for _ in range(REPEATS):
+        assert only_response(exchange(plain_hypercorn.port, b"GET /healthz HTTP/1.0\r\n\r\nX")).status_code == 200
+    smuggle = b"POST /v1/stream/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert_error(only_response(exchange(plain_hypercorn.port, smuggle)), 400)
+    assert plain_hypercorn.proc is not None and plain_hypercorn.proc.poll() is None
+    assert plain_hypercorn.metrics()["trio_streams_connections_open"] >= 1
 
 
 # -- Finding 5: timeouts, header limit, connection cap, descriptors ------------
