@@ -179,6 +179,18 @@ def test_abuse_from_many_connections_at_once(srv: Server, stream_with_data: tupl
     alive_with_data(srv, *stream_with_data)
 
 
+@pytest.mark.parametrize("trailing", [b"", b"x\n"], ids=["plain", "trailing-bytes"])
+def test_websocket_upgrade_is_answered_as_plain_http(
+    srv: Server, stream_with_data: tuple[str, bytes], trailing: bytes
+) -> None:
+    # pgjones/hypercorn#225: trailing bytes after an upgrade request crashed the server.
+    payload = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n"
+               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bKdPyn3u98cTfZJSh4TNeQ==\r\n\r\n" + trailing)
+    for _ in range(REPEATS):
+        assert only_response(exchange(srv.port, payload)).status_code == 200
+    alive_with_data(srv, *stream_with_data)
+
+
 @pytest.fixture
 def plain_hypercorn(tmp_path: Path) -> Iterator[Server]:
     """The app under `hypercorn -k trio` itself, configured from the environment."""

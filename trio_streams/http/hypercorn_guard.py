@@ -37,6 +37,8 @@ Defects worked around (all reproducible with raw sockets):
 * ``read_timeout`` applies to every read, so it would also cut long-polls
   and SSE streams, whose clients legitimately send nothing. Only a client
   that is mid-request is timed out here (408).
+* Websocket upgrades reach a websocket path the application does not
+  serve (500s, and #225); the Upgrade header is ignored instead.
 * There is no connection limit. ``install`` adds one: a connection over
   ``connections_max`` is answered 503 and closed at once.
 
@@ -81,10 +83,8 @@ for _name, _pinned in (("hypercorn", HYPERCORN_VERSION), ("h11", H11_VERSION)):
 
 log = logging.getLogger("trio_streams.connections")
 
-_ERROR_CODES = {
-    400: "BAD_REQUEST", 408: "REQUEST_TIMEOUT", 413: "PAYLOAD_TOO_LARGE",
-    431: "HEADERS_TOO_LARGE", 501: "NOT_IMPLEMENTED",
-}
+# The statuses h11 hints at, plus our 408.
+_ERROR_CODES = {400: "BAD_REQUEST", 408: "REQUEST_TIMEOUT", 431: "HEADERS_TOO_LARGE", 501: "NOT_IMPLEMENTED"}
 
 
 @dataclasses.dataclass
@@ -228,6 +228,18 @@ class GuardedH11Protocol(H11Protocol):
         connection = self.connection
         return isinstance(connection, GuardedConnection) and connection.mid_request()
 
+    async def _create_stream(self, request: h11.Request) -> None:
+        # The application serves no websockets, and Hypercorn's websocket
+        # path answered them 500, or crashed on bytes after the upgrade
+        # request (pgjones/hypercorn#225). A server may ignore Upgrade (RFC
+        # 9110 section 7.8): the request is answered as plain HTTP.
+        headers = [(name, value) for name, value in request.headers if name != b"upgrade"]
+        if len(headers) < len(request.headers):
+            request = h11.Request(
+                method=request.method, target=request.target, headers=headers, http_version=request.http_version
+            )
+        await super()._create_stream(request)
+
     async def time_out(self) -> None:
         """Answers 408 to a client that stalled mid-request, then closes (as Hypercorn does for parse errors)."""
         assert isinstance(self.connection, GuardedConnection)
@@ -304,8 +316,9 @@ class GuardedTCPServer(TCPServer):
         try:
             await super().protocol_send(event)
         except trio.BusyResourceError:
-            # Only _close's unlocked send_eof collides with a locked send:
-            # the connection is closing, so this data has nowhere to go.
+            # Only _close's unlocked send_eof collides with a locked send (for
+            # HTTP/1.1 GuardedH11Protocol orders them; HTTP/2 still can): the
+            # connection is closing, so this data has nowhere to go.
             await self.protocol.handle(Closed())
 
     async def _read_data(self) -> None:
