@@ -7,7 +7,6 @@ buffers are tiny and never read, so the server's writes block for real.
 
 from __future__ import annotations
 
-import importlib.metadata
 import signal
 import socket
 import time
@@ -20,7 +19,6 @@ import trio
 import trio.testing
 
 from conftest import PREFIX, Server, deadline_poll, serving
-from trio_streams.http import send_timeout
 from trio_streams.http.send_timeout import SEND_PIECE_BYTES, SendDeadlines
 
 STREAM_BYTES = 4 * 1024 * 1024  # far more than the socket buffers of a reader that never reads
@@ -76,16 +74,6 @@ async def test_drain_cuts_writes_in_flight_and_later_ones_to_the_grace_period(
     other, _ = trio.testing.lockstep_stream_pair()
     assert await deadlines.send_all(other, b"late") is False
     assert trio.current_time() == pytest.approx(drained_at + 2.0)  # a later write gets no fresh timeout
-
-
-def test_the_patch_refuses_an_unreviewed_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(send_timeout, "version", lambda name: "0.99.0")
-    with pytest.raises(RuntimeError, match="0.99.0"):
-        send_timeout.install()
-
-
-def test_the_installed_hypercorn_is_the_reviewed_one() -> None:
-    assert importlib.metadata.version("hypercorn") == send_timeout.HYPERCORN_VERSION
 
 
 # -- a real server ----------------------------------------------------------------

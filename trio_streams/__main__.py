@@ -21,7 +21,7 @@ from hypercorn.trio import serve
 
 from .client import cli as client_cli
 from .config import FSYNC_MODES, settings_from_env
-from .http.app import App
+from .http.app import App, create_app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public-base-url", help="scheme://host[:port] clients use; Location is built from it")
     s.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS and HTTP/2")
     s.add_argument("--keyfile", help="TLS private key (PEM)")
+    s.add_argument("--connections-max", type=int, help="open connections before new ones get 503 (default 1000)")
+    s.add_argument("--request-read-timeout-s", type=float,
+                   help="drop a client that sends nothing for this long mid-request (default 30)")
+    s.add_argument("--keep-alive-timeout-s", type=float, help="close idle keep-alive connections after this (default 5)")
+    s.add_argument("--request-header-bytes-max", type=int, help="largest request head; larger is 431 (default 64 KiB)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")
     client_cli.add_commands(commands)
@@ -67,11 +72,13 @@ def run_server(args: argparse.Namespace) -> int:
             read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
             tls_certfile=args.certfile, tls_keyfile=args.keyfile,
             public_base_url=args.public_base_url, send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
+            connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
+            keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
         )
+        app = create_app(settings)
     except ValueError as exc:
         print(f"trio-streams: {exc}", file=sys.stderr)
         return 2
-    app = App(settings)
     config = Config()
     config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_grace_s
@@ -80,7 +87,8 @@ def run_server(args: argparse.Namespace) -> int:
     # Hand Hypercorn our configured loggers so every line has one format.
     config.accesslog = logging.getLogger("hypercorn.access") if args.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.h11_max_incomplete_size = 64 * 1024
+    config.h11_max_incomplete_size = settings.request_header_bytes_max
+    config.keep_alive_timeout = settings.keep_alive_timeout_s
     # Hypercorn's default closes a keep-alive connection after 1000 requests;
     # stream writers and pollers reuse one connection for far longer.
     config.keep_alive_max_requests = 1_000_000

@@ -14,6 +14,8 @@ from typing import Any
 from .protocol.urls import normalise_base_url
 
 FSYNC_MODES = ("always", "interval", "never")
+# Below this, ordinary browser and client requests would be refused.
+REQUEST_HEADER_BYTES_MIN = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,18 @@ class Settings:
     # have this origin. Empty: use the request's scheme and Host.
     public_base_url: str = ""
 
+    # Connections (Hypercorn).
+    # Open client connections; above it new ones are answered 503 and closed.
+    # Each needs a file descriptor: see fd_budget.py for the headroom.
+    connections_max: int = 1000
+    # A client mid-request (head or body incomplete) that sends nothing for
+    # this long gets 408 and is closed; responses being produced are exempt.
+    request_read_timeout_s: float = 30.0
+    # An idle keep-alive connection (no request in progress) is closed after this.
+    keep_alive_timeout_s: float = 5.0
+    # Request line plus headers, through the blank line; larger is 431.
+    request_header_bytes_max: int = 64 * 1024
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -86,6 +100,15 @@ class Settings:
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"{field.name} must not be negative")
+        self._check_connections()
+
+    def _check_connections(self) -> None:
+        if self.connections_max < 1:
+            raise ValueError("connections_max must be at least 1")
+        if self.request_read_timeout_s <= 0 or self.keep_alive_timeout_s <= 0:
+            raise ValueError("request_read_timeout_s and keep_alive_timeout_s must be positive")
+        if self.request_header_bytes_max < REQUEST_HEADER_BYTES_MIN:
+            raise ValueError(f"request_header_bytes_max must be at least {REQUEST_HEADER_BYTES_MIN}")
 
     @property
     def long_poll_timeout_s(self) -> float:

@@ -19,14 +19,14 @@ import trio
 from ..config import Settings, settings_from_env
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
-from . import handlers, reads
+from . import fd_budget, handlers, hypercorn_guard, reads
 from .asgi import (
     ALLOWED_METHODS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers, error_body,
     parse_request, respond,
 )
 from .metrics import render_metrics
 from .paths import stream_name
-from .send_timeout import SendDeadlines, install as bound_hypercorn_writes
+from .send_timeout import SendDeadlines
 
 log = logging.getLogger("trio_streams.http")
 
@@ -37,9 +37,8 @@ class App:
         self.service = Service(settings)
         self._base = common_headers(settings.cors_allow_origin)
         self._reads: reads.Reads | None = None
-        # Found by the patched Hypercorn writer through this app (see send_timeout.py).
+        # Found through this app by the guarded Hypercorn writer (hypercorn_guard.py).
         self.send_deadlines = SendDeadlines(settings.send_timeout_s)
-        bound_hypercorn_writes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -187,4 +186,8 @@ async def _until_disconnect(receive: Receive, operation) -> None:  # type: ignor
 
 
 def create_app(settings: Settings | None = None) -> App:
-    return App(settings or settings_from_env())
+    """The application, with the process prepared for it: file descriptors and Hypercorn's guard."""
+    settings = settings or settings_from_env()
+    fd_budget.ensure(settings)
+    hypercorn_guard.install(settings)
+    return App(settings)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from . import hypercorn_guard
+
 if TYPE_CHECKING:
     from ..service import Service
 
@@ -21,4 +23,6 @@ def render_metrics(service: Service, http: dict[str, int]) -> str:
             lines.append(f"trio_streams_{name} {value}")
         for name, value in dataclasses.asdict(registry.log.statistics()).items():
             lines.append(f"trio_streams_log_{name} {float(value)}")
+    for name, value in hypercorn_guard.statistics().items():
+        lines.append(f"trio_streams_{name} {value}")
     return "\n".join(lines) + "\n"

@@ -15,34 +15,22 @@ dropped (logged at WARNING, counted, its connection closed). On shutdown
 ``drain`` caps every write, in flight or future, at the grace deadline, so the
 process exits in bounded time whatever clients do.
 
-``install`` replaces ``TCPServer.protocol_send`` with a copy whose socket write
-is bounded; everything else is Hypercorn's code unchanged. The patched method
-finds the deadlines through the ASGI app it serves (Hypercorn wraps the app
-object, ``self.app.app``), so it applies under ``trio-streams serve`` and
-under a plain ``hypercorn -k trio 'trio_streams.http.app:create_app()'`` alike,
-and leaves other apps in the same process exactly as Hypercorn wrote them.
+The socket write itself is ``hypercorn_guard.GuardedTCPServer.protocol_send``,
+which finds these deadlines through the ASGI app it serves (Hypercorn wraps
+the app object, ``self.app.app``), so they apply under ``trio-streams serve``
+and under a plain ``hypercorn -k trio 'trio_streams.http.app:create_app()'``
+alike.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
-from importlib.metadata import version
 from typing import Any, Final
 
 import trio
-from hypercorn.events import Closed, RawData
-from hypercorn.trio.tcp_server import TCPServer
 
 from .asgi import ClientGone
-
-log = logging.getLogger("trio_streams.http")
-
-# The method patched below is copied from this release; a different one must
-# be reviewed before the patch is trusted (tests/test_http_slow_readers.py
-# fails on a mismatch too).
-HYPERCORN_VERSION: Final = "0.18.0"
 # A write must make progress at this granularity: big enough that a fast
 # reader costs few extra system calls, small enough that a slow but live one
 # (a phone on a bad network) moves a piece well within the timeout.
@@ -111,50 +99,3 @@ class SendDeadlines:
                 raise ClientGone()
 
         return send_shielded
-
-
-def _deadlines_of(server: TCPServer) -> SendDeadlines | None:
-    app = getattr(server.app, "app", None)  # Hypercorn's ASGIWrapper around our App
-    deadlines = getattr(app, "send_deadlines", None)
-    return deadlines if isinstance(deadlines, SendDeadlines) else None
-
-
-_hypercorn_protocol_send = TCPServer.protocol_send
-
-
-async def _protocol_send(self: TCPServer, event: Any) -> None:
-    deadlines = _deadlines_of(self)
-    if deadlines is None or not isinstance(event, RawData):
-        await _hypercorn_protocol_send(self, event)
-        return
-    async with self.send_lock:
-        try:
-            with trio.CancelScope(shield=True):
-                sent = await deadlines.send_all(self.stream, event.data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.protocol.handle(Closed())
-            return
-        if not sent:
-            why = ("the shutdown grace period ended" if deadlines.draining
-                   else f"a response write made no progress for {deadlines.send_timeout_s:g} s")
-            log.warning("closed the connection of %s: %s", _peer(self.stream), why)
-            await trio.aclose_forcefully(self.stream)
-            await self.protocol.handle(Closed())
-
-
-def _peer(stream: Any) -> str:
-    sock = getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
-    try:
-        return "%s:%s" % sock.getpeername()[:2]
-    except (AttributeError, OSError, TypeError):
-        return "an unknown peer"
-
-
-def install() -> None:
-    """Bounds Hypercorn's socket writes for apps that carry ``send_deadlines``."""
-    found = version("hypercorn")
-    if found != HYPERCORN_VERSION:
-        raise RuntimeError(
-            f"trio_streams bounds Hypercorn {HYPERCORN_VERSION}'s socket writes; Hypercorn {found} is "
-            "installed: review trio_streams/http/send_timeout.py against it before changing the pin")
-    TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
