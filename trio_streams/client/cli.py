@@ -159,10 +159,12 @@ async def _append_stdin(ds: Any, args: argparse.Namespace, json_mode: bool) -> i
         if json_mode:
             async for line in _stdin_lines(sys.stdin.buffer):
                 if line.strip():
-                    await producer.append(_message(line.decode("utf-8"), True))
+                    producer.append(_message(line.decode("utf-8"), True))
+                    await producer.drain()
         else:
             async for block in _stdin_blocks(sys.stdin.buffer):
-                await producer.append(block)
+                producer.append(block)
+                await producer.drain()
         if args.close:
             await producer.close()
         else:
