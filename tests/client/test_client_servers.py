@@ -142,6 +142,21 @@ async def test_connect_learns_the_content_type(target: Target) -> None:
         assert await (await ds.stream()).json() == [[1, 2]]
 
 
+async def test_fork_at_an_offset_and_a_sub_offset(target: Target) -> None:
+    async with await DurableStream.create(target.url("src"), content_type="application/json") as src:
+        start = (await src.head()).offset
+        await src.append(1)
+        await src.append(2)
+        await src.append(3)
+        fork = await src.fork(target.url("fork"), offset=start, sub_offset=1)
+        await fork.append("own")
+        assert await fork.read_json() == [1, "own"]
+        assert await src.read_json() == [1, 2, 3]
+        with pytest.raises(DurableStreamError) as info:
+            await src.fork(target.url("fork"), offset="not-an-offset")
+        assert info.value.code == "BAD_REQUEST"
+
+
 # -- live reads -------------------------------------------------------------------
 
 

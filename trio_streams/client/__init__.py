@@ -23,10 +23,11 @@ from .errors import (
 )
 from .producer import IdempotentProducer, ProducerStatistics
 from .response import ByteBatch, JsonBatch, StreamResponse, TextBatch, stream
+from ._transport import RetryOpts
 from .stream import DurableStream
 
 __all__ = [
     "Backoff", "ByteBatch", "CloseResult", "DurableStream", "DurableStreamError", "FetchError", "HeadResult",
-    "IdempotentProducer", "JsonBatch", "LiveMode", "ProducerBufferFullError", "ProducerStatistics", "SequenceGapError", "StaleEpochError",
+    "IdempotentProducer", "JsonBatch", "LiveMode", "ProducerBufferFullError", "ProducerStatistics", "RetryOpts", "SequenceGapError", "StaleEpochError",
     "StreamClosedError", "StreamResponse", "TextBatch", "stream",
 ]

@@ -42,7 +42,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import httpx
@@ -65,6 +65,19 @@ MAX_BUFFERED_BYTES = 16 * 1024 * 1024
 # A claim that is immediately fenced again means another producer is
 # claiming too; two auto-claimers would leapfrog forever.
 CLAIMS_WITHOUT_ACK_MAX = 3
+
+
+class ProducerOptions(TypedDict, total=False):
+    """The producer's keyword options, for wrappers that pass them on (the sync producer)."""
+
+    epoch: int
+    auto_claim: bool
+    linger_ms: float
+    max_batch_bytes: int
+    max_in_flight: int
+    max_buffered_bytes: int
+    headers: HeadersSpec | None
+    on_error: Callable[[BaseException], Any] | None
 
 
 @dataclass(eq=False)

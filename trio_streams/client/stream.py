@@ -244,6 +244,16 @@ class DurableStream(StreamCore[Transport]):
         self.content_type = response.content_type or self.content_type
         return response
 
+    async def read(self, offset: str = START, live: LiveMode = False) -> str:
+        """The stream's text from ``offset`` up to its current end (UTF-8); ``read_json``/``read_bytes`` for the rest."""
+        return await (await self.stream(offset, live)).text()
+
+    async def read_bytes(self, offset: str = START, live: LiveMode = False) -> bytes:
+        return await (await self.stream(offset, live)).body()
+
+    async def read_json(self, offset: str = START, live: LiveMode = False) -> list[Any]:
+        return await (await self.stream(offset, live)).json()
+
     async def _put(self, post: Post, content_type: str | None) -> None:
         """A create (or fork) PUT; the handle is closed if it fails, as nobody else will have it."""
         try:

@@ -29,7 +29,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, Union
+from typing import IO, Any, Union, Unpack
 
 import anyio
 import anyio.from_thread
@@ -46,7 +46,7 @@ from .errors import (
     DurableStreamError, FetchError, ProducerBufferFullError, SequenceGapError, StaleEpochError, StreamClosedError,
 )
 from .producer import IdempotentProducer as AsyncIdempotentProducer
-from .producer import LINGER_MS, MAX_BATCH_BYTES, MAX_BUFFERED_BYTES, MAX_IN_FLIGHT, ProducerStatistics
+from .producer import ProducerOptions, ProducerStatistics
 from .response import ByteBatch, JsonBatch, TextBatch
 from .stream import DurableStream as AsyncDurableStream
 from .stream import Post, StreamCore
@@ -221,22 +221,12 @@ class IdempotentProducer:
     everything is acknowledged, ``close()`` flushes and closes the stream,
     ``detach()`` flushes and leaves it open. Failures are raised by the next
     ``append``/``flush``/``close``; ``on_error`` runs on the producer's thread.
+    Options (``epoch``, ``auto_claim``, ``linger_ms``, ``max_batch_bytes``,
+    ``max_in_flight``, ``max_buffered_bytes``, ``headers``, ``on_error``)
+    are the async producer's.
     """
 
-    def __init__(
-        self,
-        stream: DurableStream,
-        producer_id: str,
-        *,
-        epoch: int = 0,
-        auto_claim: bool = False,
-        linger_ms: float = LINGER_MS,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
-        max_in_flight: int = MAX_IN_FLIGHT,
-        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
-        headers: HeadersSpec | None = None,
-        on_error: Callable[[BaseException], object] | None = None,
-    ) -> None:
+    def __init__(self, stream: DurableStream, producer_id: str, **options: Unpack[ProducerOptions]) -> None:
         self.stream = stream
         self.producer_id = producer_id
         self._done = False
@@ -250,11 +240,7 @@ class IdempotentProducer:
                 stream.url, headers=transport.headers, params=transport.params, content_type=stream.content_type,
                 client=self._client, backoff=transport.backoff,
             )
-            self._producer = AsyncIdempotentProducer(
-                handle, producer_id, epoch=epoch, auto_claim=auto_claim, linger_ms=linger_ms,
-                max_batch_bytes=max_batch_bytes, max_in_flight=max_in_flight, max_buffered_bytes=max_buffered_bytes,
-                headers=headers, on_error=on_error,
-            )
+            self._producer = AsyncIdempotentProducer(handle, producer_id, **options)
             self._running = self._portal.wrap_async_context_manager(self._producer)
             self._running.__enter__()  # asks for the content type if unknown; starts the background sends
         except BaseException:
