@@ -20,7 +20,7 @@ import json
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Final, Literal, Union
 
 from .errors import PARSE_ERROR, DurableStreamError
 
@@ -41,9 +41,9 @@ FORK_SUB_OFFSET = "stream-fork-sub-offset"
 
 START = "-1"
 NOW = "now"
-CATCH_UP = "catch-up"
-LONG_POLL = "long-poll"
-SSE = "sse"
+CATCH_UP: Final = "catch-up"
+LONG_POLL: Final = "long-poll"
+SSE: Final = "sse"
 RESERVED_PARAMS = frozenset({"offset", "live", "cursor"})
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
@@ -107,7 +107,7 @@ def chunk_from_response(status: int, headers: Mapping[str, str], body: bytes, *,
 
 def check_live(live: object) -> LiveMode:
     if live is True or live is False or live in (LONG_POLL, SSE):
-        return live  # type: ignore[return-value]
+        return live
     raise ValueError(f"live must be False, True, 'long-poll' or 'sse', not {live!r}")
 
 

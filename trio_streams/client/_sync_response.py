@@ -13,7 +13,7 @@ Iterators hold a connection while they run: leave them by exhausting them,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from typing import Any, TypeVar
 
@@ -78,7 +78,8 @@ class StreamResponse(ResponseCore[T, SyncTransport]):
 
     def body(self) -> bytes:
         """All bytes up to the first up-to-date answer."""
-        return b"".join(self._shaped(_bytes, stop_at_up_to_date=True))
+        pieces: Iterator[bytes] = self._shaped(_bytes, stop_at_up_to_date=True)
+        return b"".join(pieces)
 
     def text(self) -> str:
         """All text up to the first up-to-date answer (UTF-8)."""
@@ -127,12 +128,12 @@ class StreamResponse(ResponseCore[T, SyncTransport]):
         # Shapes are built (and a non-JSON stream refused) now, not at the first next().
         return self._handed_all(shape, stop_at_up_to_date)
 
-    def _handed_all(self, shape: Shape[O], stop_at_up_to_date: bool) -> Iterator[O]:
+    def _handed_all(self, shape: Shape[O], stop_at_up_to_date: bool) -> Generator[O, None, None]:
         with closing(self._chunks(stop_at_up_to_date)) as chunks:
             for chunk in chunks:
                 yield from self._handed(chunk, shape(chunk))
 
-    def _chunks(self, stop_at_up_to_date: bool) -> Iterator[Chunk]:
+    def _chunks(self, stop_at_up_to_date: bool) -> Generator[Chunk, None, None]:
         self._start_consuming()
         first = True
         try:
@@ -146,7 +147,7 @@ class StreamResponse(ResponseCore[T, SyncTransport]):
         finally:
             self.close()
 
-    def _fetched(self, stop_at_up_to_date: bool) -> Iterator[Chunk]:
+    def _fetched(self, stop_at_up_to_date: bool) -> Generator[Chunk, None, None]:
         state = self._state
         chunk, self._first = self._first, None
         if chunk is not None:
@@ -160,7 +161,7 @@ class StreamResponse(ResponseCore[T, SyncTransport]):
                 params, timeout = self._poll_request(mode)
                 yield self._polled(self._transport.read(self.url, params=params, timeout=timeout))
 
-    def _sse(self, stop_at_up_to_date: bool) -> Iterator[Chunk]:
+    def _sse(self, stop_at_up_to_date: bool) -> Generator[Chunk, None, None]:
         """SSE connections, one after another, until the session is over or SSE is given up on."""
         state = self._state
         while not state.finished(stop_at_up_to_date=stop_at_up_to_date):

@@ -70,7 +70,7 @@ class TransportCore(Generic[ClientT]):
         owns_client: bool | None = None,
         on_error: OnError | None = None,
     ) -> None:
-        self._client = client
+        self._client: ClientT | None = client
         self._owns_client = client is None if owns_client is None else owns_client
         self.headers: dict[str, HeaderValue] = dict(headers or {})
         self.params: dict[str, HeaderValue | None] = dict(params or {})

@@ -28,7 +28,7 @@ from __future__ import annotations
 import codecs
 import inspect
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, Union
@@ -288,7 +288,8 @@ class StreamResponse(ResponseCore[T, Transport]):
 
     async def body(self) -> bytes:
         """All bytes up to the first up-to-date answer."""
-        return b"".join([data async for data in self._shaped(_bytes, stop_at_up_to_date=True)])
+        pieces: AsyncIterator[bytes] = self._shaped(_bytes, stop_at_up_to_date=True)
+        return b"".join([data async for data in pieces])
 
     async def text(self) -> str:
         """All text up to the first up-to-date answer (UTF-8)."""
@@ -338,13 +339,13 @@ class StreamResponse(ResponseCore[T, Transport]):
 
     # -- the session ---------------------------------------------------------
 
-    async def _shaped(self, shape: Shape[O], *, stop_at_up_to_date: bool = False) -> AsyncIterator[O]:
+    async def _shaped(self, shape: Shape[O], *, stop_at_up_to_date: bool = False) -> AsyncGenerator[O, None]:
         async with aclosing(self._chunks(stop_at_up_to_date)) as chunks:
             async for chunk in chunks:
                 for output in self._handed(chunk, shape(chunk)):
                     yield output
 
-    async def _chunks(self, stop_at_up_to_date: bool) -> AsyncIterator[Chunk]:
+    async def _chunks(self, stop_at_up_to_date: bool) -> AsyncGenerator[Chunk, None]:
         self._start_consuming()
         first = True
         try:
@@ -358,7 +359,7 @@ class StreamResponse(ResponseCore[T, Transport]):
         finally:
             await self.aclose()
 
-    async def _fetched(self, stop_at_up_to_date: bool) -> AsyncIterator[Chunk]:
+    async def _fetched(self, stop_at_up_to_date: bool) -> AsyncGenerator[Chunk, None]:
         state = self._state
         chunk, self._first = self._first, None
         if chunk is not None:
@@ -374,7 +375,7 @@ class StreamResponse(ResponseCore[T, Transport]):
                 params, timeout = self._poll_request(mode)
                 yield self._polled(await self._transport.read(self.url, params=params, timeout=timeout))
 
-    async def _sse(self, stop_at_up_to_date: bool) -> AsyncIterator[Chunk]:
+    async def _sse(self, stop_at_up_to_date: bool) -> AsyncGenerator[Chunk, None]:
         """SSE connections, one after another, until the session is over or SSE is given up on."""
         state = self._state
         while not state.finished(stop_at_up_to_date=stop_at_up_to_date):

@@ -146,12 +146,14 @@ class DurableStream(StreamCore[SyncTransport]):
     def append(self, data: Any, *, seq: str | None = None) -> str | None:
         """Appends one message and returns the tail offset after it (encoding as the async ``append``)."""
         piece = encode_message(data, json_mode=self._json_mode())
-        return self._post(self._append_request([Write(APPEND, piece, seq, len(piece))])).headers.get(NEXT_OFFSET)
+        tail: str | None = self._post(self._append_request([Write(APPEND, piece, seq, len(piece))])).headers.get(NEXT_OFFSET)
+        return tail
 
     def append_stream(self, source: UploadSource, *, seq: str | None = None) -> str | None:
         """Uploads an iterable of bytes/str, or a file object, as one chunked POST (one append); never retried."""
         self._json_mode()
-        return self._post(self._append_request([Write(UPLOAD, _chunks(source), seq)])).headers.get(NEXT_OFFSET)
+        tail: str | None = self._post(self._append_request([Write(UPLOAD, _chunks(source), seq)])).headers.get(NEXT_OFFSET)
+        return tail
 
     def close(self, body: Any = None) -> CloseResult:
         """Closes the stream (EOF), with ``body`` as a final message appended atomically if given."""
@@ -203,7 +205,7 @@ def _chunks(source: UploadSource) -> Iterator[bytes]:
         read = source.read
         iterable: Iterable[bytes | str] = iter(lambda: read(UPLOAD_CHUNK_BYTES), source.read(0))
     else:
-        iterable = source  # type: ignore[assignment]
+        iterable = source
     for chunk in iterable:
         data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
         if data:  # an empty chunk would end a chunked body early
