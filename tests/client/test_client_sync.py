@@ -40,13 +40,18 @@ class LoseResponses(httpx.BaseTransport):
             raise httpx.ReadError("response lost on the way back")
         return response
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def test_the_docs_sync_example_runs_as_written(target: Target) -> None:
     url = target.url("docs")
-    DurableStream.create(url, content_type="text/plain", body="hello ").append("world")
+    with DurableStream.create(url, content_type="text/plain", body="hello ") as writer:
+        writer.append("world")
     stream = DurableStream(url=url)
     text = stream.read(live=False)
     assert text == "hello world"
+    stream.release()
 
 
 def test_write_read_head_close_delete(target: Target) -> None:
