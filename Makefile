@@ -37,10 +37,12 @@ unit: install
 	$(PY) -m pytest -q
 
 test: install node-deps
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 	$(PY) scripts/run_conformance.py
 
 test-all: install node-deps
+	$(PY) -m mypy
 	$(PY) -m pytest -q -m ""
 	$(PY) scripts/run_conformance.py
 
@@ -58,7 +60,7 @@ bench: install node-deps
 
 lock:
 	$(PYTHON) -m venv /tmp/trio-streams-lock
-	/tmp/trio-streams-lock/bin/pip install --quiet -e '.[test]'
+	/tmp/trio-streams-lock/bin/pip install --quiet -e '.[server,test]'
 	/tmp/trio-streams-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 

@@ -9,6 +9,7 @@ gaps the producer must heal), and start with another session's state
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from dataclasses import dataclass, field
 
@@ -21,7 +22,8 @@ import trio.testing
 
 from client_harness import BASE
 from trio_streams.client import (
-    Backoff, DurableStream, IdempotentProducer, SequenceGapError, StaleEpochError, StreamClosedError,
+    Backoff, DurableStream, DurableStreamError, IdempotentProducer, ProducerBufferFullError, SequenceGapError,
+    StaleEpochError, StreamClosedError,
 )
 
 URL = BASE + "p"
@@ -100,7 +102,7 @@ async def test_batches_are_stored_exactly_once_in_order() -> None:
     fake = ProducerFake()
     async with IdempotentProducer(handle_for(fake), "p", max_batch_bytes=20, max_in_flight=3) as producer:
         for i in range(50):
-            await producer.append({"i": i})
+            producer.append({"i": i})
         await producer.flush()
         stats = producer.statistics()
     assert fake.messages == [{"i": i} for i in range(50)]
@@ -119,7 +121,7 @@ async def test_the_first_batch_of_an_epoch_travels_alone() -> None:
     fake.hold[0] = gate
     async with IdempotentProducer(handle_for(fake), "p", max_batch_bytes=4, max_in_flight=5) as producer:
         for i in range(5):
-            await producer.append(i)
+            producer.append(i)
         await trio.testing.wait_all_tasks_blocked()
         assert producer.in_flight_count == 1 and len(fake.posts) == 1
         gate.set()
@@ -131,7 +133,7 @@ async def test_a_lost_response_is_retried_and_deduplicated() -> None:
     fake = ProducerFake(lose_response_once={(0, 0), (0, 1)})
     async with IdempotentProducer(handle_for(fake), "p", max_batch_bytes=2) as producer:
         for i in range(6):
-            await producer.append(i)
+            producer.append(i)
         await producer.flush()
         stats = producer.statistics()
     assert fake.messages == list(range(6))  # retried, yet each message once
@@ -141,12 +143,12 @@ async def test_a_lost_response_is_retried_and_deduplicated() -> None:
 async def test_overtaken_requests_are_resent_after_the_earlier_ones_land() -> None:
     fake = ProducerFake()
     async with IdempotentProducer(handle_for(fake), "p", max_batch_bytes=4, max_in_flight=4, linger_ms=0) as producer:
-        await producer.append(0)
+        producer.append(0)
         await producer.flush()  # epoch established: pipelining from here
         gate = trio.Event()
         fake.hold[1] = gate  # seq 1 is slow; seqs 2, 3 arrive first and see a gap
         for i in range(1, 4):
-            await producer.append(i)
+            producer.append(i)
             await trio.testing.wait_all_tasks_blocked()
         assert producer.in_flight_count == 3
         gate.set()
@@ -172,7 +174,7 @@ async def test_a_real_gap_is_an_error() -> None:
     with pytest.raises(SequenceGapError) as info:
         async with IdempotentProducer(handle_for(fake), "p", max_batch_bytes=2, on_error=errors.append) as producer:
             for i in range(3):
-                await producer.append(i)
+                producer.append(i)
                 await producer.flush()
     assert (info.value.expected_seq, info.value.received_seq) == (0, 1)
     assert errors == [info.value]
@@ -182,12 +184,12 @@ async def test_a_real_gap_is_an_error() -> None:
 async def test_stale_epoch_fences_the_producer() -> None:
     fake = ProducerFake(epoch=3, last_seq=10)
     async with IdempotentProducer(handle_for(fake), "p", epoch=1) as producer:
-        await producer.append("zombie")
+        producer.append("zombie")
         with pytest.raises(StaleEpochError) as info:
             await producer.flush()
         assert info.value.current_epoch == 3
         with pytest.raises(StaleEpochError):
-            await producer.append("more")
+            producer.append("more")
     assert fake.messages == []
 
 
@@ -195,7 +197,7 @@ async def test_auto_claim_takes_the_next_epoch_and_renumbers() -> None:
     fake = ProducerFake(epoch=3, last_seq=10)
     async with IdempotentProducer(handle_for(fake), "p", auto_claim=True, max_batch_bytes=4, max_in_flight=3) as producer:
         for i in range(6):
-            await producer.append(i)
+            producer.append(i)
         await producer.flush()
         assert producer.epoch == 4
     assert fake.messages == list(range(6))
@@ -207,17 +209,17 @@ async def test_a_session_reusing_an_epoch_is_detected_instead_of_losing_data() -
     fake = ProducerFake(epoch=0, last_seq=5)  # a previous run already wrote seqs 0..5 in epoch 0
     with pytest.raises(StaleEpochError):
         async with IdempotentProducer(handle_for(fake), "p") as producer:
-            await producer.append("new")
+            producer.append("new")
     assert fake.messages == []
     async with IdempotentProducer(handle_for(fake), "p", auto_claim=True) as producer:
-        await producer.append("new")
+        producer.append("new")
     assert fake.messages == ["new"] and fake.epoch == 1
 
 
 async def test_close_flushes_then_closes_idempotently() -> None:
     fake = ProducerFake()
     async with IdempotentProducer(handle_for(fake), "p") as producer:
-        await producer.append(1)
+        producer.append(1)
         fake.lose_response_once.add((0, 1))  # the close's answer is lost: the retry must still succeed
         result = await producer.close({"final": True})
     assert fake.messages == [1, {"final": True}] and fake.closed
@@ -229,7 +231,7 @@ async def test_close_flushes_then_closes_idempotently() -> None:
 async def test_a_closed_stream_stops_the_producer() -> None:
     fake = ProducerFake(closed=True)
     async with IdempotentProducer(handle_for(fake), "p") as producer:
-        await producer.append(1)
+        producer.append(1)
         with pytest.raises(StreamClosedError):
             await producer.flush()
 
@@ -238,7 +240,7 @@ async def test_linger_collects_appends_into_one_batch(autojump_clock: trio.abc.C
     fake = ProducerFake()
     async with IdempotentProducer(handle_for(fake), "p", linger_ms=50) as producer:
         for i in range(3):
-            await producer.append(i)
+            producer.append(i)
             await trio.sleep(0.01)
         assert fake.posts == []  # still lingering
         await trio.sleep(0.05)
@@ -246,40 +248,109 @@ async def test_linger_collects_appends_into_one_batch(autojump_clock: trio.abc.C
         assert [values for _, _, values in fake.posts] == [[0, 1, 2]]
 
 
-async def test_append_waits_when_the_buffer_is_full_and_nowait_refuses() -> None:
+async def test_a_full_buffer_refuses_the_message_and_drain_makes_room() -> None:
     fake = ProducerFake()
     gate = trio.Event()
     fake.hold[0] = gate
     # One-byte batches: each append is sealed at once; buffered (unsent) bytes may reach 3.
     async with IdempotentProducer(handle_for(fake), "p", max_batch_bytes=1, max_buffered_bytes=3) as producer:
-        await producer.append(0)  # in flight, held by the fake
+        producer.append(0)  # in flight, held by the fake
         await trio.testing.wait_all_tasks_blocked()
         for i in (1, 2, 3):
-            producer.append_nowait(i)
-        with pytest.raises(anyio.WouldBlock):
-            producer.append_nowait(4)
-        done = False
+            producer.append(i)
+        with pytest.raises(ProducerBufferFullError) as info:
+            producer.append(4)
+        assert info.value.code == "BUFFER_FULL" and producer.pending_count == 3  # refused, not queued
+        drained = False
 
-        async def blocked_append() -> None:
-            nonlocal done
-            await producer.append(4)
-            done = True
+        async def drain() -> None:
+            nonlocal drained
+            await producer.drain()
+            drained = True
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(blocked_append)
+            nursery.start_soon(drain)
             await trio.testing.wait_all_tasks_blocked()
-            assert not done and producer.pending_count == 3
+            assert not drained
             gate.set()
-        assert done
+        assert drained
+        producer.append(4)
     assert fake.messages == [0, 1, 2, 3, 4]
 
 
-async def test_producer_requires_its_context_manager() -> None:
-    producer = IdempotentProducer(handle_for(ProducerFake()), "p")
-    with pytest.raises(RuntimeError):
-        await producer.append(1)
+async def test_typescript_style_without_async_with_or_await_delivers_everything() -> None:
+    """The TypeScript shape: construct, append without await, then flush and close."""
+    fake = ProducerFake(lose_response_once={(0, 0), (0, 3)}, delay_s=0.001)
+    producer = IdempotentProducer(handle_for(fake), "p", max_batch_bytes=12, max_in_flight=3)
+    for i in range(40):
+        producer.append({"i": i})
+    assert fake.posts == [] and producer.pending_count == 40  # queued, nothing sent before flush
+    await producer.flush()
+    stats = producer.statistics()
+    assert fake.messages == [{"i": i} for i in range(40)]
+    assert stats.pending_messages == 0 and stats.in_flight_batches == 0 and stats.duplicates >= 1
+    assert fake.max_in_flight > 1  # an inline flush still pipelines
+    producer.append("last")
+    result = await producer.close()  # flushes first, then closes
+    assert fake.messages[-1] == "last" and fake.closed and result.final_offset == fake.offset()
+    with pytest.raises(DurableStreamError):
+        producer.append("after close")
+
+
+async def test_close_without_flush_or_async_with_sends_first() -> None:
+    fake = ProducerFake()
+    producer = IdempotentProducer(handle_for(fake), "p")
+    producer.append(1)
+    producer.append(2)
+    await producer.close({"final": True})
+    assert fake.messages == [1, 2, {"final": True}] and fake.closed
+
+
+async def test_failures_without_async_with_are_raised_by_flush() -> None:
+    fake = ProducerFake(epoch=3, last_seq=10)
+    producer = IdempotentProducer(handle_for(fake), "p", epoch=1)
+    producer.append("zombie")
+    with pytest.raises(StaleEpochError):
+        await producer.flush()
+    with pytest.raises(StaleEpochError):
+        await producer.close()
+    assert fake.messages == [] and not fake.closed
+
+
+async def test_a_cancelled_inline_flush_is_finished_by_the_next(autojump_clock: trio.abc.Clock) -> None:
+    fake = ProducerFake(lose_response_once={(0, 1)})
+    fake.hold[2] = trio.Event()  # never set: seq 2 hangs until the flush gives up
+    producer = IdempotentProducer(handle_for(fake), "p", max_batch_bytes=2, max_in_flight=2)
+    for i in range(6):
+        producer.append(i)
+    with trio.move_on_after(5):
+        await producer.flush()
+    assert fake.messages == [0, 1, 2, 3] and producer.pending_count == 2  # seq 2's send was cancelled, not lost
+    await producer.flush()
+    assert fake.messages == list(range(6))
+    assert sorted({seq for _, seq, _ in fake.posts}) == [0, 1, 2]  # seq 2 resent as itself
+
+
+async def test_without_a_known_content_type_append_fails_loudly_until_the_producer_asks() -> None:
+    fake = ProducerFake()
+    ds = DurableStream(URL, client=fake.client())  # a cold handle: no content type yet
+    producer = IdempotentProducer(ds, "p")
+    with pytest.raises(DurableStreamError) as info:
+        producer.append({"a": 1})
+    assert info.value.code == "CONTENT_TYPE_UNKNOWN"
+    async with producer:  # entering asks the server (HEAD)
+        producer.append({"a": 1})
+    assert fake.messages == [{"a": 1}]
     with pytest.raises(ValueError):
         IdempotentProducer(handle_for(ProducerFake()), "")
+
+
+def test_a_producer_dropped_with_unsent_messages_warns() -> None:
+    producer = IdempotentProducer(DurableStream(URL, content_type="application/json"), "p")
+    producer.append(1)
+    with pytest.warns(ResourceWarning, match="1 unacknowledged"):
+        del producer
+        gc.collect()
 
 
 def test_producer_under_asyncio() -> None:
@@ -287,7 +358,7 @@ def test_producer_under_asyncio() -> None:
         fake = ProducerFake(lose_response_once={(0, 1)}, delay_s=0.002)
         async with IdempotentProducer(handle_for(fake), "p", max_batch_bytes=10, max_in_flight=3) as producer:
             for i in range(30):
-                await producer.append(i)
+                producer.append(i)
             await producer.close()
         return sniffio.current_async_library(), fake
 

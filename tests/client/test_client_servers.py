@@ -142,6 +142,21 @@ async def test_connect_learns_the_content_type(target: Target) -> None:
         assert await (await ds.stream()).json() == [[1, 2]]
 
 
+async def test_fork_at_an_offset_and_a_sub_offset(target: Target) -> None:
+    async with await DurableStream.create(target.url("src"), content_type="application/json") as src:
+        start = (await src.head()).offset
+        await src.append(1)
+        await src.append(2)
+        await src.append(3)
+        fork = await src.fork(target.url("fork"), offset=start, sub_offset=1)
+        await fork.append("own")
+        assert await fork.read_json() == [1, "own"]
+        assert await src.read_json() == [1, 2, 3]
+        with pytest.raises(DurableStreamError) as info:
+            await src.fork(target.url("fork"), offset="not-an-offset")
+        assert info.value.code == "BAD_REQUEST"
+
+
 # -- live reads -------------------------------------------------------------------
 
 
@@ -236,7 +251,7 @@ async def test_producer_is_exactly_once_when_responses_are_lost(target: Target) 
     async with await DurableStream.create(target.url(), content_type="application/json", client=client) as ds:
         async with IdempotentProducer(ds, "writer-1", max_batch_bytes=16, linger_ms=1) as producer:
             for i in range(40):
-                await producer.append({"i": i})
+                producer.append({"i": i})
             await producer.flush()
             stats = producer.statistics()
         items = await (await ds.stream()).json()
@@ -246,19 +261,36 @@ async def test_producer_is_exactly_once_when_responses_are_lost(target: Target) 
     assert stats.duplicates >= 1
 
 
+async def test_typescript_style_producer_delivers_every_message_exactly_once(target: Target) -> None:
+    """No ``async with``, no ``await`` on append, answers lost on the way back: then flush and close."""
+    client = Counting().client(LoseResponses({"0", "3"}))
+    async with await DurableStream.create(target.url(), content_type="application/json", client=client) as ds:
+        producer = IdempotentProducer(ds, "ts-style", max_batch_bytes=64, linger_ms=1)
+        for i in range(200):
+            producer.append({"i": i})
+        await producer.flush()
+        for i in range(200, 210):
+            producer.append({"i": i})
+        result = await producer.close()  # flushes the last ten first
+        items = await (await ds.stream()).json()
+        head = await ds.head()
+    assert items == [{"i": i} for i in range(210)]
+    assert head.closed and result.final_offset == head.offset
+
+
 async def test_producer_epochs_fence_zombies_and_auto_claim(target: Target) -> None:
     async with await DurableStream.create(target.url(), content_type="application/json") as ds:
         async with IdempotentProducer(ds, "job", epoch=0) as old:
-            await old.append("old-1")
+            old.append("old-1")
             await old.flush()
             async with IdempotentProducer(ds, "job", epoch=1) as new:
-                await new.append("new-1")
-            await old.append("zombie")
+                new.append("new-1")
+            old.append("zombie")
             with pytest.raises(StaleEpochError) as info:
                 await old.flush()
             assert info.value.current_epoch == 1
         async with IdempotentProducer(ds, "job", auto_claim=True) as claimer:
-            await claimer.append("claimed")
+            claimer.append("claimed")
             await claimer.flush()
             assert claimer.epoch == 2
             result = await claimer.close("done")
@@ -279,7 +311,7 @@ async def _asyncio_scenario(url: str) -> tuple[str, list, bytes]:
             await asyncio.sleep(0.1)
             async with IdempotentProducer(ds, "asyncio-writer") as producer:
                 for i in range(10, 20):
-                    await producer.append(i)
+                    producer.append(i)
                 await producer.close("end")
 
         async with anyio.create_task_group() as tg:

@@ -19,14 +19,15 @@ are separate and not imported here).
 
 from ._protocol import Backoff, CloseResult, HeadResult, LiveMode
 from .errors import (
-    DurableStreamError, FetchError, SequenceGapError, StaleEpochError, StreamClosedError,
+    DurableStreamError, FetchError, ProducerBufferFullError, SequenceGapError, StaleEpochError, StreamClosedError,
 )
 from .producer import IdempotentProducer, ProducerStatistics
 from .response import ByteBatch, JsonBatch, StreamResponse, TextBatch, stream
+from ._transport import RetryOpts
 from .stream import DurableStream
 
 __all__ = [
     "Backoff", "ByteBatch", "CloseResult", "DurableStream", "DurableStreamError", "FetchError", "HeadResult",
-    "IdempotentProducer", "JsonBatch", "LiveMode", "ProducerStatistics", "SequenceGapError", "StaleEpochError",
+    "IdempotentProducer", "JsonBatch", "LiveMode", "ProducerBufferFullError", "ProducerStatistics", "RetryOpts", "SequenceGapError", "StaleEpochError",
     "StreamClosedError", "StreamResponse", "TextBatch", "stream",
 ]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import datetime as _dt
 import email.utils
 import json
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Final, Literal, Union
 
 from .errors import PARSE_ERROR, DurableStreamError
 
@@ -34,12 +35,15 @@ SSE_ENCODING = "stream-sse-data-encoding"
 PRODUCER_ID = "producer-id"
 PRODUCER_EPOCH = "producer-epoch"
 PRODUCER_SEQ = "producer-seq"
+FORKED_FROM = "stream-forked-from"
+FORK_OFFSET = "stream-fork-offset"
+FORK_SUB_OFFSET = "stream-fork-sub-offset"
 
 START = "-1"
 NOW = "now"
-CATCH_UP = "catch-up"
-LONG_POLL = "long-poll"
-SSE = "sse"
+CATCH_UP: Final = "catch-up"
+LONG_POLL: Final = "long-poll"
+SSE: Final = "sse"
 RESERVED_PARAMS = frozenset({"offset", "live", "cursor"})
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
@@ -103,7 +107,7 @@ def chunk_from_response(status: int, headers: Mapping[str, str], body: bytes, *,
 
 def check_live(live: object) -> LiveMode:
     if live is True or live is False or live in (LONG_POLL, SSE):
-        return live  # type: ignore[return-value]
+        return live
     raise ValueError(f"live must be False, True, 'long-poll' or 'sse', not {live!r}")
 
 
@@ -243,6 +247,33 @@ def create_headers(
     return headers
 
 
+def fork_headers(source_url: str, fork_url: str, offset: str | None, sub_offset: int | None) -> dict[str, str]:
+    """The headers that make a create PUT at ``fork_url`` a fork of ``source_url`` (PROTOCOL.md 4.2).
+
+    The source goes by its path: forks live on the same server as their
+    source, so a fork URL on another origin is refused here, before asking.
+    """
+    source, fork = origin_and_path(source_url), origin_and_path(fork_url)
+    if source[0] != fork[0]:
+        raise ValueError(f"a fork must be on its source's server ({source[0]}), not {fork[0]}")
+    headers = {FORKED_FROM: source[1]}
+    if offset is not None:
+        headers[FORK_OFFSET] = offset
+    if sub_offset is not None:
+        if isinstance(sub_offset, bool) or not isinstance(sub_offset, int) or sub_offset < 0:
+            raise ValueError(f"sub_offset must be a non-negative integer, not {sub_offset!r}")
+        headers[FORK_SUB_OFFSET] = str(sub_offset)
+    return headers
+
+
+def origin_and_path(url: str) -> tuple[str, str]:
+    """(origin, path) of an absolute URL, the path as sent on the wire (percent-encoded, no query)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"not an absolute URL: {url!r}")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}", parts.path or "/"
+
+
 def rfc3339(value: str | _dt.datetime) -> str:
     if isinstance(value, str):
         return value
@@ -330,6 +361,11 @@ def retryable_status(status: int, *, idempotent: bool) -> bool:
 def retryable_failure(*, request_unsent: bool, idempotent: bool) -> bool:
     """A network failure: retry if the request provably never left, or if sending it twice is harmless."""
     return request_unsent or idempotent
+
+
+def calls_on_error(status: int | None, *, network: bool) -> bool:
+    """Failures a reader's ``on_error`` may repair: refused credentials (401/403), or no protocol answer at all."""
+    return network or status in (401, 403)
 
 
 def parse_retry_after(value: str | None, now: _dt.datetime) -> float | None:

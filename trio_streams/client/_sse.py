@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from ._protocol import Chunk
 from .errors import PARSE_ERROR, DurableStreamError
@@ -133,7 +134,7 @@ class SseChunker:
             raise DurableStreamError("SSE data event is not valid base64", PARSE_ERROR) from None
 
 
-def _control(data: str) -> dict:
+def _control(data: str) -> dict[str, Any]:
     try:
         control = json.loads(data)
     except ValueError:

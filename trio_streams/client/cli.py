@@ -2,10 +2,13 @@
 
 Owns: these subcommands' flags, stdin → appends, stream → stdout, and exit
 statuses (0 done, 1 a stream or network error, 2 bad usage, 130
-interrupted). Built only on the public client API, run under Trio.
+interrupted). Built only on the public client API, run under Trio when it
+is installed, else asyncio (a client-only install has no Trio).
 
-Never touches the server: ``__main__`` adds these subcommands to its parser
-and hands their parsed arguments to ``run``.
+Never touches the server: the server's ``trio_streams.__main__`` adds these
+subcommands to its parser, and ``client/__main__.py`` (``trio-streams-client``,
+``python -m trio_streams.client``) offers them alone; both hand the parsed
+arguments to ``run``.
 
 Input and output are pipe-friendly. JSON streams read and write one message
 per line (NDJSON); other streams are raw bytes, appended as they arrive on
@@ -27,7 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
-import trio
+import anyio
 
 from ._protocol import Backoff, is_json
 from .errors import DurableStreamError
@@ -40,7 +43,7 @@ STDIN_READ_BYTES = 64 * 1024
 LIVE_CHOICES = {"auto": True, "sse": "sse", "long-poll": "long-poll"}
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("url", help="the stream's URL, e.g. http://127.0.0.1:4437/v1/stream/chat")
     common.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -80,7 +83,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         options = {"headers": _parse_headers(args.header), "backoff": _backoff(args)}
-        return trio.run(_COMMANDS[args.command], args, options)
+        return anyio.run(_COMMANDS[args.command], args, options, backend=_backend())
     except ValueError as exc:
         print(f"trio-streams {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +109,14 @@ def _backoff(args: argparse.Namespace) -> Backoff:
     return Backoff(max_retries=retries)
 
 
+def _backend() -> str:
+    try:
+        import trio  # noqa: F401
+    except ImportError:
+        return "asyncio"  # a client-only install
+    return "trio"
+
+
 def _parse_headers(raw: list[str]) -> dict[str, str]:
     headers = {}
     for item in raw:
@@ -120,7 +131,7 @@ async def _create(args: argparse.Namespace, options: dict[str, Any]) -> int:
     content_type = args.content_type or ("application/json" if args.json else "application/octet-stream")
     body = args.body
     if body == "-":
-        body = await trio.to_thread.run_sync(sys.stdin.buffer.read)
+        body = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
     ds = await DurableStream.create(
         args.url, content_type=content_type, ttl=args.ttl, expires_at=args.expires_at,
         body=body, closed=args.closed, **options,
@@ -159,10 +170,12 @@ async def _append_stdin(ds: Any, args: argparse.Namespace, json_mode: bool) -> i
         if json_mode:
             async for line in _stdin_lines(sys.stdin.buffer):
                 if line.strip():
-                    await producer.append(_message(line.decode("utf-8"), True))
+                    producer.append(_message(line.decode("utf-8"), True))
+                    await producer.drain()
         else:
             async for block in _stdin_blocks(sys.stdin.buffer):
-                await producer.append(block)
+                producer.append(block)
+                await producer.drain()
         if args.close:
             await producer.close()
         else:
@@ -173,7 +186,7 @@ async def _append_stdin(ds: Any, args: argparse.Namespace, json_mode: bool) -> i
 async def _stdin_blocks(stream: BinaryIO) -> AsyncIterator[bytes]:
     # read1 returns what a pipe has now, so slow writers' data goes out promptly.
     reader = getattr(stream, "read1", stream.read)
-    while block := await trio.to_thread.run_sync(reader, STDIN_READ_BYTES):
+    while block := await anyio.to_thread.run_sync(reader, STDIN_READ_BYTES):
         yield block
 
 
@@ -200,11 +213,11 @@ async def _print_stream(args: argparse.Namespace, options: dict[str, Any], live:
     out = sys.stdout.buffer
     async with await stream(args.url, args.offset, live, **options) as res:
         if res.is_json:
-            async for batch in res.json_batches():
-                _write_batch(out, args.json, batch.items, batch, json_items=True)
+            async for json_batch in res.json_batches():
+                _write_batch(out, args.json, json_batch.items, json_batch, json_items=True)
         else:
-            async for batch in res.byte_batches():
-                _write_batch(out, args.json, batch.data, batch, json_items=False)
+            async for byte_batch in res.byte_batches():
+                _write_batch(out, args.json, byte_batch.data, byte_batch, json_items=False)
     return 0
 
 

@@ -35,6 +35,7 @@ STALE_EPOCH = "STALE_EPOCH"
 SEQUENCE_GAP = "SEQUENCE_GAP"
 PARSE_ERROR = "PARSE_ERROR"
 ALREADY_CONSUMED = "ALREADY_CONSUMED"
+BUFFER_FULL = "BUFFER_FULL"
 NETWORK = "NETWORK"
 UNKNOWN = "UNKNOWN"
 
@@ -92,6 +93,18 @@ class SequenceGapError(DurableStreamError):
         super().__init__(f"producer sequence gap: expected {expected_seq}, sent {received_seq}", SEQUENCE_GAP, 409, url=url)
         self.expected_seq = expected_seq
         self.received_seq = received_seq
+
+
+class ProducerBufferFullError(DurableStreamError):
+    """A producer's buffer cannot take this message now; nothing was queued. ``await producer.drain()`` makes room."""
+
+    def __init__(self, buffered_bytes: int, max_buffered_bytes: int) -> None:
+        super().__init__(
+            f"producer buffer full ({buffered_bytes} of {max_buffered_bytes} bytes): await drain() or flush()",
+            BUFFER_FULL,
+        )
+        self.buffered_bytes = buffered_bytes
+        self.max_buffered_bytes = max_buffered_bytes
 
 
 def error_for_response(

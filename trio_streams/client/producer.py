@@ -21,37 +21,63 @@ seq 0, and a later seq overtaking it would be refused.
 
 Never retries one request itself (``_transport`` does — resending is safe
 because the server deduplicates) and never decides what a status means
-(``errors`` does). Its sends run in a task group opened by ``__aenter__``:
-use ``async with IdempotentProducer(...) as producer``. A failure that
-breaks the sequence (stale epoch, closed stream, bad request) stops the
-producer: later calls and ``flush()`` raise it.
+(``errors`` does).
+
+``append()`` is a plain method, as in TypeScript: it queues the message at
+once, so no message can hide in a coroutine that was never awaited. The
+buffer is bounded: a full one makes ``append()`` raise (``drain()`` waits
+for room), never drop. Sends run in a task group: under ``async with`` one
+opened by ``__aenter__`` (batches leave as they fill or linger out);
+without it, ``flush()``/``drain()``/``close()`` open one for their own
+duration and send inline. Either way ``flush()`` returns only when every
+message is acknowledged, and a producer dropped with unsent messages warns.
+A failure that breaks the sequence (stale epoch, closed stream, bad
+request) stops the producer: later calls and ``flush()`` raise it.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import httpx
+from anyio.abc import TaskGroup
 
 from ._protocol import (
     CLOSED, DEFAULT_CONTENT_TYPE, NEXT_OFFSET, PRODUCER_EPOCH, PRODUCER_ID, PRODUCER_SEQ, CloseResult, encode_message,
     frame_batch, is_json,
 )
 from ._transport import HeadersSpec, check
-from .errors import DurableStreamError, SequenceGapError, StaleEpochError
+from .errors import DurableStreamError, ProducerBufferFullError, SequenceGapError, StaleEpochError
 from .stream import DurableStream
 
 LINGER_MS = 5
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_IN_FLIGHT = 5
+# What append() queues before refusing (ProducerBufferFullError): room for a
+# TypeScript-style burst of appends before the first flush, bounded memory.
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024
 # A claim that is immediately fenced again means another producer is
 # claiming too; two auto-claimers would leapfrog forever.
 CLAIMS_WITHOUT_ACK_MAX = 3
+
+
+class ProducerOptions(TypedDict, total=False):
+    """The producer's keyword options, for wrappers that pass them on (the sync producer)."""
+
+    epoch: int
+    auto_claim: bool
+    linger_ms: float
+    max_batch_bytes: int
+    max_in_flight: int
+    max_buffered_bytes: int
+    headers: HeadersSpec | None
+    on_error: Callable[[BaseException], Any] | None
 
 
 @dataclass(eq=False)
@@ -98,14 +124,14 @@ class IdempotentProducer:
         linger_ms: float = LINGER_MS,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_in_flight: int = MAX_IN_FLIGHT,
-        max_buffered_bytes: int | None = None,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
         headers: HeadersSpec | None = None,
         on_error: Callable[[BaseException], Any] | None = None,
     ) -> None:
         if not producer_id:
             raise ValueError("producer_id must be a non-empty string")
-        if max_in_flight < 1 or max_batch_bytes < 1:
-            raise ValueError("max_in_flight and max_batch_bytes must be positive")
+        if max_in_flight < 1 or max_batch_bytes < 1 or max_buffered_bytes < 1:
+            raise ValueError("max_in_flight, max_batch_bytes and max_buffered_bytes must be positive")
         self.stream = stream
         self.producer_id = producer_id
         self.auto_claim = auto_claim
@@ -113,7 +139,7 @@ class IdempotentProducer:
         self._linger_s = linger_ms / 1000
         self._max_batch_bytes = max_batch_bytes
         self._max_in_flight = max_in_flight
-        self._max_buffered_bytes = max_buffered_bytes or 4 * max_batch_bytes
+        self._max_buffered_bytes = max_buffered_bytes
         self._on_error = on_error
         self._epoch = epoch
         self._next_seq = 0
@@ -132,21 +158,22 @@ class IdempotentProducer:
         self._failure: BaseException | None = None
         self._failure_raised = False  # the caller has seen it; leaving the context need not raise it again
         self._finished = False
-        self._json = False
         self._last_offset: str | None = None
         self._counters = _Counters()
-        self._changed: anyio.Event | None = None
-        self._tg: Any = None
+        self._changed: anyio.Event | None = None  # made on first wait: no event loop is needed to construct
+        self._tg: TaskGroup | None = None  # the background one, under ``async with``
+        self._inline_tg: TaskGroup | None = None  # a flush's own, without ``async with``
+        self._stalled: list[_Batch] = []  # numbered batches whose send was cancelled: resent as they are
 
     # -- lifecycle -----------------------------------------------------------
 
     async def __aenter__(self) -> IdempotentProducer:
         if self.stream.content_type is None:
             await self.stream.head()
-        self._json = is_json(self.stream.content_type)
-        self._changed = anyio.Event()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._pump()  # what was appended before entering
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -157,8 +184,19 @@ class IdempotentProducer:
             # After a flush only linger timers are left; after an error nothing
             # is worth finishing. The body's own exception is not handed to the
             # task group, so it propagates as itself, not in an ExceptionGroup.
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
+            tg, self._tg = self._tg, None
+            assert tg is not None
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    def __del__(self) -> None:
+        if "_counters" not in self.__dict__:
+            return  # __init__ refused its arguments
+        if self._unsent_messages() and self._failure is None:
+            warnings.warn(
+                f"IdempotentProducer({self.producer_id!r}) dropped with {self._unsent_messages()} unacknowledged"
+                " messages: await flush() or close() first", ResourceWarning, stacklevel=2,
+            )
 
     @property
     def epoch(self) -> int:
@@ -170,7 +208,8 @@ class IdempotentProducer:
 
     @property
     def pending_count(self) -> int:
-        return len(self._open) + sum(len(b.pieces) for b in self._ready)
+        """Messages queued and not yet sent (or whose send must be repeated)."""
+        return len(self._open) + sum(len(b.pieces) for b in (*self._ready, *self._stalled))
 
     @property
     def in_flight_count(self) -> int:
@@ -190,29 +229,60 @@ class IdempotentProducer:
 
     # -- writing -------------------------------------------------------------
 
-    async def append(self, value: Any) -> None:
-        """Queues one message (waiting while too much is buffered); delivery is confirmed by ``flush()``."""
+    def append(self, value: Any) -> None:
+        """Queues one message now (not a coroutine: nothing to forget to await); ``flush()`` confirms delivery.
+
+        Raises ``ProducerBufferFullError`` (nothing queued) if the message
+        does not fit in ``max_buffered_bytes``: ``await drain()`` makes room.
+        """
         piece = self._encode(value)
-        while self._buffered_bytes() and self._buffered_bytes() + len(piece) > self._max_buffered_bytes:
-            self._check_usable()
-            await self._wait_changed()
+        if not self._has_room(len(piece)):
+            raise ProducerBufferFullError(self._buffered_bytes(), self._max_buffered_bytes)
         self._add(piece)
 
-    def append_nowait(self, value: Any) -> None:
-        """Queues one message now; raises ``anyio.WouldBlock`` if the buffer is full."""
-        piece = self._encode(value)
-        if self._buffered_bytes() and self._buffered_bytes() + len(piece) > self._max_buffered_bytes:
-            raise anyio.WouldBlock
-        self._add(piece)
+    async def drain(self) -> None:
+        """Waits until the buffer is at most half full (sending inline without ``async with``).
+
+        The backpressure half of ``append()``, as ``StreamWriter.drain()`` is
+        for ``write()``: ``producer.append(x); await producer.drain()``.
+        """
+        await self._wait_for_room(self._max_buffered_bytes - self._max_buffered_bytes // 2)
 
     async def flush(self) -> None:
         """Sends what is buffered and waits until every batch is acknowledged; raises the producer's failure."""
         self._check_usable(allow_finished=True)
         if self._open:
             self._seal()
-        while (self._ready or self._in_flight or self._claiming) and self._failure is None:
-            await self._wait_changed()
+        if self._tg is not None or self._inline_tg is not None:
+            await self._wait_idle()
+        else:
+            async with anyio.create_task_group() as tg:
+                self._inline_tg = tg
+                try:
+                    self._pump()
+                    await self._wait_idle()
+                finally:
+                    self._inline_tg = None
         self._check_usable(allow_finished=True)
+
+    async def _wait_idle(self) -> None:
+        while self._unsent_batches() and self._failure is None:
+            await self._wait_changed()
+
+    async def _wait_for_room(self, size: int) -> None:
+        while not self._has_room(size):
+            self._check_usable()
+            if self._tg is None:
+                await self.flush()  # nothing sends in the background: make room by sending now
+            else:
+                await self._wait_changed()
+        self._check_usable()
+
+    async def _append_when_room(self, value: Any) -> None:
+        """``append`` that waits for room instead of raising (for callers that may block, like the sync producer)."""
+        piece = self._encode(value)
+        await self._wait_for_room(len(piece))
+        self._add(piece)
 
     async def close(self, final: Any = None) -> CloseResult:
         """Flushes, then closes the stream (EOF), with ``final`` as a last message if given. Retry-safe."""
@@ -243,10 +313,18 @@ class IdempotentProducer:
     # -- batching ------------------------------------------------------------
 
     def _encode(self, value: Any) -> bytes:
-        if self._tg is None:
-            raise RuntimeError("use the producer as `async with IdempotentProducer(...) as producer:`")
         self._check_usable()
+        if self.stream.content_type is None:
+            raise DurableStreamError(
+                "the stream's content type is unknown, so the message cannot be encoded: get the handle from"
+                " DurableStream.create()/connect(), pass content_type=, or enter `async with producer` (it asks the"
+                " server)", "CONTENT_TYPE_UNKNOWN", url=self.stream.url,
+            )
         return encode_message(value, json_mode=self._json)
+
+    @property
+    def _json(self) -> bool:
+        return is_json(self.stream.content_type)
 
     def _check_usable(self, *, allow_finished: bool = False) -> None:
         if self._failure is not None:
@@ -256,7 +334,20 @@ class IdempotentProducer:
             raise DurableStreamError("the producer is closed or detached", "PRODUCER_FINISHED")
 
     def _buffered_bytes(self) -> int:
-        return self._open_bytes + sum(b.size for b in self._ready)
+        return self._open_bytes + sum(b.size for b in (*self._ready, *self._stalled))
+
+    def _has_room(self, size: int) -> bool:
+        buffered = self._buffered_bytes()
+        return buffered == 0 or buffered + size <= self._max_buffered_bytes  # an empty buffer takes any message
+
+    def _unsent_batches(self) -> bool:
+        return bool(self._ready or self._in_flight or self._claiming or self._stalled)
+
+    def _unsent_messages(self) -> int:
+        return self.pending_count + sum(len(b.pieces) for b in self._in_flight.values())
+
+    def _task_group(self) -> TaskGroup | None:
+        return self._tg or self._inline_tg
 
     def _add(self, piece: bytes) -> None:
         if self._open and self._open_bytes + len(piece) > self._max_batch_bytes:
@@ -265,7 +356,7 @@ class IdempotentProducer:
         self._open_bytes += len(piece)
         if self._open_bytes >= self._max_batch_bytes:
             self._seal()
-        elif len(self._open) == 1:
+        elif len(self._open) == 1 and self._tg is not None:
             self._tg.start_soon(self._linger, self._open_generation)
 
     async def _linger(self, generation: int) -> None:
@@ -287,28 +378,45 @@ class IdempotentProducer:
         self._pump()
 
     def _pump(self) -> None:
-        """Starts sends while the window allows; the first batch of an epoch goes alone."""
+        """Starts sends while the window allows (and a task group runs them); the first batch of an epoch goes alone."""
+        tg = self._task_group()
         window = self._max_in_flight if self._established else 1
-        while self._ready and self._failure is None and not self._claiming and len(self._in_flight) < window:
-            batch = self._ready.popleft()
-            batch.epoch, batch.seq = self._epoch, self._next_seq
-            self._next_seq += 1
+        while tg is not None and (self._stalled or self._ready) and self._may_send() and len(self._in_flight) < window:
+            if self._stalled:
+                batch = self._stalled.pop(0)  # same epoch and seq: the server deduplicates it if it arrived
+            else:
+                batch = self._ready.popleft()
+                batch.epoch, batch.seq = self._epoch, self._next_seq
+                self._next_seq += 1
             self._in_flight[batch.seq] = batch
-            self._tg.start_soon(self._send, batch)
+            tg.start_soon(self._send, batch)
         self._notify()
+
+    def _may_send(self) -> bool:
+        return self._failure is None and not self._claiming
 
     # -- sending -------------------------------------------------------------
 
     async def _send(self, batch: _Batch) -> None:
+        cancelled = False
         try:
             await self._deliver(batch)
         except Exception as exc:
             self._fail(exc)
+        except BaseException:
+            cancelled = True  # a cancelled inline flush: the batch is sent again by the next one
+            raise
         finally:
             if self._in_flight.get(batch.seq) is batch:
                 del self._in_flight[batch.seq]
-            self._finish_claim()
-            self._pump()
+                if cancelled:
+                    self._stalled.append(batch)
+                    self._stalled.sort(key=lambda b: b.seq)
+            if cancelled:
+                self._notify()
+            else:
+                self._finish_claim()
+                self._pump()
 
     async def _deliver(self, batch: _Batch) -> None:
         while True:
@@ -407,8 +515,9 @@ class IdempotentProducer:
         """Once no old-epoch batch is in flight, renumbers everything unacknowledged under the new epoch."""
         if not self._claiming or self._in_flight:
             return
-        unacked = sorted([*self._returned, *self._ready], key=lambda b: b.order)
+        unacked = sorted([*self._returned, *self._stalled, *self._ready], key=lambda b: b.order)
         self._returned.clear()
+        self._stalled.clear()
         self._ready = deque(unacked)
         self._claiming = False
         self._start_epoch(self._claim_epoch)
@@ -429,19 +538,22 @@ class IdempotentProducer:
         self._ready.clear()
         self._open, self._open_bytes = [], 0
         self._returned.clear()
+        self._stalled.clear()
         if self._on_error is not None:
             result = self._on_error(exc)
-            if inspect.isawaitable(result):
-                self._tg.start_soon(_await, result)
+            tg = self._task_group()
+            if inspect.isawaitable(result) and tg is not None:
+                tg.start_soon(_await, result)
         self._notify()
 
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
-            self._changed = anyio.Event()
+            self._changed = None
 
     async def _wait_changed(self) -> None:
-        assert self._changed is not None
+        if self._changed is None:
+            self._changed = anyio.Event()
         await self._changed.wait()
 
 
