@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .protocol.jsonmode import DEPTH_ENCODABLE_MAX
+
 FSYNC_MODES = ("always", "interval", "never")
 
 
@@ -51,6 +53,10 @@ class Settings:
     streams_max: int = 10_000_000
     open_stream_files_max: int = 256
 
+    # JSON bodies (PUT and POST on application/json streams).
+    # Deepest nesting accepted, counting the body's outer array; deeper is 400 JSON_TOO_DEEP.
+    json_depth_max: int = 128
+
     # Caching: "public" or "private" for Cache-Control on catch-up reads.
     cache_visibility: str = "public"
     cors_allow_origin: str = "*"
@@ -64,10 +70,15 @@ class Settings:
             raise ValueError("tls_certfile and tls_keyfile must be given together")
         if self.cache_visibility not in ("public", "private"):
             raise ValueError("cache_visibility must be 'public' or 'private'")
+        self._validate_json()
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"{field.name} must not be negative")
+
+    def _validate_json(self) -> None:
+        if not 1 <= self.json_depth_max <= DEPTH_ENCODABLE_MAX:
+            raise ValueError(f"json_depth_max must be in 1..{DEPTH_ENCODABLE_MAX} (what a stored message can be encoded with)")
 
     @property
     def long_poll_timeout_s(self) -> float:
