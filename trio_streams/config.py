@@ -56,6 +56,16 @@ class Settings:
     # JSON bodies (PUT and POST on application/json streams).
     # Deepest nesting accepted, counting the body's outer array; deeper is 400 JSON_TOO_DEEP.
     json_depth_max: int = 128
+    # Messages one body may hold (a top-level array is flattened into messages); more is 413.
+    json_messages_per_append_max: int = 100_000
+    # Bodies up to this size are framed on the event loop in one call (well under a
+    # millisecond); larger ones message by message in worker threads.
+    json_inline_bytes_max: int = 64 * 1024
+    # Largest message of a body framed in a worker thread (parsing one message holds
+    # the GIL, and so stalls the event loop, for its whole length); larger is 413.
+    json_message_bytes_max: int = 1024 * 1024
+    # Worker threads framing large JSON bodies at once; further bodies wait their turn.
+    json_workers_max: int = 1
 
     # Caching: "public" or "private" for Cache-Control on catch-up reads.
     cache_visibility: str = "public"
@@ -79,6 +89,10 @@ class Settings:
     def _validate_json(self) -> None:
         if not 1 <= self.json_depth_max <= DEPTH_ENCODABLE_MAX:
             raise ValueError(f"json_depth_max must be in 1..{DEPTH_ENCODABLE_MAX} (what a stored message can be encoded with)")
+        if self.json_message_bytes_max < self.json_inline_bytes_max:
+            raise ValueError("json_message_bytes_max must be at least json_inline_bytes_max")
+        if self.json_messages_per_append_max < 1 or self.json_workers_max < 1:
+            raise ValueError("json_messages_per_append_max and json_workers_max must be at least 1")
 
     @property
     def long_poll_timeout_s(self) -> float:
