@@ -118,6 +118,15 @@ def test_a_large_batch_is_stored_exactly(big: httpx.Client) -> None:
     assert big.put(PREFIX + unique("json"), content=body, headers=JSON).status_code == 201
 
 
+def test_a_large_chunked_batch_is_stored_exactly(big: httpx.Client) -> None:
+    path = _stream(big)
+    messages = _messages_of(1024, MESSAGES_MAX)
+    body = json.dumps(messages).encode()
+    chunks = (body[i : i + 10_000] for i in range(0, len(body), 10_000))  # no Content-Length: chunked
+    assert big.post(path, content=chunks, headers=JSON).status_code == 204
+    assert _messages(big, path) == messages
+
+
 def test_too_many_messages_is_413_and_the_server_keeps_serving(big: httpx.Client) -> None:
     path = _stream(big)
     body = b"[" + b"{}," * ((8 << 20) // 3 - 1) + b"{}]"  # the body: 8 MiB of empty objects

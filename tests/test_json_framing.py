@@ -214,7 +214,7 @@ def test_every_step_is_bounded() -> None:
     for _ in framer.steps():
         growth.append(framer._fed - fed)
         fed = framer._fed
-    assert framer.messages == 50 and bytes(framer.stored) == b"".join(m + b"\n" for m in [message] * 50)
+    assert framer.messages == 50 and bytes(framer.result()) == b"".join(m + b"\n" for m in [message] * 50)
     assert max(growth) <= 2 * len(message) + 1024
 
 

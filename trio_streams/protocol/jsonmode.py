@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import orjson
 
+from ..membuf import GrowableBuffer
 from .errors import ProtocolError, bad_request
 
 TERMINATOR: Final = b"\n"
@@ -63,10 +64,10 @@ class Framed:
     order (a closed stream or a producer conflict outranks a bad body).
     """
 
-    stored: bytes = b""
+    stored: bytes | memoryview = b""
     error: ProtocolError | None = None
 
-    def result(self) -> bytes:
+    def result(self) -> bytes | memoryview:
         if self.error is not None:
             raise self.error
         return self.stored
@@ -81,6 +82,7 @@ def frame(body: bytes, *, allow_empty: bool, limits: JsonLimits) -> Framed:
 
 def encode_messages(body: bytes, *, allow_empty: bool, limits: JsonLimits = JsonLimits()) -> bytes:
     """Validates ``body`` and returns it as stored messages (one array level flattened)."""
+    body = bytes(body)  # no copy of bytes; a small copy of any other buffer
     value = _decode(_text(body), needs_care(body), limits)
     if count_brackets(body) > limits.depth_max and _deeper_than(value, limits.depth_max):
         raise too_deep(limits)
@@ -175,8 +177,8 @@ _NUMBER_SHAPE: Final = bytes.maketrans(
 )
 
 
-def needs_care(data: bytes) -> bool:
-    shape = data.translate(_NUMBER_SHAPE)
+def needs_care(data: bytes | memoryview) -> bool:
+    shape = bytes(data).translate(_NUMBER_SHAPE)
     return b"9" * 19 in shape or b"e999" in shape or b"e+999" in shape
 
 
@@ -219,11 +221,11 @@ _DIGIT_RUN_OVERLAP: Final = 24
 class WindowedFramer:
     """Frames one body message by message; iterate ``steps()`` to do the work.
 
-    Each step is bounded: scanning or decoding one window, or parsing and
+    Each step is bounded: decoding (and scanning) one window, or parsing and
     encoding one message (at most ``message_bytes_max``). The messages limit
     is enforced as they are found, so an oversized body is refused after
-    ``messages_max`` of them, never materialized. ``stored`` grows in place:
-    the framed copy is the only one made.
+    ``messages_max`` of them, never materialized. The stored form is written
+    in place into one buffer (``result()``): the only copy of the body made.
     """
 
     def __init__(self, body: bytes, *, allow_empty: bool, limits: JsonLimits, window_bytes: int = WINDOW_BYTES) -> None:
@@ -236,11 +238,11 @@ class WindowedFramer:
         self._text = ""
         self._at = 0  # index in _text of the first character not yet framed
         self._json = PLAIN
+        self._recent = b""  # the last bytes decoded: a digit run may span two windows
         self.messages = 0
-        self.stored = bytearray()
+        self._stored = GrowableBuffer(len(body))  # compact JSON is rarely longer than its source
 
     def steps(self) -> Iterator[None]:
-        yield from self._choose_decoder()
         first = self._peek()
         if first != "[":
             yield from self._message(nesting=0)
@@ -255,12 +257,9 @@ class WindowedFramer:
         if not self.messages and not self._allow_empty:
             raise empty_array()
 
-    def _choose_decoder(self) -> Iterator[None]:
-        for start in range(0, len(self._body), self._window):
-            if needs_care(self._body[start : start + self._window + _DIGIT_RUN_OVERLAP]):
-                self._json = CAREFUL
-                return
-            yield
+    def result(self) -> memoryview:
+        """The stored messages, once ``steps()`` has run to its end."""
+        return self._stored.freeze()
 
     def _array_items(self) -> Iterator[None]:
         while True:
@@ -286,8 +285,15 @@ class WindowedFramer:
         if self._fed == len(self._body):
             return False
         end = min(len(self._body), self._fed + max(self._window, chars_at_least))
+        raw = bytes(self._body[self._fed : end])
+        # Every byte is looked at before any message in it is parsed, so the
+        # careful decoder is in place for every message that needs it.
+        seen = self._recent + raw
+        if self._json is PLAIN and needs_care(seen):
+            self._json = CAREFUL
+        self._recent = seen[-_DIGIT_RUN_OVERLAP:]
         try:
-            more = self._decoder.decode(self._body[self._fed : end], end == len(self._body))
+            more = self._decoder.decode(raw, end == len(self._body))
         except UnicodeDecodeError as exc:
             raise not_utf8(exc) from None
         self._text = self._text[self._at :] + more
@@ -308,7 +314,7 @@ class WindowedFramer:
             yield
         value, end = parsed
         self._check_message(value, start, end, nesting)
-        self.stored += encode_message(value)
+        self._stored.append(encode_message(value))
         self.messages += 1
         self._at = end
         yield
@@ -349,12 +355,12 @@ def _may_be_cut(exc: json.JSONDecodeError, text_length: int) -> bool:
 
 
 def encode_messages_windowed(body: bytes, *, allow_empty: bool, limits: JsonLimits = JsonLimits(),
-                             window_bytes: int = WINDOW_BYTES) -> bytearray:
+                             window_bytes: int = WINDOW_BYTES) -> memoryview:
     """``encode_messages`` by steps, all at once (for tests and tools)."""
     framer = WindowedFramer(body, allow_empty=allow_empty, limits=limits, window_bytes=window_bytes)
     for _ in framer.steps():
         pass
-    return framer.stored
+    return framer.result()
 
 
 # -- reads --------------------------------------------------------------------

@@ -72,4 +72,4 @@ def _frame_in_worker(framer: jsonmode.WindowedFramer) -> jsonmode.Framed:
                 held_since = time.monotonic()
     except ProtocolError as exc:
         return jsonmode.Framed(error=exc)
-    return jsonmode.Framed(framer.stored)
+    return jsonmode.Framed(framer.result())

@@ -1,0 +1,257 @@
+"""Large JSON appends versus everyone else: latency of small requests, server memory.
+
+Starts a real ``trio-streams serve`` on a temporary directory. A separate
+probe process sends small requests at a steady rate for the whole run
+(GET /healthz and small JSON appends to their own stream, on keep-alive
+connections) and records each one's latency. Each scenario sends 60 MiB
+JSON appends (one, or several in parallel) while the probe runs; the
+script reports p50/p99 of the probe's requests that started while the
+appends were in flight, next to a quiet baseline, and the server's peak RSS
+growth (VmRSS sampled every millisecond) relative to the body size.
+
+Scenarios:
+  empties   the issue's body, ``[{},{},...]`` (refused by the messages limit)
+  realistic 60k messages of about 1 KiB (accepted)
+  parallel  four realistic bodies at once, to four streams
+
+    .venv/bin/python scripts/json_append_load.py [--rounds 3] [--mib 60] [--scenarios empties,realistic,parallel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXE = ROOT / ".venv" / "bin" / "trio-streams"
+PREFIX = "/v1/stream/"
+JSON = {"content-type": "application/json"}
+PROBE_INTERVAL_S = 0.01  # per probe connection: 100 requests/s each
+PROBE_CONNECTIONS = 2  # one for /healthz, one for small appends
+QUIET_S = 3.0
+
+
+# -- bodies ---------------------------------------------------------------------
+
+
+def empties_body(size: int) -> bytes:
+    count = (size - 1) // 3
+    return b"[" + b"{}," * (count - 1) + b"{}]"
+
+
+def realistic_body(size: int) -> bytes:
+    pad = "lorem ipsum dolor sit amet " * 34  # about 1 KiB per message
+    count = size // 1024
+    messages = [{"id": i, "user": f"user-{i % 977}", "kind": "chat.message", "text": pad[: 900 + i % 50],
+                 "tags": ["a", "b", i % 7], "at": 1_700_000_000.5 + i} for i in range(count)]
+    return json.dumps(messages, separators=(",", ":")).encode()
+
+
+# -- the server -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: str, port: int) -> subprocess.Popen:
+    command = [str(EXE), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir,
+               "--append-bytes-max", str(64 << 20), "--log-level", "warning"]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("server did not become ready")
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 600) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=JSON if body is not None or method == "PUT" else {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.001)
+
+    def __enter__(self) -> RssSampler:
+        self.peak = rss_kib(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- the probe (its own process, so the client side's GIL never skews it) --------------
+
+
+def probe(port: int, stop: multiprocessing.Event, out: multiprocessing.Queue) -> None:
+    samples: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def run(method: str, path: str, body: bytes | None) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        next_at = time.monotonic()
+        while not stop.is_set():
+            started = time.monotonic()
+            conn.request(method, path, body=body, headers=JSON if body else {})
+            response = conn.getresponse()
+            response.read()
+            assert response.status in (200, 204), response.status
+            with lock:
+                samples.append((started, time.monotonic() - started))
+            next_at += PROBE_INTERVAL_S
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    threads = [threading.Thread(target=run, args=("GET", "/healthz", None)),
+               threading.Thread(target=run, args=("POST", PREFIX + "probe", b'{"probe":true}'))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(samples)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def window(samples: list[tuple[float, float]], start: float, end: float) -> list[float]:
+    return [latency for at, latency in samples if start <= at <= end]
+
+
+# -- scenarios ---------------------------------------------------------------------
+
+
+def run_round(port: int, pid: int, body: bytes, parallel: int, round_no: int) -> dict[str, float]:
+    paths = [f"{PREFIX}big-{round_no}-{i}-{time.monotonic_ns()}" for i in range(parallel)]
+    for path in paths:
+        assert request(port, "PUT", path)[0] == 201
+    results: list[tuple[int, float]] = []
+
+    def send(path: str) -> None:
+        started = time.monotonic()
+        status, _ = request(port, "POST", path, body)
+        results.append((status, time.monotonic() - started))
+
+    baseline_rss = rss_kib(pid)
+    with RssSampler(pid) as rss:
+        started = time.monotonic()
+        senders = [threading.Thread(target=send, args=(p,)) for p in paths]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        ended = time.monotonic()
+    return {"start": started, "end": ended, "status": results[0][0],
+            "append_s": statistics.median(s for _, s in results),
+            "rss_growth_x": (rss.peak - baseline_rss) * 1024 / len(body)}
+
+
+def scenario(port: int, pid: int, body: bytes, parallel: int, rounds: int, samples_out: list) -> list[dict[str, float]]:
+    out = []
+    for i in range(rounds):
+        out.append(run_round(port, pid, body, parallel, i))
+        time.sleep(1.0)  # let the server settle (checkpoint, freed memory) between rounds
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--mib", type=int, default=60)
+    parser.add_argument("--scenarios", default="empties,realistic,parallel")
+    args = parser.parse_args()
+    size = args.mib << 20
+    bodies = {"empties": (empties_body(size), 1), "realistic": (realistic_body(size), 1),
+              "parallel": (realistic_body(size), 4)}
+    chosen = args.scenarios.split(",")
+    with tempfile.TemporaryDirectory() as data_dir:
+        port = free_port()
+        server = start_server(data_dir, port)
+        try:
+            assert request(port, "PUT", PREFIX + "probe")[0] == 201
+            stop, queue = multiprocessing.Event(), multiprocessing.Queue()
+            prober = multiprocessing.Process(target=probe, args=(port, stop, queue))
+            prober.start()
+            time.sleep(0.5)
+            quiet_start = time.monotonic()
+            time.sleep(QUIET_S)
+            quiet_end = time.monotonic()
+            rounds = {name: scenario(port, server.pid, bodies[name][0], bodies[name][1], args.rounds, [])
+                      for name in chosen}
+            stop.set()
+            samples = queue.get(timeout=120)
+            prober.join()
+        finally:
+            server.terminate()
+            server.wait(30)
+    report(samples, (quiet_start, quiet_end), rounds, bodies)
+
+
+def report(samples, quiet, rounds, bodies) -> None:  # type: ignore[no-untyped-def]
+    base = window(samples, *quiet)
+    base_p50, base_p99 = percentile(base, 0.5) * 1000, percentile(base, 0.99) * 1000
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; probe {len(base)} requests in {QUIET_S:.0f} s quiet")
+    print(f"| scenario | body | status | append time | probe p50 | probe p99 | added p99 | peak RSS growth / body |")
+    print(f"|---|---|---|---|---|---|---|---|")
+    print(f"| quiet | – | – | – | {base_p50:.1f} ms | {base_p99:.1f} ms | – | – |")
+    for name, results in rounds.items():
+        body, parallel = bodies[name]
+        p50s, p99s = [], []
+        for r in results:
+            during = window(samples, r["start"], r["end"])
+            p50s.append(percentile(during, 0.5) * 1000)
+            p99s.append(percentile(during, 0.99) * 1000)
+        p99 = statistics.median(p99s)
+        label = f"{len(body) / (1 << 20):.0f} MiB" + (f" ×{parallel}" if parallel > 1 else "")
+        print(f"| {name} | {label} | {results[0]['status']} | {statistics.median(r['append_s'] for r in results):.2f} s "
+              f"| {statistics.median(p50s):.1f} ms | {p99:.1f} ms | {p99 - base_p99:+.1f} ms "
+              f"| {statistics.median(r['rss_growth_x'] for r in results):.2f}× |")
+    print(f"(medians over {len(next(iter(rounds.values())))} rounds; RSS growth: peak VmRSS during the appends minus "
+          f"VmRSS before, over one body's size)")
+
+
+if __name__ == "__main__":
+    main()
