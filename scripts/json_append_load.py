@@ -15,6 +15,9 @@ Scenarios:
   parallel  four realistic bodies at once, to four streams
 
     .venv/bin/python scripts/json_append_load.py [--rounds 3] [--mib 60] [--scenarios empties,realistic,parallel]
+
+``--source DIR`` serves another checkout's code (``git archive main | tar -x -C DIR``)
+to compare before and after.
 """
 
 from __future__ import annotations
@@ -67,8 +70,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: str, port: int) -> subprocess.Popen:
-    command = [str(EXE), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir,
+# The editable install's import hook outranks sys.path: drop it to import another checkout.
+_RUN_FROM = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+sys.path.insert(0, {source!r})
+from trio_streams.__main__ import main
+sys.exit(main())
+"""
+
+
+def start_server(data_dir: str, port: int, source: str | None = None) -> subprocess.Popen:
+    """``source``: another checkout's directory, to measure its code (before/after comparisons)."""
+    program = [sys.executable, "-c", _RUN_FROM.format(source=source)] if source else [str(EXE)]
+    command = [*program, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir,
                "--append-bytes-max", str(64 << 20), "--log-level", "warning"]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -186,10 +201,10 @@ def run_round(port: int, pid: int, body: bytes, parallel: int, round_no: int) ->
         ended = time.monotonic()
     return {"start": started, "end": ended, "status": results[0][0],
             "append_s": statistics.median(s for _, s in results),
-            "rss_growth_x": (rss.peak - baseline_rss) * 1024 / len(body)}
+            "rss_growth_x": (rss.peak - baseline_rss) * 1024 / (len(body) * parallel)}
 
 
-def scenario(port: int, pid: int, body: bytes, parallel: int, rounds: int, samples_out: list) -> list[dict[str, float]]:
+def scenario(port: int, pid: int, body: bytes, parallel: int, rounds: int) -> list[dict[str, float]]:
     out = []
     for i in range(rounds):
         out.append(run_round(port, pid, body, parallel, i))
@@ -202,6 +217,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mib", type=int, default=60)
     parser.add_argument("--scenarios", default="empties,realistic,parallel")
+    parser.add_argument("--source", help="serve the code of this checkout instead (e.g. an export of main)")
     args = parser.parse_args()
     size = args.mib << 20
     bodies = {"empties": (empties_body(size), 1), "realistic": (realistic_body(size), 1),
@@ -209,7 +225,7 @@ def main() -> None:
     chosen = args.scenarios.split(",")
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
-        server = start_server(data_dir, port)
+        server = start_server(data_dir, port, args.source)
         try:
             assert request(port, "PUT", PREFIX + "probe")[0] == 201
             stop, queue = multiprocessing.Event(), multiprocessing.Queue()
@@ -219,7 +235,7 @@ def main() -> None:
             quiet_start = time.monotonic()
             time.sleep(QUIET_S)
             quiet_end = time.monotonic()
-            rounds = {name: scenario(port, server.pid, bodies[name][0], bodies[name][1], args.rounds, [])
+            rounds = {name: scenario(port, server.pid, bodies[name][0], bodies[name][1], args.rounds)
                       for name in chosen}
             stop.set()
             samples = queue.get(timeout=120)
@@ -234,23 +250,22 @@ def report(samples, quiet, rounds, bodies) -> None:  # type: ignore[no-untyped-d
     base = window(samples, *quiet)
     base_p50, base_p99 = percentile(base, 0.5) * 1000, percentile(base, 0.99) * 1000
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; probe {len(base)} requests in {QUIET_S:.0f} s quiet")
-    print(f"| scenario | body | status | append time | probe p50 | probe p99 | added p99 | peak RSS growth / body |")
-    print(f"|---|---|---|---|---|---|---|---|")
-    print(f"| quiet | – | – | – | {base_p50:.1f} ms | {base_p99:.1f} ms | – | – |")
+    print("| scenario | body | status | append time | probe p50 | probe p99 | added p99 | probe max "
+          "| peak RSS growth / bytes in flight |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| quiet | – | – | – | {base_p50:.1f} ms | {base_p99:.1f} ms | – | {max(base) * 1000:.0f} ms | – |")
     for name, results in rounds.items():
         body, parallel = bodies[name]
-        p50s, p99s = [], []
-        for r in results:
-            during = window(samples, r["start"], r["end"])
-            p50s.append(percentile(during, 0.5) * 1000)
-            p99s.append(percentile(during, 0.99) * 1000)
-        p99 = statistics.median(p99s)
+        during = [window(samples, r["start"], r["end"]) for r in results]
+        p50 = statistics.median(percentile(d, 0.5) * 1000 for d in during)
+        p99 = statistics.median(percentile(d, 0.99) * 1000 for d in during)
+        worst = statistics.median(max(d, default=float("nan")) * 1000 for d in during)
         label = f"{len(body) / (1 << 20):.0f} MiB" + (f" ×{parallel}" if parallel > 1 else "")
         print(f"| {name} | {label} | {results[0]['status']} | {statistics.median(r['append_s'] for r in results):.2f} s "
-              f"| {statistics.median(p50s):.1f} ms | {p99:.1f} ms | {p99 - base_p99:+.1f} ms "
+              f"| {p50:.1f} ms | {p99:.1f} ms | {p99 - base_p99:+.1f} ms | {worst:.0f} ms "
               f"| {statistics.median(r['rss_growth_x'] for r in results):.2f}× |")
     print(f"(medians over {len(next(iter(rounds.values())))} rounds; RSS growth: peak VmRSS during the appends minus "
-          f"VmRSS before, over one body's size)")
+          f"VmRSS before, over the bytes of all bodies in flight)")
 
 
 if __name__ == "__main__":
