@@ -18,6 +18,10 @@ Scenarios:
 
 ``--source DIR`` serves another checkout's code (``git archive main | tar -x -C DIR``)
 to compare before and after.
+
+``--loop-steps`` instead serves in this process with a Trio instrument and
+reports the longest event-loop task steps during each scenario's appends:
+the stall itself, without the noise of a shared machine's scheduling.
 """
 
 from __future__ import annotations
@@ -141,10 +145,11 @@ class RssSampler:
 
 
 def probe(port: int, stop: multiprocessing.Event, out: multiprocessing.Queue) -> None:
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[str, float, float]] = []
     lock = threading.Lock()
 
     def run(method: str, path: str, body: bytes | None) -> None:
+        kind = "healthz" if method == "GET" else "append"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         next_at = time.monotonic()
         while not stop.is_set():
@@ -154,7 +159,7 @@ def probe(port: int, stop: multiprocessing.Event, out: multiprocessing.Queue) ->
             response.read()
             assert response.status in (200, 204), response.status
             with lock:
-                samples.append((started, time.monotonic() - started))
+                samples.append((kind, started, time.monotonic() - started))
             next_at += PROBE_INTERVAL_S
             time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -172,8 +177,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def window(samples: list[tuple[float, float]], start: float, end: float) -> list[float]:
-    return [latency for at, latency in samples if start <= at <= end]
+def window(samples: list[tuple[str, float, float]], start: float, end: float, kind: str) -> list[float]:
+    return [latency for k, at, latency in samples if k == kind and start <= at <= end]
 
 
 # -- scenarios ---------------------------------------------------------------------
@@ -212,17 +217,83 @@ def scenario(port: int, pid: int, body: bytes, parallel: int, rounds: int) -> li
     return out
 
 
+# -- longest event-loop steps (in-process server) ---------------------------------------
+
+
+def loop_steps(bodies: dict[str, tuple[bytes, int]], chosen: list[str]) -> None:
+    import functools
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from trio_streams.config import Settings
+    from trio_streams.http.app import App
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.longest: list[tuple[float, str]] = []
+            self.watching = False
+            self._started: dict[object, float] = {}
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self._started[task] = time.perf_counter()
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            started = self._started.pop(task, None)
+            if started is not None and self.watching:
+                self.longest = sorted([*self.longest, (time.perf_counter() - started, task.name)], reverse=True)[:3]
+
+    def post_all(port: int, name: str, finished: threading.Event) -> None:
+        body, parallel = bodies[name]
+        paths = [f"{PREFIX}{name}-{i}" for i in range(parallel)]
+        for path in paths:
+            request(port, "PUT", path)
+        senders = [threading.Thread(target=request, args=(port, "POST", path, body)) for path in paths]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        finished.set()
+
+    async def serve_one(name: str, steps: Steps) -> None:
+        with tempfile.TemporaryDirectory() as data_dir:
+            port = free_port()
+            config = Config()
+            config.bind, config.errorlog = [f"127.0.0.1:{port}"], None
+            finished, stop = threading.Event(), trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(serve, App(Settings(data_dir=data_dir)), config, shutdown_trigger=stop.wait))
+                await trio.sleep(1.0)  # started, recovered
+                steps.watching = True
+                threading.Thread(target=post_all, args=(port, name, finished), daemon=True).start()
+                await trio.to_thread.run_sync(finished.wait)
+                steps.watching = False
+                stop.set()
+
+    print("| scenario | longest event-loop task steps while the appends ran |")
+    print("|---|---|")
+    for name in chosen:
+        steps = Steps()
+        trio.run(serve_one, name, steps, instruments=[steps])
+        print(f"| {name} | " + ", ".join(f"{d * 1000:.1f} ms ({task})" for d, task in steps.longest) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mib", type=int, default=60)
     parser.add_argument("--scenarios", default="empties,realistic,parallel")
     parser.add_argument("--source", help="serve the code of this checkout instead (e.g. an export of main)")
+    parser.add_argument("--loop-steps", action="store_true", help="report the longest event-loop steps instead")
     args = parser.parse_args()
     size = args.mib << 20
     bodies = {"empties": (empties_body(size), 1), "realistic": (realistic_body(size), 1),
               "parallel": (realistic_body(size), 4)}
     chosen = args.scenarios.split(",")
+    if args.loop_steps:
+        loop_steps(bodies, chosen)
+        return
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
         server = start_server(data_dir, port, args.source)
@@ -247,25 +318,28 @@ def main() -> None:
 
 
 def report(samples, quiet, rounds, bodies) -> None:  # type: ignore[no-untyped-def]
-    base = window(samples, *quiet)
-    base_p50, base_p99 = percentile(base, 0.5) * 1000, percentile(base, 0.99) * 1000
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; probe {len(base)} requests in {QUIET_S:.0f} s quiet")
-    print("| scenario | body | status | append time | probe p50 | probe p99 | added p99 | probe max "
-          "| peak RSS growth / bytes in flight |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| quiet | – | – | – | {base_p50:.1f} ms | {base_p99:.1f} ms | – | {max(base) * 1000:.0f} ms | – |")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
+    print("| scenario | body | status | append time | probe | p50 | p99 | added p99 | max | peak RSS growth / bytes in flight |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind in ("healthz", "append"):
+        base = window(samples, *quiet, kind)
+        print(f"| quiet | – | – | – | {kind} | {percentile(base, 0.5) * 1000:.1f} ms | {percentile(base, 0.99) * 1000:.1f} ms "
+              f"| – | {max(base) * 1000:.0f} ms | – |")
     for name, results in rounds.items():
         body, parallel = bodies[name]
-        during = [window(samples, r["start"], r["end"]) for r in results]
-        p50 = statistics.median(percentile(d, 0.5) * 1000 for d in during)
-        p99 = statistics.median(percentile(d, 0.99) * 1000 for d in during)
-        worst = statistics.median(max(d, default=float("nan")) * 1000 for d in during)
         label = f"{len(body) / (1 << 20):.0f} MiB" + (f" ×{parallel}" if parallel > 1 else "")
-        print(f"| {name} | {label} | {results[0]['status']} | {statistics.median(r['append_s'] for r in results):.2f} s "
-              f"| {p50:.1f} ms | {p99:.1f} ms | {p99 - base_p99:+.1f} ms | {worst:.0f} ms "
-              f"| {statistics.median(r['rss_growth_x'] for r in results):.2f}× |")
-    print(f"(medians over {len(next(iter(rounds.values())))} rounds; RSS growth: peak VmRSS during the appends minus "
-          f"VmRSS before, over the bytes of all bodies in flight)")
+        for kind in ("healthz", "append"):
+            base_p99 = percentile(window(samples, *quiet, kind), 0.99) * 1000
+            during = [window(samples, r["start"], r["end"], kind) for r in results]
+            p50 = statistics.median(percentile(d, 0.5) * 1000 for d in during)
+            p99 = statistics.median(percentile(d, 0.99) * 1000 for d in during)
+            worst = statistics.median(max(d, default=float("nan")) * 1000 for d in during)
+            print(f"| {name} | {label} | {results[0]['status']} | {statistics.median(r['append_s'] for r in results):.2f} s "
+                  f"| {kind} | {p50:.1f} ms | {p99:.1f} ms | {p99 - base_p99:+.1f} ms | {worst:.0f} ms "
+                  f"| {statistics.median(r['rss_growth_x'] for r in results):.2f}× |")
+    print(f"(medians over {len(next(iter(rounds.values())))} rounds of the probe's requests started while the appends "
+          f"were in flight; quiet: {QUIET_S:.0f} s before them. RSS growth: peak VmRSS during the appends minus VmRSS "
+          f"before, over the bytes of all bodies in flight)")
 
 
 if __name__ == "__main__":
