@@ -208,8 +208,8 @@ CAREFUL: Final = json.JSONDecoder(parse_int=_exact_int, parse_float=_finite_floa
 
 # -- large bodies ---------------------------------------------------------------
 
-# Bytes decoded to text per window (the text kept is this plus the message
-# being parsed), and bytes scanned per step when looking for numbers.
+# Bytes decoded to text (and scanned for numbers that need care) per step;
+# the text kept is at most this plus the message being parsed.
 WINDOW_BYTES: Final = 64 * 1024
 # A value that ends this close to the end of the decoded text may continue
 # past it ("1" of "1.5e3"); the stdlib scanner never looks further ahead.
