@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import orjson
 import pytest
@@ -22,9 +23,11 @@ from hypothesis import strategies as st
 from trio_streams.config import Settings
 from trio_streams.protocol import jsonmode
 from trio_streams.protocol.errors import ProtocolError
-from trio_streams.protocol.headers import AppendRequest
+from trio_streams.protocol.headers import AppendRequest, CreateRequest, Expiry, ForkSpec
 from trio_streams.protocol.jsonmode import JsonLimits
 from trio_streams.streams.framing import JsonFraming
+
+from test_streams import run_service
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -276,3 +279,24 @@ async def test_framing_refusals_travel_with_the_request() -> None:
         request = await framing.append(_json_request(body))
         assert request.framed is not None and request.framed.error is not None
         assert request.framed.error.code == "INVALID_JSON"
+
+
+# -- forks inherit their source's content type, and its framing -----------------------
+
+
+async def test_a_fork_inheriting_json_has_its_body_framed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with run_service(Settings(data_dir=str(tmp_path))) as service:
+        registry = service.registry
+        assert registry is not None
+        await registry.create("src", CreateRequest("application/json", Expiry(), False, b"[1]"))
+        fork = ForkSpec("src", None, 0)
+        reply = await registry.create("f", CreateRequest("", Expiry(), False, b"[2, 3]", fork, content_type_given=False))
+        assert reply.status == 201
+        state = registry.lookup("f")
+        assert state is not None and await registry.store.read(registry.table, state, 0, state.tail) == b"1\n2\n3\n"
+        # The source's type as the registry saw it is stale by the time the actor decides:
+        # the actor refuses rather than parse the body itself.
+        monkeypatch.setattr(registry, "_expected_content_type", lambda request: "text/plain")
+        with pytest.raises(ProtocolError) as info:
+            await registry.create("g", CreateRequest("", Expiry(), False, b"[4]", fork, content_type_given=False))
+        assert (info.value.status, info.value.code) == (409, "CONTENT_TYPE_CHANGED")
