@@ -322,13 +322,30 @@ def test_duplicate_reports_highest_accepted_seq() -> None:
     assert dict(reply.headers)["stream-next-offset"] == format_offset(10)
 
 
+def _json_append(body: bytes, **kw: object) -> AppendRequest:
+    framed = jsonmode.frame(body, allow_empty=False, limits=jsonmode.JsonLimits())
+    return _append(body, "application/json", framed=framed, **kw)
+
+
 def test_json_append_is_validated_after_state_checks() -> None:
     state = _stream("application/json")
     with pytest.raises(ProtocolError) as info:
-        decide_append(state, _append(b"[]", "application/json"))
+        decide_append(state, _json_append(b"[]"))
     assert info.value.code == "EMPTY_JSON_ARRAY"
-    event, _ = decide_append(state, _append(b"[1,2]", "application/json"))
+    with pytest.raises(ProtocolError) as closed:
+        decide_append(_stream("application/json", closed=True), _json_append(b"[]"))
+    assert closed.value.code == "STREAM_CLOSED"
+    with pytest.raises(ProtocolError) as gap:
+        decide_append(state, _json_append(b"{", producer=Producer("p", 0, 3)))
+    assert gap.value.code == "PRODUCER_SEQ_GAP"
+    event, _ = decide_append(state, _json_append(b"[1,2]"))
     assert event is not None and event.data == b"1\n2\n"
+
+
+def test_unframed_json_body_is_never_parsed_by_the_rules() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decide_append(_stream("application/json"), _append(b"[1]", "application/json"))
+    assert info.value.code == "CONTENT_TYPE_CHANGED"
 
 
 def test_table_replay_is_deterministic() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .protocol.urls import normalise_base_url
+from .protocol.jsonmode import DEPTH_ENCODABLE_MAX
 
 FSYNC_MODES = ("always", "interval", "never")
 # Below this, ordinary browser and client requests would be refused.
@@ -63,6 +64,20 @@ class Settings:
     # long; then connections are closed and the log is flushed.
     shutdown_grace_s: float = 5.0
 
+    # JSON bodies (PUT and POST on application/json streams).
+    # Deepest nesting accepted, counting the body's outer array; deeper is 400 JSON_TOO_DEEP.
+    json_depth_max: int = 128
+    # Messages one body may hold (a top-level array is flattened into messages); more is 413.
+    json_messages_per_append_max: int = 100_000
+    # Bodies up to this size are framed on the event loop in one call (well under a
+    # millisecond); larger ones message by message in worker threads.
+    json_inline_bytes_max: int = 64 * 1024
+    # Largest message of a body framed in a worker thread (parsing one message holds
+    # the GIL, and so stalls the event loop, for its whole length); larger is 413.
+    json_message_bytes_max: int = 1024 * 1024
+    # Worker threads framing large JSON bodies at once; further bodies wait their turn.
+    json_workers_max: int = 1
+
     # Caching: "public" or "private" for Cache-Control on catch-up reads.
     cache_visibility: str = "public"
     cors_allow_origin: str = "*"
@@ -96,6 +111,7 @@ class Settings:
             raise ValueError("cache_visibility must be 'public' or 'private'")
         if self.public_base_url:  # frozen: normalise in place once, at start-up
             object.__setattr__(self, "public_base_url", normalise_base_url(self.public_base_url))
+        self._validate_json()
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -109,6 +125,14 @@ class Settings:
             raise ValueError("request_read_timeout_s and keep_alive_timeout_s must be positive")
         if self.request_header_bytes_max < REQUEST_HEADER_BYTES_MIN:
             raise ValueError(f"request_header_bytes_max must be at least {REQUEST_HEADER_BYTES_MIN}")
+
+    def _validate_json(self) -> None:
+        if not 1 <= self.json_depth_max <= DEPTH_ENCODABLE_MAX:
+            raise ValueError(f"json_depth_max must be in 1..{DEPTH_ENCODABLE_MAX} (what a stored message can be encoded with)")
+        if self.json_message_bytes_max < self.json_inline_bytes_max:
+            raise ValueError("json_message_bytes_max must be at least json_inline_bytes_max")
+        if self.json_messages_per_append_max < 1 or self.json_workers_max < 1:
+            raise ValueError("json_messages_per_append_max and json_workers_max must be at least 1")
 
     @property
     def long_poll_timeout_s(self) -> float:

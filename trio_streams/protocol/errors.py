@@ -40,3 +40,8 @@ def not_found(message: str = "stream not found") -> ProtocolError:
 
 def conflict(message: str, code: str = "CONFLICT", headers: Sequence[tuple[str, str]] = ()) -> ProtocolError:
     return ProtocolError(409, code, message, headers)
+
+
+def internal() -> ProtocolError:
+    """A failure of the server itself; the details go to the log, never to the client."""
+    return ProtocolError(500, "INTERNAL", "internal server error")

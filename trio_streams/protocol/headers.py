@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Final
 
 from .errors import bad_request
+from .jsonmode import Framed
 
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 JS_SAFE_INT_MAX: Final = 2**53 - 1
@@ -57,6 +58,7 @@ class CreateRequest:
     body: bytes
     fork: ForkSpec | None = None
     content_type_given: bool = True
+    framed: Framed | None = None  # the body as stored messages, when it is JSON
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class AppendRequest:
     seq: str | None
     producer: Producer | None
     close: bool
+    framed: Framed | None = None  # the body as stored messages, when it is JSON
 
 
 def media_type(content_type: str) -> str:

@@ -26,10 +26,19 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def stored_body(content_type: str, body: bytes, *, creating: bool) -> bytes:
-    if is_json(content_type):
-        return jsonmode.encode_messages(body, allow_empty=creating) if body else b""
-    return body
+def stored_body(content_type: str, body: bytes, framed: jsonmode.Framed | None) -> bytes:
+    """What a stream of ``content_type`` stores for ``body``: itself, or its framed JSON messages.
+
+    JSON is framed before a request reaches its actor (jsonmode.frame), so
+    deciding never parses a body. Only a fork that inherits its source's
+    content type can find it changed in between (the source was re-created).
+    """
+    if not is_json(content_type) or not body:
+        return body
+    if framed is None:
+        raise conflict("the fork source's Content-Type changed while the request was read; retry",
+                       "CONTENT_TYPE_CHANGED")
+    return framed.result()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,7 +67,7 @@ def decide_create(
     if fork is not None:
         content_type, expiry = _fork_config(req, fork.source)
         origin = ForkOrigin(fork.source.stream_id, fork.source_path, fork.anchor, fork.sub_offset, fork.base)
-    data = stored_body(content_type, req.body, creating=True)
+    data = stored_body(content_type, req.body, req.framed)
     event = Created(stream_id, path, content_type, expiry, now, req.closed, data, origin)
     headers = [("content-type", content_type), ("stream-next-offset", format_offset(event_tail(event)))]
     if req.closed:
@@ -131,7 +140,7 @@ def decide_append(state: StreamState, req: AppendRequest) -> tuple[Appended | No
             return None, duplicate
     if req.seq is not None and state.last_seq is not None and req.seq.encode() <= state.last_seq.encode():
         raise conflict(f"Stream-Seq {req.seq!r} is not above {state.last_seq!r}", "SEQUENCE_CONFLICT")
-    data = stored_body(state.content_type, req.body, creating=False)
+    data = stored_body(state.content_type, req.body, req.framed)
     event = Appended(state.stream_id, data, req.seq, req.producer, req.close)
     return event, _accepted(state, event)
 

@@ -26,11 +26,17 @@ _META_LENGTH = struct.Struct("<I")
 
 
 def encode_event(event: Event) -> tuple[int, bytes]:
+    rtype, parts = encode_event_parts(event)
+    return rtype, b"".join(parts)
+
+
+def encode_event_parts(event: Event) -> tuple[int, list[bytes | memoryview]]:
+    """The record type and the payload as parts: the metadata, then the data itself, never copied."""
     if isinstance(event, Appended):
-        return APPENDED, _pack(_append_meta(event), event.data)
+        return APPENDED, _parts(_append_meta(event), event.data)
     if isinstance(event, Created):
-        return CREATED, _pack(_create_meta(event), event.data)
-    return DELETED, _pack({"id": event.stream_id}, b"")
+        return CREATED, _parts(_create_meta(event), event.data)
+    return DELETED, _parts({"id": event.stream_id}, b"")
 
 
 def decode_event(rtype: int, payload: bytes) -> Event:
@@ -48,9 +54,9 @@ def decode_event(rtype: int, payload: bytes) -> Event:
     raise ValueError(f"unknown event record type {rtype}")
 
 
-def _pack(meta: dict[str, object], data: bytes) -> bytes:
+def _parts(meta: dict[str, object], data: bytes | memoryview) -> list[bytes | memoryview]:
     encoded = orjson.dumps(meta)
-    return _META_LENGTH.pack(len(encoded)) + encoded + data
+    return [_META_LENGTH.pack(len(encoded)) + encoded, data]
 
 
 def _create_meta(event: Created) -> dict[str, object]:

@@ -23,9 +23,9 @@ import trio
 from ..config import Settings
 from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable
 from . import checkpoint
-from .events import encode_event
+from .events import encode_event_parts
 from .store import Store
-from .wal import SegmentedLog, encode_record
+from .wal import Buffer, SegmentedLog, encode_record_parts
 
 
 def _tail_and_base(state: StreamState) -> tuple[int, int]:
@@ -170,13 +170,14 @@ class Log:
 
     def _write_sync(self, events: list[Event]) -> None:
         """Worker thread: WAL bytes, data files, then fsync (``always``) — one call per batch."""
-        records = []
+        # Parts, never joined: a large append's data is written from where it is.
+        parts: list[Buffer] = []
         tails: dict[int, tuple[int, int]] = {}  # stream id → (tail, base) as of this batch
         for event in events:
-            rtype, payload = encode_event(event)
-            records.append(encode_record(rtype, payload))
+            rtype, payload = encode_event_parts(event)
+            parts += encode_record_parts(rtype, payload)
             self._write_data_sync(event, tails)
-        self._wal.append(b"".join(records))
+        self._wal.append_parts(parts)
         self._unsynced = True
         if self._settings.fsync == "always" or any(isinstance(e, Deleted) for e in events):
             # Files are only removed once their DELETE record is on disk.

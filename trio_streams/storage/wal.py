@@ -18,13 +18,14 @@ here blocks on the file system; the server calls it through
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import os
 import re
 import struct
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Union
 
 import crc32c as _crc32c
 
@@ -47,6 +48,9 @@ _NEED_MORE: Final = 0
 _INVALID: Final = -1
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+# Buffers one writev may take (POSIX guarantees at least 16; Linux allows 1024).
+_IOV_MAX: Final = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
+Buffer = Union[bytes, bytearray, memoryview]
 
 
 class WalError(Exception):
@@ -70,12 +74,21 @@ class Record:
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
+    return b"".join(encode_record_parts(rtype, [payload]))
+
+
+def encode_record_parts(rtype: int, payload: Sequence[Buffer]) -> list[Buffer]:
+    """One record as parts: its header, then the payload's parts as given (a large
+    payload is checksummed and later written where it is, never copied)."""
     if not RECORD_TYPE_MIN <= rtype <= RECORD_TYPE_MAX:
         raise ValueError(f"record type must be in 1..255, not {rtype}")
-    if len(payload) > RECORD_PAYLOAD_BYTES_MAX:
-        raise ValueError(f"record payload of {len(payload)} bytes exceeds the maximum")
-    checksum = _crc32c.crc32c(payload, value=_crc32c.crc32c(bytes((rtype,))))
-    return HEADER.pack(len(payload), checksum, rtype) + payload
+    length = sum(len(part) for part in payload)
+    if length > RECORD_PAYLOAD_BYTES_MAX:
+        raise ValueError(f"record payload of {length} bytes exceeds the maximum")
+    checksum = _crc32c.crc32c(bytes((rtype,)))
+    for part in payload:
+        checksum = _crc32c.crc32c(part, value=checksum)
+    return [HEADER.pack(length, checksum, rtype), *payload]
 
 
 def _measure(view: memoryview, offset: int) -> int:
@@ -117,6 +130,43 @@ def scan(buf: bytes | bytearray | memoryview, base_position: int) -> tuple[list[
     with memoryview(buf) as view:
         records, consumed, _ = _decode(view, base_position)
     return records, consumed
+
+
+class _PartsReader:
+    """Reads consecutive parts as one stream of bytes, handing out slices, never copies."""
+
+    def __init__(self, parts: Sequence[Buffer]) -> None:
+        self._views = collections.deque(memoryview(part) for part in parts if len(part))
+
+    def at_end(self) -> bool:
+        return not self._views
+
+    def take(self, count: int) -> Iterator[memoryview]:
+        while count and self._views:
+            view = self._views.popleft()
+            if len(view) > count:
+                self._views.appendleft(view[count:])
+                view = view[:count]
+            count -= len(view)
+            yield view
+
+
+def _whole_records(parts: Sequence[Buffer]) -> bool:
+    """What ``_valid_prefix_bytes(b"".join(parts)) == total`` says, without the join."""
+    reader = _PartsReader(parts)
+    while not reader.at_end():
+        header = b"".join(reader.take(HEADER_BYTES))
+        if len(header) < HEADER_BYTES:
+            return False
+        length, checksum, rtype = HEADER.unpack(header)
+        if length > RECORD_PAYLOAD_BYTES_MAX or rtype == 0:
+            return False
+        crc, seen = _crc32c.crc32c(bytes((rtype,))), 0
+        for view in reader.take(length):
+            crc, seen = _crc32c.crc32c(view, value=crc), seen + len(view)
+        if seen < length or crc != checksum:
+            return False
+    return True
 
 
 def _valid_prefix_bytes(data: bytes | bytearray | memoryview) -> int:
@@ -201,6 +251,19 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         written = 0
         while written < len(view):
             written += os.write(fd, view[written:])
+
+
+def write_all_parts(fd: int, parts: Sequence[Buffer]) -> None:
+    """Writes the parts in order, as ``write_all`` of their concatenation would."""
+    views = [memoryview(part) for part in parts if len(part)]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:  # a short write stopped inside this part
+            views[first] = views[first][written:]
 
 
 def _create_segment(directory: Path, start_position: int) -> int:
@@ -402,25 +465,30 @@ class SegmentedLog:
         A batch is never split across segments, so a batch larger than
         segment_bytes_max gets a segment of its own.
         """
+        return self.append_parts([data])
+
+    def append_parts(self, parts: Sequence[Buffer]) -> int:
+        """``append`` of the parts' concatenation, written without making it (writev)."""
         self._check_usable()
         assert self._end is not None and self._fd is not None
-        if not data:
+        size = sum(len(part) for part in parts)
+        if not size:
             raise ValueError("append needs at least one record")
-        assert _valid_prefix_bytes(data) == len(data), "append data must be whole, valid records"
-        if self._segment_bytes > 0 and self._segment_bytes + len(data) > self._segment_bytes_max:
+        assert _whole_records(parts), "append data must be whole, valid records"
+        if self._segment_bytes > 0 and self._segment_bytes + size > self._segment_bytes_max:
             self._rotate()
         start = self._end
         assert start == self._segments[-1] + self._segment_bytes, (start, self._segment_bytes)
         try:
-            write_all(self._fd, data)
+            write_all_parts(self._fd, parts)
         except BaseException as error:
             # Part of the batch may be on disk; positions past it are unknown.
             self._failure = error
             raise
-        self._segment_bytes += len(data)
-        self._end = start + len(data)
+        self._segment_bytes += size
+        self._end = start + size
         self._dirty = True
-        self._bytes_appended += len(data)
+        self._bytes_appended += size
         self._appends += 1
         return start
 

@@ -14,12 +14,13 @@ starts a new one on demand.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import TYPE_CHECKING, Union
 
 import trio
 
-from ..protocol.errors import ProtocolError, not_found
+from ..protocol.errors import ProtocolError, internal, not_found
 from ..protocol.headers import AppendRequest, CreateRequest
 from ..protocol.rules import Reply, ResolvedFork, decide_append, decide_create
 from ..protocol.state import Deleted, Event, StreamState, apply_append, state_from_created
@@ -28,6 +29,8 @@ from .forks import resolve_fork, with_default_offset
 
 if TYPE_CHECKING:
     from .registry import Registry
+
+log = logging.getLogger("trio_streams.actor")
 
 
 @dataclasses.dataclass(slots=True)
@@ -78,7 +81,7 @@ class StreamActor:
             while True:
                 with trio.move_on_after(self._idle_s):
                     first = await self._receive.receive()
-                    await self._process(self._drain(first))
+                    await self._process_safely(self._drain(first))
                     continue
                 # Idle: no checkpoint between the timeout and unregistering, so no
                 # command can slip into the channel unseen.
@@ -93,6 +96,20 @@ class StreamActor:
             except trio.WouldBlock:
                 break
         return batch
+
+    async def _process_safely(self, batch: list[Command]) -> None:
+        """Processes a batch; a bug there fails the batch's unanswered commands, never the actor.
+
+        One request must not be able to end the process: an exception that
+        escaped this task would cancel every actor and the service with it.
+        """
+        try:
+            await self._process(batch)
+        except Exception:
+            log.exception("processing a batch of %d commands for stream %r failed", len(batch), self.path)
+            _fail_unanswered(batch, internal())
+            for command in batch:
+                command.done.set()
 
     async def _process(self, batch: list[Command]) -> None:
         self._commands += len(batch)
@@ -121,10 +138,11 @@ class StreamActor:
                 with trio.CancelScope(shield=True):  # answers must match what became durable
                     await self._registry.log.submit(events)
             except StorageFailed as exc:
-                error = ProtocolError(503, "STORAGE_FAILED", f"storage unavailable: {exc}")
-                for command in batch:
-                    if command.error is None:
-                        command.error = error
+                _fail_unanswered(batch, ProtocolError(503, "STORAGE_FAILED", f"storage unavailable: {exc}"))
+            except Exception:
+                # Whether the events became durable is unknown: no command may claim success.
+                log.exception("submitting %d events for stream %r failed", len(events), self.path)
+                _fail_unanswered(batch, internal())
         for command in batch:
             command.done.set()
 
@@ -140,6 +158,13 @@ class StreamActor:
             event, view, command.reply = self._decide_one(request, view, now, fork)
         except ProtocolError as exc:
             command.error = exc
+            return view
+        except Exception:
+            # A bug triggered by this one command: it alone fails, with the
+            # view as the previous command left it, so the rest of the batch
+            # is decided exactly as if it had never arrived.
+            log.exception("deciding a %s for stream %r failed", type(command.request).__name__, self.path)
+            command.error = internal()
             return view
         if event is not None:
             events.append(event)
@@ -170,6 +195,12 @@ class StreamActor:
         if view.soft_deleted:
             raise ProtocolError(410, "GONE", "stream has been deleted")
         return Deleted(view.stream_id), _after_delete(view), Reply(204)
+
+
+def _fail_unanswered(batch: list[Command], error: ProtocolError) -> None:
+    for command in batch:
+        if command.error is None:
+            command.error = error
 
 
 def _after_delete(view: StreamState) -> StreamState | None:

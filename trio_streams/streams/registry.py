@@ -26,6 +26,7 @@ from ..protocol.state import Deleted, Event, StreamState, StreamTable
 from ..storage.log import Log
 from ..storage.store import Store
 from .actor import Command, DeleteRequest, StreamActor, _after_delete
+from .framing import JsonFraming
 
 EXPIRY_SWEEP_S = 10.0
 
@@ -43,6 +44,7 @@ class Registry:
         self._expiring: set[int] = set()
         self._next_stream_id = table.next_stream_id
         self.topology_lock = trio.Lock()
+        self.framing = JsonFraming(settings)
         now = time.time()
         for stream_id in table.by_id:  # restart counts as an access: nothing expires early
             self._last_access[stream_id] = now
@@ -50,14 +52,23 @@ class Registry:
     # -- writes (through the path's actor) ------------------------------
 
     async def create(self, path: str, request: CreateRequest) -> Reply:
+        request = await self.framing.create(request, self._expected_content_type(request))
         reply = await self._command(path, request)
         self._touch_path(path)
         return reply
 
     async def append(self, path: str, request: AppendRequest) -> Reply:
+        request = await self.framing.append(request)
         reply = await self._command(path, request)
         self._touch_path(path)
         return reply
+
+    def _expected_content_type(self, request: CreateRequest) -> str | None:
+        """A new stream's content type: as given, or inherited from a fork's source (None if unknown)."""
+        if request.fork is None or request.content_type_given:
+            return request.content_type
+        source = self.table.by_path.get(request.fork.source)
+        return source.content_type if source is not None else None
 
     async def delete(self, path: str) -> Reply:
         return await self._command(path, DeleteRequest())
