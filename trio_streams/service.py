@@ -20,6 +20,7 @@ import trio
 
 from .config import Settings
 from .storage.checkpoint import recover
+from .storage.fileops import REAL, FileOps
 from .storage.log import Log
 from .protocol.state import StreamTable
 from .storage.store import Store
@@ -29,8 +30,10 @@ log = logging.getLogger("trio_streams")
 
 
 class Service:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, ops: FileOps = REAL) -> None:
         self.settings = settings
+        # Every mutating file call of this instance goes through it (tests inject faults).
+        self.ops = ops
         self.registry: Registry | None = None
         self.failure: BaseException | None = None
         self.ready = trio.Event()
@@ -61,8 +64,10 @@ class Service:
             directory / "streams",
             open_files_max=self.settings.open_stream_files_max,
             hot_tail_bytes_max=self.settings.hot_tail_bytes_max,
+            ops=self.ops,
         )
-        recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings.wal_segment_bytes_max)
+        recovered = await trio.to_thread.run_sync(
+            recover, directory, store, self.settings.wal_segment_bytes_max, self.ops)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
         try:
             async with trio.open_nursery() as log_nursery:

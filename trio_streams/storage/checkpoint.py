@@ -24,6 +24,7 @@ import orjson
 from ..protocol.headers import Expiry, Producer
 from ..protocol.state import Appended, Created, ForkOrigin, ProducerState, StreamState, StreamTable
 from .events import decode_event
+from .fileops import REAL, FileOps
 from .snapshot import load_latest_snapshot, write_snapshot
 from .store import Store
 from .wal import SegmentedLog
@@ -72,8 +73,8 @@ def decode_table(payload: bytes) -> StreamTable:
     return table
 
 
-def write(directory: Path, position: int, payload: bytes) -> None:
-    write_snapshot(directory / "checkpoints", position, payload)
+def write(directory: Path, position: int, payload: bytes, ops: FileOps = REAL) -> None:
+    write_snapshot(directory / "checkpoints", position, payload, ops)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,13 +86,13 @@ class Recovered:
     seconds: float
 
 
-def recover(directory: Path, store: Store, segment_bytes_max: int) -> Recovered:
+def recover(directory: Path, store: Store, segment_bytes_max: int, ops: FileOps = REAL) -> Recovered:
     started = time.monotonic()
     loaded = load_latest_snapshot(directory / "checkpoints")
     position, table = (0, StreamTable()) if loaded is None else (loaded[0], decode_table(loaded[1]))
     for state in table.by_id.values():
         store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)
-    wal = SegmentedLog.open(directory / "wal", segment_bytes_max)
+    wal = SegmentedLog.open(directory / "wal", segment_bytes_max, ops)
     replayed = 0
     for record in wal.recover(position):
         _replay(table, store, decode_event(record.rtype, record.payload))

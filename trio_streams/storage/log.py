@@ -240,7 +240,7 @@ class Log:
         position = self._wal.end_position
         self._sync_wal_sync()
         self._store.sync_dirty_sync()
-        checkpoint.write(self._directory, position, payload)
+        checkpoint.write(self._directory, position, payload, self._store.ops)
         self._wal.delete_before(position)
         self._checkpoint_position = position
         self._checkpoint_time = time.monotonic()

@@ -21,6 +21,7 @@ from typing import Final
 
 import crc32c as _crc32c
 
+from .fileops import REAL, FileOps
 from .wal import fsync_directory, write_all
 
 MAGIC: Final = b"TSCK"
@@ -73,7 +74,7 @@ def decode_snapshot(data: bytes, position: int) -> bytes:
     return payload
 
 
-def write_snapshot(directory: str | os.PathLike[str], position: int, payload: bytes) -> Path:
+def write_snapshot(directory: str | os.PathLike[str], position: int, payload: bytes, ops: FileOps = REAL) -> Path:
     """Durably replace the checkpoint with one covering the log up to position.
 
     When this returns the new file is on disk under its final name and older
@@ -87,21 +88,21 @@ def write_snapshot(directory: str | os.PathLike[str], position: int, payload: by
     assert decode_snapshot(data, position) == payload
     final = folder / snapshot_name(position)
     temp = folder / (final.name + TEMP_SUFFIX)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = ops.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        write_all(fd, data)
+        write_all(fd, data, ops)
         # The contents must be durable before the rename makes them visible,
         # or a crash could leave a valid name over a torn file.
-        os.fsync(fd)
+        ops.fsync(fd)
     finally:
-        os.close(fd)
-    os.replace(temp, final)
-    fsync_directory(folder)
-    _prune(folder, position)
+        ops.close(fd)
+    ops.replace(temp, final)
+    fsync_directory(folder, ops)
+    _prune(folder, position, ops)
     return final
 
 
-def _prune(folder: Path, kept_position: int) -> None:
+def _prune(folder: Path, kept_position: int, ops: FileOps = REAL) -> None:
     """Delete checkpoints older than kept_position and stray temp files.
 
     Only called once the kept checkpoint's rename is durable, so there is
@@ -115,10 +116,10 @@ def _prune(folder: Path, kept_position: int) -> None:
         match = _NAME.match(name)
         stale = match is not None and int(match.group(1)) < kept_position
         if stale or (name.startswith("checkpoint-") and name.endswith(".snap" + TEMP_SUFFIX)):
-            os.unlink(folder / name)
+            ops.unlink(folder / name)
             removed = True
     if removed:
-        fsync_directory(folder)
+        fsync_directory(folder, ops)
 
 
 def list_snapshots(directory: str | os.PathLike[str]) -> list[int]:

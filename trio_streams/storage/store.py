@@ -26,6 +26,7 @@ import trio
 
 from ..protocol.jsonmode import TERMINATOR
 from ..protocol.state import StreamState, StreamTable
+from .fileops import REAL, FileOps
 
 _DATA = ".dat"
 _INDEX = ".idx"
@@ -49,8 +50,9 @@ class HotTail:
 
 
 class Store:
-    def __init__(self, directory: Path, *, open_files_max: int, hot_tail_bytes_max: int) -> None:
+    def __init__(self, directory: Path, *, open_files_max: int, hot_tail_bytes_max: int, ops: FileOps = REAL) -> None:
         self.directory = directory
+        self.ops = ops
         self.directory.mkdir(parents=True, exist_ok=True)
         self._fds: collections.OrderedDict[tuple[int, str], int] = collections.OrderedDict()
         self._dirty: set[tuple[int, str]] = set()
@@ -72,16 +74,16 @@ class Store:
         fd = self._fds.pop(key, None)
         if fd is None:
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if kind == _INDEX else 0)
-            fd = os.open(self.path(stream_id, kind), flags | (os.O_TRUNC if create else 0), 0o644)
+            fd = self.ops.open(self.path(stream_id, kind), flags | (os.O_TRUNC if create else 0), 0o644)
         elif create:
-            os.ftruncate(fd, 0)
+            self.ops.ftruncate(fd, 0)
         self._fds[key] = fd
         while len(self._fds) > self._open_files_max:
             old_key, old_fd = self._fds.popitem(last=False)
             if old_key in self._dirty:
-                os.fsync(old_fd)  # the next checkpoint counts on this file being synced
+                self.ops.fsync(old_fd)  # the next checkpoint counts on this file being synced
                 self._dirty.discard(old_key)
-            os.close(old_fd)
+            self.ops.close(old_fd)
         return fd
 
     def create_sync(self, stream_id: int) -> None:
@@ -94,10 +96,10 @@ class Store:
         if not data:
             return
         fd = self._fd(stream_id, _DATA)
-        written = os.pwrite(fd, data, file_position)
+        written = self.ops.pwrite(fd, data, file_position)
         while written < len(data):  # short writes are legal; finish them
-            written += os.pwrite(fd, data[written:], file_position + written)
-        os.write(self._fd(stream_id, _INDEX), _ENTRY.pack(end_position))
+            written += self.ops.pwrite(fd, data[written:], file_position + written)
+        self.ops.write(self._fd(stream_id, _INDEX), _ENTRY.pack(end_position))
         self._dirty.add((stream_id, _DATA))
         self._dirty.add((stream_id, _INDEX))
 
@@ -105,10 +107,10 @@ class Store:
         for kind in (_DATA, _INDEX):
             fd = self._fds.pop((stream_id, kind), None)
             if fd is not None:
-                os.close(fd)
+                self.ops.close(fd)
             self._dirty.discard((stream_id, kind))
             try:
-                os.unlink(self.path(stream_id, kind))
+                self.ops.unlink(self.path(stream_id, kind))
             except FileNotFoundError:
                 pass
 
@@ -117,16 +119,16 @@ class Store:
         fd = self._fd(stream_id, _DATA)
         if os.fstat(fd).st_size < file_length:
             raise RuntimeError(f"stream file {stream_id:x} is shorter than its checkpointed length {file_length}")
-        os.ftruncate(fd, file_length)
+        self.ops.ftruncate(fd, file_length)
         entries = self._entries_sync(stream_id)
-        os.ftruncate(self._fd(stream_id, _INDEX), bisect.bisect_right(entries, tail) * _ENTRY.size)
+        self.ops.ftruncate(self._fd(stream_id, _INDEX), bisect.bisect_right(entries, tail) * _ENTRY.size)
 
     def sync_dirty_sync(self) -> int:
         synced = 0
         for key in list(self._dirty):
             fd = self._fds.get(key)
             if fd is not None:
-                os.fsync(fd)
+                self.ops.fsync(fd)
                 synced += 1
         self._dirty.clear()
         return synced
@@ -148,7 +150,7 @@ class Store:
     def close_sync(self) -> None:
         self.sync_dirty_sync()
         for fd in self._fds.values():
-            os.close(fd)
+            self.ops.close(fd)
         self._fds.clear()
 
     def _entries_sync(self, stream_id: int) -> list[int]:

@@ -29,6 +29,8 @@ from typing import Final, Union
 
 import crc32c as _crc32c
 
+from .fileops import REAL, FileOps
+
 HEADER: Final = struct.Struct("<IIB")
 HEADER_BYTES: Final = HEADER.size
 # The crc covers the type byte, which sits at this offset in the header, and
@@ -47,7 +49,6 @@ _SEGMENT_NAME: Final = re.compile(r"\A([0-9]{20})\.wal\Z")
 _NEED_MORE: Final = 0
 _INVALID: Final = -1
 
-_fdatasync = getattr(os, "fdatasync", os.fsync)
 # Buffers one writev may take (POSIX guarantees at least 16; Linux allows 1024).
 _IOV_MAX: Final = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
 Buffer = Union[bytes, bytearray, memoryview]
@@ -236,29 +237,29 @@ def list_segments(directory: Path) -> list[int]:
     return sorted(starts)
 
 
-def fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path, ops: FileOps = REAL) -> None:
     """Make creations, renames and deletions in directory durable."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    fd = ops.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        os.fsync(fd)
+        ops.fsync(fd)
     finally:
-        os.close(fd)
+        ops.close(fd)
 
 
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview, ops: FileOps = REAL) -> None:
     # os.write may write less than asked (a signal, a nearly full disk).
     with memoryview(data) as view:
         written = 0
         while written < len(view):
-            written += os.write(fd, view[written:])
+            written += ops.write(fd, view[written:])
 
 
-def write_all_parts(fd: int, parts: Sequence[Buffer]) -> None:
+def write_all_parts(fd: int, parts: Sequence[Buffer], ops: FileOps = REAL) -> None:
     """Writes the parts in order, as ``write_all`` of their concatenation would."""
     views = [memoryview(part) for part in parts if len(part)]
     first = 0
     while first < len(views):
-        written = os.writev(fd, views[first : first + _IOV_MAX])
+        written = ops.writev(fd, views[first : first + _IOV_MAX])
         while first < len(views) and written >= len(views[first]):
             written -= len(views[first])
             first += 1
@@ -266,34 +267,34 @@ def write_all_parts(fd: int, parts: Sequence[Buffer]) -> None:
             views[first] = views[first][written:]
 
 
-def _create_segment(directory: Path, start_position: int) -> int:
+def _create_segment(directory: Path, start_position: int, ops: FileOps = REAL) -> int:
     """Create an empty segment and make its name durable; return an append fd."""
     path = directory / segment_name(start_position)
     # O_EXCL: a name collision would mean two segments claim one position.
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
-    fd = os.open(path, flags, 0o644)
+    fd = ops.open(path, flags, 0o644)
     try:
-        fsync_directory(directory)
+        fsync_directory(directory, ops)
     except BaseException:
-        os.close(fd)
+        ops.close(fd)
         raise
     return fd
 
 
-def _truncate_segment(directory: Path, start_position: int, length: int) -> None:
-    fd = os.open(directory / segment_name(start_position), os.O_WRONLY)
+def _truncate_segment(directory: Path, start_position: int, length: int, ops: FileOps = REAL) -> None:
+    fd = ops.open(directory / segment_name(start_position), os.O_WRONLY)
     try:
-        os.ftruncate(fd, length)
-        os.fsync(fd)
+        ops.ftruncate(fd, length)
+        ops.fsync(fd)
     finally:
-        os.close(fd)
+        ops.close(fd)
 
 
-def _delete_segments(directory: Path, starts: list[int]) -> None:
+def _delete_segments(directory: Path, starts: list[int], ops: FileOps = REAL) -> None:
     for start in starts:
-        os.unlink(directory / segment_name(start))
+        ops.unlink(directory / segment_name(start))
     if starts:
-        fsync_directory(directory)
+        fsync_directory(directory, ops)
 
 
 # ---------------------------------------------------------------- the log
@@ -318,8 +319,9 @@ class SegmentedLog:
     end of the log is not known until the torn tail has been cut off.
     """
 
-    def __init__(self, directory: Path, segment_bytes_max: int) -> None:
+    def __init__(self, directory: Path, segment_bytes_max: int, ops: FileOps = REAL) -> None:
         self._directory = directory
+        self._ops = ops
         self._segment_bytes_max = segment_bytes_max
         # Start positions of the segments on disk, ascending; the last one is
         # the current (appended-to) segment once recovered.
@@ -335,15 +337,15 @@ class SegmentedLog:
         self._syncs = 0
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], segment_bytes_max: int) -> SegmentedLog:
+    def open(cls, directory: str | os.PathLike[str], segment_bytes_max: int, ops: FileOps = REAL) -> SegmentedLog:
         if segment_bytes_max <= 0:
             raise ValueError("segment_bytes_max must be positive")
         path = Path(directory)
         if not path.is_dir():
             path.mkdir(parents=True)
             # The log directory's own name must survive a crash too.
-            fsync_directory(path.parent)
-        return cls(path, segment_bytes_max)
+            fsync_directory(path.parent, ops)
+        return cls(path, segment_bytes_max, ops)
 
     @property
     def directory(self) -> Path:
@@ -390,7 +392,7 @@ class SegmentedLog:
         if not starts:
             # Every segment was deleted behind a checkpoint (or none was ever
             # written): the log continues at the checkpoint's position.
-            self._fd = _create_segment(self._directory, from_position)
+            self._fd = _create_segment(self._directory, from_position, self._ops)
             self._segments = [from_position]
             self._attach_current(from_position)
             return
@@ -403,14 +405,14 @@ class SegmentedLog:
                 break
             position, file_end = yield from self._replay_segment(starts[index], position)
             if position < file_end:
-                _truncate_segment(self._directory, starts[index], position - starts[index])
+                _truncate_segment(self._directory, starts[index], position - starts[index], self._ops)
                 kept = index + 1
                 break
         # Truncate before deleting: a crash in between leaves a successor
         # whose name no longer matches, which the next recovery deletes.
-        _delete_segments(self._directory, starts[kept:])
+        _delete_segments(self._directory, starts[kept:], self._ops)
         self._segments = starts[:kept]
-        self._fd = os.open(self._directory / segment_name(self._segments[-1]), os.O_WRONLY | os.O_APPEND)
+        self._fd = self._ops.open(self._directory / segment_name(self._segments[-1]), os.O_WRONLY | os.O_APPEND)
         self._attach_current(position)
 
     def _first_segment_index(self, starts: list[int], from_position: int) -> int:
@@ -480,10 +482,9 @@ class SegmentedLog:
         start = self._end
         assert start == self._segments[-1] + self._segment_bytes, (start, self._segment_bytes)
         try:
-            write_all_parts(self._fd, parts)
+            write_all_parts(self._fd, parts, self._ops)
         except BaseException as error:
-            # Part of the batch may be on disk; positions past it are unknown.
-            self._failure = error
+            self._undo_append(error)
             raise
         self._segment_bytes += size
         self._end = start + size
@@ -492,21 +493,36 @@ class SegmentedLog:
         self._appends += 1
         return start
 
+    def _undo_append(self, error: BaseException) -> None:
+        """Cuts a failed write's partial batch off, so the log ends at its last
+        whole record again and the next append may retry (a full disk frees up).
+        If even that fails, positions past the end are unknown: the log is done."""
+        assert self._fd is not None
+        try:
+            self._ops.ftruncate(self._fd, self._segment_bytes)
+        except BaseException:
+            self._failure = error
+            raise
+        if not isinstance(error, OSError):
+            self._failure = error
+
     def _rotate(self) -> None:
         assert self._fd is not None and self._end is not None
         # The old segment must be durable before a successor exists: recovery
         # deletes everything after a torn segment, so an unsynced predecessor
         # could take synced (acknowledged) records in the successor with it.
         self._fsync_current()
-        os.close(self._fd)
-        self._fd = None
         start = self._end
         assert start > self._segments[-1], (start, self._segments[-1])
         try:
-            self._fd = _create_segment(self._directory, start)
+            fd = _create_segment(self._directory, start, self._ops)
         except BaseException as error:
-            self._failure = error
+            # No new file (a full disk refused it): the old segment stays current.
+            if (self._directory / segment_name(start)).exists():
+                self._failure = error
             raise
+        self._ops.close(self._fd)
+        self._fd = fd
         self._segments.append(start)
         self._segment_bytes = 0
         self._rotations += 1
@@ -520,7 +536,7 @@ class SegmentedLog:
     def _fsync_current(self) -> None:
         assert self._fd is not None
         try:
-            _fdatasync(self._fd)
+            self._ops.fdatasync(self._fd)
         except BaseException as error:
             self._failure = error
             raise
@@ -545,7 +561,7 @@ class SegmentedLog:
         doomed = 0
         while doomed + 1 < len(self._segments) and self._segments[doomed + 1] <= position:
             doomed += 1
-        _delete_segments(self._directory, self._segments[:doomed])
+        _delete_segments(self._directory, self._segments[:doomed], self._ops)
         del self._segments[:doomed]
         assert self._segments, "the current segment is never deleted"
         return doomed
@@ -557,7 +573,7 @@ class SegmentedLog:
     def _close_fd(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            self._ops.close(fd)
 
     def statistics(self) -> LogStatistics:
         return LogStatistics(
