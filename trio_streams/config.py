@@ -13,8 +13,13 @@ from typing import Any
 
 from .protocol.urls import normalise_base_url
 from .protocol.jsonmode import DEPTH_ENCODABLE_MAX
+from .storage.wal import RECORD_PAYLOAD_BYTES_MAX
 
 FSYNC_MODES = ("always", "interval", "never")
+STORAGE_FAILURE_MODES = ("exit", "read-only")
+# Room in a WAL record for an append's metadata (path, content type, producer) beside its body.
+RECORD_META_BYTES_RESERVE = 1024 * 1024
+EVENT_DATA_BYTES_MAX = RECORD_PAYLOAD_BYTES_MAX - RECORD_META_BYTES_RESERVE
 # Below this, ordinary browser and client requests would be refused.
 REQUEST_HEADER_BYTES_MIN = 1024
 
@@ -36,6 +41,16 @@ class Settings:
     wal_segment_bytes_max: int = 64 * 1024 * 1024
     checkpoint_wal_bytes: int = 128 * 1024 * 1024
     checkpoint_interval_s: float = 300.0
+
+    # Storage faults.
+    # After a failed fsync (or any write the log cannot undo): "exit" drains and exits
+    # non-zero so a supervisor restarts and recovery replays the WAL; "read-only" stays
+    # up serving reads, refusing writes with 503 until restarted. Either way never retries.
+    storage_failure: str = "exit"
+    # Retry-After on 507 INSUFFICIENT_STORAGE answers (the disk is full; the next write retries).
+    disk_full_retry_after_s: int = 1
+    # A checkpoint that failed (disk full) is tried again after this long.
+    checkpoint_retry_interval_s: float = 10.0
 
     # Request limits.
     append_bytes_max: int = 64 * 1024 * 1024
@@ -112,6 +127,7 @@ class Settings:
         if self.public_base_url:  # frozen: normalise in place once, at start-up
             object.__setattr__(self, "public_base_url", normalise_base_url(self.public_base_url))
         self._validate_json()
+        self._validate_storage_faults()
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -125,6 +141,14 @@ class Settings:
             raise ValueError("request_read_timeout_s and keep_alive_timeout_s must be positive")
         if self.request_header_bytes_max < REQUEST_HEADER_BYTES_MIN:
             raise ValueError(f"request_header_bytes_max must be at least {REQUEST_HEADER_BYTES_MIN}")
+
+    def _validate_storage_faults(self) -> None:
+        if self.storage_failure not in STORAGE_FAILURE_MODES:
+            raise ValueError(f"storage_failure must be one of {STORAGE_FAILURE_MODES}, not {self.storage_failure!r}")
+        # A body must fit one WAL record with its metadata; a larger record would stop the log writer.
+        if self.append_bytes_max > EVENT_DATA_BYTES_MAX:
+            raise ValueError(f"append_bytes_max must be at most {EVENT_DATA_BYTES_MAX} "
+                             "(one WAL record, less room for its metadata)")
 
     def _validate_json(self) -> None:
         if not 1 <= self.json_depth_max <= DEPTH_ENCODABLE_MAX:

@@ -6,6 +6,11 @@ of stream actors, the expiry sweeper — plus their orderly shutdown:
 actors first (they are idle once the HTTP server has drained), then the
 log, which flushes and checkpoints before it returns.
 
+A storage failure the log cannot recover from (a failed fsync) stops writes
+at once; with ``storage_failure = "exit"`` the service then shuts down as
+for SIGTERM and reports the failure, so the process exits non-zero and a
+supervisor's restart replays the WAL.
+
 Never: speaks HTTP.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -21,7 +27,7 @@ import trio
 from .config import Settings
 from .storage.checkpoint import recover
 from .storage.fileops import REAL, FileOps
-from .storage.log import Log
+from .storage.log import Log, StorageFailed
 from .protocol.state import StreamTable
 from .storage.store import Store
 from .streams.registry import Registry
@@ -40,6 +46,22 @@ class Service:
         self.finished = trio.Event()
         self._stop = trio.Event()
         self._lock_fd: int | None = None
+        self._log: Log | None = None
+
+    def health(self) -> dict[str, object]:
+        """/healthz detail: ``status`` (ok, degraded, recovering, failed), a reason
+        when not ok, and the ``storage`` section (state, since, last error)."""
+        storage = self._log.health.as_dict() if self._log is not None else {"state": "starting"}
+        detail: dict[str, object] = {"status": "ok", "storage": storage}
+        if self.failure is not None:
+            detail.update(status="failed", reason=str(self.failure))
+        elif self._log is not None and self._log.failed is not None:
+            detail.update(status="failed", reason=f"storage failed, writes refused: {storage['last_error']}")
+        elif not self.ready.is_set():
+            detail.update(status="recovering", reason="recovering the write-ahead log")
+        elif storage["state"] != "ok":
+            detail.update(status="degraded", reason=f"writes refused: {storage['state']}")
+        return detail
 
     def stop(self) -> None:
         self._stop.set()
@@ -51,6 +73,9 @@ class Service:
         except Exception as exc:  # surfaced through /healthz and the CLI's exit code
             log.exception("storage service failed")
             self.failure = exc
+        else:
+            if self._log is not None and self._log.failed is not None and self.failure is None:
+                self.failure = StorageFailed(f"storage failed: {self._log.failed}")
         finally:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -69,13 +94,15 @@ class Service:
         recovered = await trio.to_thread.run_sync(
             recover, directory, store, self.settings.wal_segment_bytes_max, self.ops)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
+        wal_log.on_failed = self._storage_failed
+        self._log = wal_log
         try:
             async with trio.open_nursery() as log_nursery:
                 log_nursery.start_soon(wal_log.run)
                 await self._serve(wal_log, store, recovered.table)
                 wal_log.close_intake()
         finally:
-            await trio.to_thread.run_sync(store.close_sync)
+            await trio.to_thread.run_sync(partial(store.close_sync, sync=wal_log.failed is None))
             await trio.to_thread.run_sync(recovered.wal.close)
 
     async def _serve(self, wal_log: Log, store: Store, table: StreamTable) -> None:
@@ -88,6 +115,15 @@ class Service:
             log.info("ready: %d streams in %s", len(registry.table.by_id), self.settings.data_dir)
             await self._stop.wait()
             actors.cancel_scope.cancel()
+
+    def _storage_failed(self, error: BaseException) -> None:
+        if self.settings.storage_failure == "exit":
+            log.error("storage failed: draining and exiting so that a restart replays the WAL")
+            # Set now, not on exit: requests are refused while the actors stop.
+            self.failure = StorageFailed(f"storage failed: {error}")
+            self._stop.set()
+        else:
+            log.error("storage failed: serving reads only until restarted (storage_failure=read-only)")
 
     def _lock_directory(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

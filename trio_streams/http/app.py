@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import trio
 
 from ..config import Settings, settings_from_env
@@ -100,7 +101,10 @@ class App:
             return
         path = stream_name(req.path, self.settings)
         registry = self.service.registry
-        if registry is None or not self.service.ready.is_set() or self.service.failure is not None:
+        if self.service.failure is not None:
+            raise ProtocolError(503, "STORAGE_FAILED", "the server's storage failed; it must be restarted",
+                                (("retry-after", "1"),))
+        if registry is None or not self.service.ready.is_set():
             raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
         handler = _WRITES.get(req.method)
         if handler is not None:
@@ -145,12 +149,11 @@ class App:
 
     async def _health(self, send: Send, head: bool) -> None:
         headers = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-        if self.service.failure is not None:
-            await respond(send, 503, headers, error_body("FAILED", str(self.service.failure)), head=head)
-        elif not self.service.ready.is_set():
-            await respond(send, 503, headers, error_body("RECOVERING", "recovering the write-ahead log"), head=head)
-        else:
-            await respond(send, 200, headers, b'{"status":"ok"}', head=head)
+        detail = self.service.health()
+        status = _HEALTH_ERRORS.get(str(detail["status"]))
+        if status is not None:  # the error shape every 503 has, plus the detail
+            detail["error"] = {"code": status, "message": detail["reason"]}
+        await respond(send, 200 if status is None else 503, headers, orjson.dumps(detail), head=head)
 
     async def _metrics(self, send: Send, head: bool) -> None:
         body = render_metrics(self.service, {"stalled_writes_total": self.send_deadlines.stalled}).encode()
@@ -159,6 +162,8 @@ class App:
 
 
 OPERATIONS_METHODS = "GET, HEAD"
+# /healthz statuses that answer 503, and their error codes; the others (ok, degraded) answer 200.
+_HEALTH_ERRORS = {"failed": "FAILED", "recovering": "RECOVERING"}
 _WRITES = {"PUT": handlers.put, "POST": handlers.post, "DELETE": handlers.delete, "HEAD": handlers.head}
 
 

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def render_metrics(service: Service, http: dict[str, int]) -> str:
-    lines = [f"trio_streams_ready {int(service.ready.is_set() and service.failure is None)}"]
+    ready = service.ready.is_set() and service.health()["status"] in ("ok", "degraded")
+    lines = [f"trio_streams_ready {int(ready)}"]
     lines += [f"trio_streams_http_{name} {value}" for name, value in http.items()]
     registry = service.registry
     if registry is not None:
@@ -23,6 +24,23 @@ def render_metrics(service: Service, http: dict[str, int]) -> str:
             lines.append(f"trio_streams_{name} {value}")
         for name, value in dataclasses.asdict(registry.log.statistics()).items():
             lines.append(f"trio_streams_log_{name} {float(value)}")
+    lines += _storage_lines(service.health())
     for name, value in hypercorn_guard.statistics().items():
         lines.append(f"trio_streams_{name} {value}")
     return "\n".join(lines) + "\n"
+
+
+_STORAGE_STATES = ("ok", "disk_full", "failed")
+
+
+def _storage_lines(health: dict[str, object]) -> list[str]:
+    """trio_streams_storage_*: one 0/1 series per state, its start time, and the counters."""
+    storage = health["storage"]
+    assert isinstance(storage, dict)
+    lines = [f'trio_streams_storage_state{{state="{state}"}} {int(storage["state"] == state)}'
+             for state in _STORAGE_STATES]
+    if "since" in storage:
+        lines.append(f"trio_streams_storage_state_since_seconds {storage['since']}")
+        for name in ("disk_full_episodes", "refused_batches", "checkpoint_failures"):
+            lines.append(f"trio_streams_storage_{name}_total {storage[name]}")
+    return lines

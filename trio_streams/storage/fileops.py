@@ -99,6 +99,8 @@ class Fault:
     times: float = 1
     errno: int = errno.ENOSPC
     short_bytes: int | None = None
+    # Raised instead of an OSError: a bug or crash at this call, not a disk error.
+    raises: BaseException | None = None
     seen: int = 0
     fired: int = 0
 
@@ -145,12 +147,16 @@ class FaultyFileOps(FileOps):
 
     def _check(self, operation: str, path: str) -> Fault | None:
         self.calls.append((operation, path))
-        for fault in self.faults:
-            if fault.matches(operation, path):
-                if fault.short_bytes is None:
-                    raise OSError(fault.errno, f"{os.strerror(fault.errno)} (injected)", path)
-                return fault
-        return None
+        # Every fault counts every matching call, so ``nth`` means the same with others armed.
+        firing = [fault for fault in self.faults if fault.matches(operation, path)]
+        if not firing:
+            return None
+        fault = firing[0]
+        if fault.raises is not None:
+            raise fault.raises
+        if fault.short_bytes is None:
+            raise OSError(fault.errno, f"{os.strerror(fault.errno)} (injected)", path)
+        return fault
 
     def open(self, path: PathLike, flags: int, mode: int = 0o777) -> int:  # type: ignore[override]
         name = os.fspath(path)

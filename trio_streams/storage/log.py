@@ -6,6 +6,13 @@ StreamTable and data files in log order and waking each submitter.
 Also owns checkpoints (they must be taken between batches, when the table
 reflects exactly the log up to its end) and recovery at startup.
 
+Faults (docs/storage.md, "Storage faults"): a full disk fails only the
+batch it hit (507), after the WAL and stream files are cut back to the
+durable state, and the next batch simply tries again; a failed checkpoint
+is retried later. Anything else — a failed fsync, a write that cannot be
+undone, a bug — ends the writer: every pending and future submission is
+refused at once and the owner is told (``on_failed``).
+
 Never: decides whether an event is allowed (actors do, via protocol.rules)
 and never lets a reader see an event before it is durable.
 """
@@ -13,6 +20,7 @@ and never lets a reader see an event before it is durable.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +28,16 @@ from pathlib import Path
 
 import trio
 
-from ..config import Settings
+from ..config import EVENT_DATA_BYTES_MAX, Settings
+from ..protocol.errors import ProtocolError
 from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable
 from . import checkpoint
 from .events import encode_event_parts
+from .fileops import SyncFailed, is_disk_full
 from .store import Store
 from .wal import Buffer, SegmentedLog, encode_record_parts
+
+log = logging.getLogger("trio_streams.storage")
 
 
 def _tail_and_base(state: StreamState) -> tuple[int, int]:
@@ -34,6 +46,51 @@ def _tail_and_base(state: StreamState) -> tuple[int, int]:
 
 class StorageFailed(Exception):
     """The disk refused a write; nothing more can be acknowledged safely."""
+
+    def protocol_error(self) -> ProtocolError:
+        return ProtocolError(503, "STORAGE_FAILED", f"storage unavailable: {self}")
+
+
+class DiskFull(StorageFailed):
+    """The disk is full: this batch was refused and undone; a later one may succeed."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def protocol_error(self) -> ProtocolError:
+        return ProtocolError(507, "INSUFFICIENT_STORAGE", f"the server's disk is full: {self}",
+                             (("retry-after", str(self.retry_after_s)),))
+
+
+class RecordTooLarge(StorageFailed):
+    """One event would not fit a WAL record; refused before it reaches the writer."""
+
+    def protocol_error(self) -> ProtocolError:
+        return ProtocolError(413, "PAYLOAD_TOO_LARGE", str(self))
+
+
+@dataclasses.dataclass(slots=True)
+class StorageHealth:
+    """What /healthz and /metrics say about the disk: ``ok``, ``disk_full`` or ``failed``."""
+
+    state: str = "ok"
+    since: float = dataclasses.field(default_factory=time.time)
+    last_error: str | None = None
+    disk_full_episodes: int = 0
+    refused_batches: int = 0
+    checkpoint_failures: int = 0
+
+    def enter(self, state: str, error: BaseException) -> bool:
+        """Records the error; True if this starts a new episode of ``state``."""
+        self.last_error = f"{type(error).__name__}: {error}"
+        if self.state == state:
+            return False
+        self.state, self.since = state, time.time()
+        return True
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +104,8 @@ class LogStatistics:
     last_sync_s: float
     wal_end_position: int
     failed: bool
+    checkpoint_failures: int
+    disk_full_batches: int
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,6 +131,11 @@ class Log:
         self._table = table
         # Set by the registry: called for each event once it is durable and applied.
         self.on_applied: Callable[[StreamState | None, Event], None] = lambda state, event: None
+        # Set by the service: called once if the writer stops for good.
+        self.on_failed: Callable[[BaseException], None] = lambda error: None
+        self.health = StorageHealth()
+        self._in_flight: list[_Submission] = []
+        self._checkpoint_retry_at = -math.inf
         self._send, self._receive = trio.open_memory_channel[_Submission](settings.actor_queue_depth)
         self._failed: BaseException | None = None
         self._unsynced = False
@@ -87,9 +151,17 @@ class Log:
         """Returns once ``events`` are durable (per the fsync mode) and applied, in order."""
         if self._failed is not None:
             raise StorageFailed(str(self._failed))
+        # config.py holds the body limit to this at start-up, but JSON framing can grow a body.
+        if any(len(e.data) > EVENT_DATA_BYTES_MAX for e in events if isinstance(e, (Appended, Created))):
+            raise RecordTooLarge(f"a stored append may hold at most {EVENT_DATA_BYTES_MAX} bytes")
         submission = _Submission(events)
-        await self._send.send(submission)
+        try:
+            await self._send.send(submission)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise StorageFailed(str(self._failed or "the log is closed")) from None
         await submission.done.wait()
+        if isinstance(submission.error, StorageFailed):
+            raise submission.error
         if submission.error is not None:
             raise StorageFailed(str(submission.error)) from submission.error
 
@@ -100,7 +172,13 @@ class Log:
             last_sync_s=self._last_sync_s,
             wal_end_position=self._wal.end_position,
             failed=self._failed is not None,
+            checkpoint_failures=self.health.checkpoint_failures,
+            disk_full_batches=self.health.refused_batches,
         )
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
 
     def close_intake(self) -> None:
         """No more submissions; ``run`` finishes what it has, flushes and returns."""
@@ -109,17 +187,42 @@ class Log:
     # -- the writer task -------------------------------------------------
 
     async def run(self) -> None:
+        """Writes until the intake closes, then flushes. Never raises: a failure
+        settles every submission, in flight, queued or future, with an error."""
         async with self._receive:
-            while True:
-                batch = await self._next_batch()
-                if batch is None:
-                    break
-                if batch:
-                    await self._commit(batch)
-                await self._maybe_interval_sync()
-                await self._maybe_checkpoint()
-        with trio.CancelScope(shield=True):
-            await self._final_flush()
+            try:
+                await self._write_until_closed()
+                with trio.CancelScope(shield=True):
+                    await self._final_flush()
+            except Exception as error:
+                self._fail(error)
+
+    async def _write_until_closed(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                await self._commit(batch)
+            await self._maybe_interval_sync()
+            await self._maybe_checkpoint()
+
+    def _fail(self, error: BaseException) -> None:
+        log.error("storage failed; refusing every write until a restart replays the WAL: %s: %s",
+                  type(error).__name__, error, exc_info=error)
+        self._failed = error
+        self.health.enter("failed", error)
+        refusal = StorageFailed(f"{type(error).__name__}: {error}")
+        for submission in self._in_flight:
+            _settle(submission, refusal)
+        while True:
+            try:
+                _settle(self._receive.receive_nowait(), refusal)
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        # Submitters blocked on a full channel now get BrokenResourceError.
+        self._receive.close()
+        self.on_failed(error)
 
     async def _next_batch(self) -> list[_Submission] | None:
         timeout = math.inf
@@ -143,19 +246,48 @@ class Log:
 
     async def _commit(self, batch: list[_Submission]) -> None:
         events = [e for s in batch for e in s.events]
-        if self._failed is None:
-            try:
-                with trio.CancelScope(shield=True):  # a write already started must finish
-                    await trio.to_thread.run_sync(self._write_sync, events)
-            except OSError as exc:
-                self._failed = exc
+        self._in_flight = batch  # settled by _fail if this raises
+        try:
+            with trio.CancelScope(shield=True):  # a write already started must finish
+                await trio.to_thread.run_sync(self._write_sync, events)
+        except OSError as error:
+            if not is_disk_full(error) or self._wal.failed:
+                raise
+            await self._refuse_batch(batch, events, error)
+            self._in_flight = []
+            return
+        self._in_flight = []
+        self._resumed()
         for submission in batch:
-            if self._failed is not None:
-                submission.error = self._failed
             submission.done.set()
-        if self._failed is None:
-            self._apply(events)
-            await self._remove_files()
+        self._apply(events)
+        await self._remove_files()
+
+    async def _refuse_batch(self, batch: list[_Submission], events: list[Event], error: OSError) -> None:
+        """The disk is full: the WAL cut itself back; cut the stream files back too
+        (they may hold this batch's bytes past the durable tails) and refuse the batch."""
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._undo_data_sync, events)
+        if self.health.enter("disk_full", error):
+            self.health.disk_full_episodes += 1
+            log.error("disk full: refusing writes with 507 until space is available (%s)", error)
+        self.health.refused_batches += 1
+        refusal = DiskFull(str(error), self._settings.disk_full_retry_after_s)
+        for submission in batch:
+            _settle(submission, refusal)
+
+    def _undo_data_sync(self, events: list[Event]) -> None:
+        for stream_id in {e.stream_id for e in events if isinstance(e, (Appended, Created))}:
+            state = self._table.by_id.get(stream_id)
+            if state is None:  # created by the refused batch
+                self._store.remove_sync(stream_id)
+            else:
+                self._store.truncate_sync(stream_id, state.tail - state.base, state.tail)
+
+    def _resumed(self) -> None:
+        if self.health.state == "disk_full":
+            log.info("disk space available again: writes resumed after %.1f s", time.time() - self.health.since)
+            self.health.state, self.health.since = "ok", time.time()
 
     async def _remove_files(self) -> None:
         """Deletes the files of streams that left the table (their records are fsynced)."""
@@ -165,8 +297,13 @@ class Log:
                 for stream_id in removed:
                     self._store.remove_sync(stream_id)
 
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(remove_all)
+            try:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(remove_all)
+            except OSError as error:
+                # The DELETE records are durable; leftover files are orphans that
+                # the next recovery removes. Nothing reads them meanwhile.
+                log.error("removing files of %d deleted streams failed: %s", len(removed), error)
 
     def _write_sync(self, events: list[Event]) -> None:
         """Worker thread: WAL bytes, data files, then fsync (``always``) — one call per batch."""
@@ -223,12 +360,26 @@ class Log:
                 await trio.to_thread.run_sync(self._sync_wal_sync)
 
     async def _maybe_checkpoint(self) -> None:
-        if self._failed is not None:
+        if time.monotonic() < self._checkpoint_retry_at:
             return
         grown = self._wal.end_position - self._checkpoint_position
         aged = time.monotonic() - self._checkpoint_time >= self._settings.checkpoint_interval_s
         if grown >= self._settings.checkpoint_wal_bytes or (grown > 0 and aged):
-            await self.checkpoint()
+            try:
+                await self.checkpoint()
+            except OSError as error:
+                self._checkpoint_failed(error)
+
+    def _checkpoint_failed(self, error: OSError) -> None:
+        """A checkpoint that could not be written changes nothing: the previous one
+        and the WAL still describe everything. A failed sync, though, is final."""
+        if isinstance(error, SyncFailed) or self._wal.failed:
+            raise error
+        self.health.checkpoint_failures += 1
+        self.health.last_error = f"checkpoint: {type(error).__name__}: {error}"
+        self._checkpoint_retry_at = time.monotonic() + self._settings.checkpoint_retry_interval_s
+        log.error("checkpoint failed, the previous one and the WAL stay in use; retrying in %g s: %s",
+                  self._settings.checkpoint_retry_interval_s, error)
 
     async def checkpoint(self) -> None:
         """Snapshot the table at the WAL's end and drop the segments it covers."""
@@ -247,12 +398,16 @@ class Log:
         self._stats["checkpoints"] += 1
 
     async def _final_flush(self) -> None:
-        if self._failed is not None:
-            return
-        try:
-            if self._wal.end_position != self._checkpoint_position:
+        if self._wal.end_position != self._checkpoint_position:
+            try:
                 await self.checkpoint()
-            else:
-                await trio.to_thread.run_sync(self._sync_wal_sync)
-        except OSError as exc:
-            self._failed = exc
+                return
+            except OSError as error:
+                self._checkpoint_failed(error)  # the WAL, synced below, is enough to restart
+        await trio.to_thread.run_sync(self._sync_wal_sync)
+
+
+def _settle(submission: _Submission, error: BaseException) -> None:
+    if not submission.done.is_set():
+        submission.error = error
+        submission.done.set()

@@ -147,8 +147,11 @@ class Store:
             self.remove_sync(stream_id)
         return len(orphans)
 
-    def close_sync(self) -> None:
-        self.sync_dirty_sync()
+    def close_sync(self, *, sync: bool = True) -> None:
+        """``sync=False`` after a failed fsync: syncing again could report success
+        over pages the kernel already dropped."""
+        if sync:
+            self.sync_dirty_sync()
         for fd in self._fds.values():
             self.ops.close(fd)
         self._fds.clear()

@@ -358,6 +358,11 @@ class SegmentedLog:
         return self._end
 
     @property
+    def failed(self) -> bool:
+        """A write could not be undone or a sync failed: only a restart helps."""
+        return self._failure is not None
+
+    @property
     def segment_starts(self) -> tuple[int, ...]:
         return tuple(self._segments)
 

@@ -138,7 +138,7 @@ class StreamActor:
                 with trio.CancelScope(shield=True):  # answers must match what became durable
                     await self._registry.log.submit(events)
             except StorageFailed as exc:
-                _fail_unanswered(batch, ProtocolError(503, "STORAGE_FAILED", f"storage unavailable: {exc}"))
+                _fail_unanswered(batch, exc.protocol_error())
             except Exception:
                 # Whether the events became durable is unknown: no command may claim success.
                 log.exception("submitting %d events for stream %r failed", len(events), self.path)
