@@ -12,8 +12,11 @@ replays the WAL (failed fsync, dead writer).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +26,7 @@ import pytest
 import trio
 
 from trio_streams.config import Settings
+from trio_streams.http.app import App
 from trio_streams.protocol.errors import ProtocolError
 from trio_streams.protocol.headers import AppendRequest, CreateRequest, Expiry, ForkSpec
 from trio_streams.service import Service
@@ -297,8 +301,60 @@ async def test_a_failure_after_fsync_before_the_answer_keeps_the_append(tmp_path
     assert await restarted(tmp_path) == ACKED + b"durable;"
 
 
-def test_append_limit_is_checked_against_the_record_limit() -> None:
-    with pytest.raises(ValueError, match="append_bytes_max"):
-        Settings(append_bytes_max=256 * 1024 * 1024)
 
 
+# ---------------------------------------------------------------- what HTTP says
+
+
+async def _get(app: App, path: str) -> tuple[int, dict[str, str], bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "headers": [],
+             "query_string": b"", "http_version": "1.1", "scheme": "http"}
+    await app(scope, receive, send)
+    headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_healthz_and_metrics_show_the_storage_state(tmp_path: Path) -> None:
+    app = App(Settings(data_dir=str(tmp_path)))
+    async with acked_stream(tmp_path) as (service, registry, ops):
+        app.service = service
+        status, _, body = await _get(app, "/healthz")
+        assert status == 200 and json.loads(body)["storage"]["state"] == "ok"
+        ops.disk_full()
+        await refused(registry.append("s", _append(b"x")))
+        status, _, body = await _get(app, "/healthz")
+        detail = json.loads(body)
+        assert status == 200 and detail["status"] == "degraded"
+        assert detail["storage"]["state"] == "disk_full" and "No space left" in detail["storage"]["last_error"]
+        _, _, metrics = await _get(app, "/metrics")
+        assert b'trio_streams_storage_state{state="disk_full"} 1' in metrics
+        assert b"trio_streams_storage_refused_batches_total 1" in metrics
+        status, _, body = await _get(app, "/v1/stream/s")
+        assert status == 200 and body == ACKED  # reads keep working
+        ops.clear()
+        ops.add(Fault("fdatasync", errno=errno.EIO))
+        await refused(registry.append("s", _append(b"y")))
+        status, _, body = await _get(app, "/healthz")
+        detail = json.loads(body)
+        assert status == 503 and detail["error"]["code"] == "FAILED" and "fdatasync" in detail["reason"]
+        _, _, metrics = await _get(app, "/metrics")
+        assert b"trio_streams_ready 0" in metrics and b'trio_streams_storage_state{state="failed"} 1' in metrics
+        status, _, body = await _get(app, "/v1/stream/s")
+        assert status == 503 and json.loads(body)["error"]["code"] == "STORAGE_FAILED"
+
+
+def test_an_append_limit_over_the_record_limit_refuses_to_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_streams", "serve", "--data-dir", str(tmp_path), "--port", "0",
+         "--append-bytes-max", str(256 * 1024 * 1024)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "append_bytes_max must be at most" in result.stderr
