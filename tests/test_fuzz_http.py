@@ -22,6 +22,7 @@ runs about 2,000 examples, ``make test-all`` 50,000).
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -574,7 +575,5 @@ def test_sentinels_read_back_exactly_after_fuzzing(fuzz: Fuzz) -> None:
     """Runs last in this module: everything acknowledged before the fuzzing is intact."""
     assert fuzz.guard.healthy() is None
     check_sentinels(fuzz.client, fuzz.guard.sentinels)
-    fuzz.guard.server.restart()
-    fuzz.guard.client.close()
-    fuzz.guard.client = new_client(fuzz.guard.server)
+    assert fuzz.guard.restart(signal.SIGTERM) == 0
     check_sentinels(fuzz.client, fuzz.guard.sentinels)
