@@ -365,6 +365,7 @@ class Guard:
     sentinels: list[Sentinel] = field(default_factory=list)
     examples: int = 0
     check_every: int = 200
+    standby: Server | None = None  # the next fresh server, already starting
 
     def healthy(self) -> str | None:
         """None when the process is up and /healthz answers 200 in time; else why not."""
@@ -384,6 +385,7 @@ class Guard:
         try:
             yield
         except BaseException as exc:
+            exc.add_note(reproduce_hint())
             problem = self.healthy()
             if problem is None:
                 raise
@@ -422,11 +424,25 @@ class Guard:
         check_sentinels(self.client, self.sentinels)  # fsync=always: nothing acknowledged is lost
 
     def fresh_server(self) -> None:
-        """(Re)starts the server on a new, empty data directory."""
+        """Switches to a server on a new, empty data directory. The next one is
+        spawned at once, so its start-up overlaps the work done on this one."""
         self.server.kill_quietly()
-        self.server.data_dir = self.server.data_dir.with_name(f"data-{time.monotonic_ns()}")
-        self.server.data_dir.mkdir()
-        self.start()
+        if self.standby is None:
+            self.standby = self._spawn()
+        self.server, self.standby = self.standby, self._spawn()
+        self._reconnect()
+        self._wait_ready()
+
+    def _spawn(self) -> Server:
+        data = self.server.data_dir.with_name(f"data-{time.monotonic_ns()}")
+        data.mkdir()
+        return Server(data, self.server.extra_args).start(wait=False)
+
+    def close(self) -> None:
+        self.client.close()
+        for server in (self.server, self.standby):
+            if server is not None:
+                server.kill_quietly()
 
     def restart(self, sig: int) -> int:
         """Stops the server with ``sig``, starts it on the same data; its exit status."""
@@ -438,6 +454,9 @@ class Guard:
         """Starts the server and waits for /healthz 200 (conftest's wait builds a client per poll)."""
         self.server.start(wait=False)
         self._reconnect()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
         end = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < end:
             problem = self.healthy()

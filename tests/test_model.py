@@ -38,10 +38,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from conftest import PREFIX, Server, unique
-from fuzzlib import SEED, Guard, assert_error_shape, model_runs, new_client
+from fuzzlib import SEED, Guard, assert_error_shape, model_runs, new_client, reproduce_hint
 from protocol_model import JSON, AppendReq, Anchor, CreateReq, Expected, Expiry, ForkReq, Model, Stream, media_type
 
 READ_CHUNK_BYTES_MAX = 10  # small, so reads are split and offsets must chain
+RESTARTS_PER_EXAMPLE_MAX = 2  # each costs a server start-up
 NAMES = ("a", "b", "c")
 CONTENT_TYPES = ("application/octet-stream", "text/plain", "application/json")
 APPEND_VARIANTS = {  # the same media type written differently: must still match
@@ -168,7 +169,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         super().__init__()
         self.model = Model()
         self.ns = unique("m")
-        self.restarted = False
+        self.restarts = 0
         # Each example gets its own data directory: what a restart recovers must
         # depend on this history alone, or a failure could not be replayed.
         self.guard.fresh_server()
@@ -375,11 +376,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         assert isinstance(value, list), f"{what}: JSON read is not an array"
         return value
 
-    @precondition(lambda self: not self.restarted and self.model.streams)
+    # Two restarts let a history cross a checkpoint (written at SIGTERM) and then crash.
+    @precondition(lambda self: self.restarts < RESTARTS_PER_EXAMPLE_MAX and self.model.streams)
     @rule(sig=st.sampled_from([signal.SIGTERM, signal.SIGKILL]))
     def restart(self, sig: int) -> None:
         """Nothing acknowledged is lost, whichever way the server stops (fsync=always)."""
-        self.restarted = True
+        self.restarts += 1
         with self.guard.example(f"restart with signal {sig}"):
             status = self.guard.restart(sig)
             if sig == signal.SIGTERM:
@@ -416,8 +418,7 @@ def model_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     try:
         yield guard
     finally:
-        guard.client.close()
-        server.kill_quietly()
+        guard.close()
 
 
 def test_protocol_model(model_guard: Guard) -> None:
@@ -429,7 +430,11 @@ def test_protocol_model(model_guard: Guard) -> None:
 
     if SEED is not None:
         factory = hypothesis_seed(SEED)(factory)
-    run_state_machine_as_test(factory, settings=settings(
-        max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=SEED is None,
-        database=None, print_blob=True,
-    ))
+    try:
+        run_state_machine_as_test(factory, settings=settings(
+            max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=SEED is None,
+            database=None, print_blob=True,
+        ))
+    except BaseException as exc:
+        exc.add_note(reproduce_hint())
+        raise
