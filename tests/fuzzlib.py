@@ -366,6 +366,11 @@ class Guard:
     examples: int = 0
     check_every: int = 200
     standby: Server | None = None  # the next fresh server, already starting
+    keepalive: bool = True  # whether ``client`` reuses connections
+    probe: httpx.Client = field(init=False)  # health checks, each on a new connection
+
+    def __post_init__(self) -> None:
+        self.probe = new_client(self.server, keepalive=False)
 
     def healthy(self) -> str | None:
         """None when the process is up and /healthz answers 200 in time; else why not."""
@@ -373,7 +378,7 @@ class Guard:
         if proc is None or proc.poll() is not None:
             return f"server process exited with status {proc.returncode if proc else None}"
         try:
-            status = self.client.get("/healthz").status_code
+            status = self.probe.get("/healthz").status_code
         except httpx.HTTPError as exc:
             return f"/healthz failed: {exc!r}"
         return None if status == 200 else f"/healthz answered {status}"
@@ -440,6 +445,7 @@ class Guard:
 
     def close(self) -> None:
         self.client.close()
+        self.probe.close()
         for server in (self.server, self.standby):
             if server is not None:
                 server.kill_quietly()
@@ -469,9 +475,14 @@ class Guard:
 
     def _reconnect(self) -> None:
         self.client.close()  # its pooled connections died with the old process
-        self.client = new_client(self.server)
+        self.client = new_client(self.server, keepalive=self.keepalive)
+        self.probe.close()
+        self.probe = new_client(self.server, keepalive=False)
 
 
-def new_client(server: Server) -> httpx.Client:
+def new_client(server: Server, *, keepalive: bool = True) -> httpx.Client:
+    """A client for ``server``. Without keep-alive every request opens its own connection,
+    so a connection the server closed after one example cannot fail the next one."""
+    limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
     # Plain HTTP only: skipping certificate loading makes a client ~0.2 s cheaper to build.
-    return httpx.Client(base_url=server.url, timeout=HANG_TIMEOUT_S, verify=False)
+    return httpx.Client(base_url=server.url, timeout=HANG_TIMEOUT_S, verify=False, limits=limits)

@@ -104,12 +104,13 @@ class Fuzz:
 def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     for server in serving(tmp, ["--long-poll-timeout-ms", str(LONG_POLL_TIMEOUT_MS)]):
-        guard = Guard(server, new_client(server))
+        guard = Guard(server, new_client(server, keepalive=False), keepalive=False)
         guard.sentinels = write_sentinels(guard.client)
         try:
             yield Fuzz(guard, Targets(guard))
         finally:
             guard.client.close()
+            guard.probe.close()
 
 
 # -- value strategies ------------------------------------------------------------------
@@ -564,7 +565,11 @@ def _read_all_responses(conn: RawConnection, plan: Plan, what: str) -> None:
                            path="raw", context=what)
         if smuggling:
             # RFC 9112 6.1: after answering a CL+TE request the server must close the connection.
-            rest = conn.read_until_eof()
+            try:
+                rest = conn.read_until_eof()
+            except Hang:
+                raise AssertionError(f"connection still open {HANG_TIMEOUT_S}s after answering a CL+TE request "
+                                     f"[{what}]") from None
             assert not rest, f"CL+TE request answered and the connection kept serving: {rest[:200]!r} [{what}]"
             return
     if plan.ending != "keep" or plan.truncate is not None or plan.trailing:
