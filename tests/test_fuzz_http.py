@@ -356,7 +356,12 @@ def _strict_json(data: bytes) -> Any:
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
-    return json.loads(data.decode("utf-8"), parse_constant=refuse)
+    def exact_int(literal: str) -> Any:
+        # The server keeps integers of any length exactly; Python refuses to
+        # convert more than 4300 digits, so very long ones compare as literals.
+        return int(literal) if len(literal) < 4300 else ("integer literal", literal)
+
+    return json.loads(data.decode("utf-8"), parse_constant=refuse, parse_int=exact_int)
 
 
 def expected_messages(body: bytes) -> list[Any] | None:
