@@ -252,3 +252,20 @@ def test_recovery_of_a_larger_log_and_healthz_while_recovering(fresh_server: Ser
 
 def _first_difference(a: bytes, b: bytes) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_a_stream_deleted_after_a_checkpoint_stays_deleted_across_a_crash(fresh_server: Server) -> None:
+    """The checkpoint lists the stream, its files are gone, the WAL deletes it:
+    recovery must replay the delete, not refuse the missing file."""
+    with httpx.Client(base_url=fresh_server.url, timeout=10) as c:
+        assert c.put(path("gone"), content=b"1234567", headers={"content-type": TEXT}).status_code == 201
+        assert c.put(path("kept"), content=b"abc", headers={"content-type": TEXT}).status_code == 201
+    assert fresh_server.restart(signal.SIGTERM) == 0  # a clean stop writes a checkpoint listing both
+    with httpx.Client(base_url=fresh_server.url, timeout=10) as c:
+        assert c.delete(path("gone")).status_code == 204
+    fresh_server.restart(signal.SIGKILL)
+    with httpx.Client(base_url=fresh_server.url, timeout=10) as c:
+        assert c.get(path("gone")).status_code == 404
+        assert c.get(path("kept")).content == b"abc"
+        assert c.put(path("gone"), content=b"new", headers={"content-type": TEXT}).status_code == 201
+        assert c.get(path("gone")).content == b"new"

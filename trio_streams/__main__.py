@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--connections-max", type=int, help="open connections before new ones get 503 (default 1000)")
     s.add_argument("--request-read-timeout-s", type=float,
                    help="drop a client that sends nothing for this long mid-request (default 30)")
-    s.add_argument("--keep-alive-timeout-s", type=float, help="close idle keep-alive connections after this (default 5)")
+    s.add_argument("--keep-alive-timeout-s", type=float, help="close idle keep-alive connections after this (default 30)")
     s.add_argument("--request-header-bytes-max", type=int, help="largest request head; larger is 431 (default 64 KiB)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")

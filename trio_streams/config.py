@@ -111,7 +111,7 @@ class Settings:
     # this long gets 408 and is closed; responses being produced are exempt.
     request_read_timeout_s: float = 30.0
     # An idle keep-alive connection (no request in progress) is closed after this.
-    keep_alive_timeout_s: float = 5.0
+    keep_alive_timeout_s: float = 30.0
     # Request line plus headers, through the blank line; larger is 431.
     request_header_bytes_max: int = 64 * 1024
 

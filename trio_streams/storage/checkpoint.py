@@ -90,13 +90,19 @@ def recover(directory: Path, store: Store, segment_bytes_max: int, ops: FileOps 
     started = time.monotonic()
     loaded = load_latest_snapshot(directory / "checkpoints")
     position, table = (0, StreamTable()) if loaded is None else (loaded[0], decode_table(loaded[1]))
-    for state in table.by_id.values():
-        store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)
+    # A stream deleted after the checkpoint has had its files removed: that is
+    # only damage if the WAL does not delete it again below.
+    short = {state.stream_id for state in table.by_id.values()
+             if not store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)}
     wal = SegmentedLog.open(directory / "wal", segment_bytes_max, ops)
     replayed = 0
     for record in wal.recover(position):
         _replay(table, store, decode_event(record.rtype, record.payload))
         replayed += 1
+    damaged = sorted(stream_id for stream_id in short if stream_id in table.by_id)
+    if damaged:
+        raise RuntimeError(f"stream files {', '.join(f'{i:x}' for i in damaged)} are shorter than "
+                           "their checkpointed length")
     table.removed.clear()  # their files are orphans now, removed just below
     store.remove_orphans_sync(set(table.by_id))
     seconds = time.monotonic() - started

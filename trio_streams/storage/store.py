@@ -114,14 +114,16 @@ class Store:
             except FileNotFoundError:
                 pass
 
-    def truncate_sync(self, stream_id: int, file_length: int, tail: int) -> None:
-        """Cuts a stream's files back to a checkpointed state (recovery)."""
+    def truncate_sync(self, stream_id: int, file_length: int, tail: int) -> bool:
+        """Cuts a stream's files back to a checkpointed state (recovery); False,
+        touching nothing, when the data file is shorter than that state."""
         fd = self._fd(stream_id, _DATA)
         if os.fstat(fd).st_size < file_length:
-            raise RuntimeError(f"stream file {stream_id:x} is shorter than its checkpointed length {file_length}")
+            return False
         self.ops.ftruncate(fd, file_length)
         entries = self._entries_sync(stream_id)
         self.ops.ftruncate(self._fd(stream_id, _INDEX), bisect.bisect_right(entries, tail) * _ENTRY.size)
+        return True
 
     def sync_dirty_sync(self) -> int:
         synced = 0
