@@ -15,6 +15,8 @@ from .protocol.urls import normalise_base_url
 from .protocol.jsonmode import DEPTH_ENCODABLE_MAX
 
 FSYNC_MODES = ("always", "interval", "never")
+# What start-up does with a damaged WAL, checkpoint or stream file (docs/storage.md, "Recovery from damage").
+WAL_RECOVERY_MODES = ("tolerate_corrupted_tail", "fence_damaged_streams", "absolute_consistency", "point_in_time")
 # Below this, ordinary browser and client requests would be refused.
 REQUEST_HEADER_BYTES_MIN = 1024
 
@@ -36,6 +38,17 @@ class Settings:
     wal_segment_bytes_max: int = 64 * 1024 * 1024
     checkpoint_wal_bytes: int = 128 * 1024 * 1024
     checkpoint_interval_s: float = 300.0
+
+    # Recovery.
+    # tolerate_corrupted_tail (default): a torn last write is cut off; any other
+    # damage refuses to start, naming the file, byte offset and log position.
+    # fence_damaged_streams: start; streams the damage touched answer 503
+    # STREAM_DAMAGED, every other stream serves. absolute_consistency: refuse
+    # even a torn tail. point_in_time: cut the log at the first damage (drops
+    # every later record: acknowledged data is lost, logged at ERROR).
+    wal_recovery_mode: str = "tolerate_corrupted_tail"
+    # Bytes checksummed at most while searching past damage for the next valid record.
+    wal_resync_checksum_bytes_max: int = 4 * 1024 * 1024 * 1024
 
     # Request limits.
     append_bytes_max: int = 64 * 1024 * 1024
@@ -103,6 +116,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
+        if self.wal_recovery_mode not in WAL_RECOVERY_MODES:
+            raise ValueError(f"wal_recovery_mode must be one of {WAL_RECOVERY_MODES}, not {self.wal_recovery_mode!r}")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
             raise ValueError("stream_prefix must start and end with '/'")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):

@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from .config import Settings
-from .storage.checkpoint import recover
+from .storage.recovery import RecoveryRefused, recover
 from .storage.log import Log
 from .protocol.state import StreamTable
 from .storage.store import Store
@@ -45,6 +45,9 @@ class Service:
         """Recovers, serves until ``stop()``, then shuts down cleanly. Never raises."""
         try:
             await self._run()
+        except RecoveryRefused as exc:  # the message is the whole story; no traceback
+            log.error("%s", exc)
+            self.failure = exc
         except Exception as exc:  # surfaced through /healthz and the CLI's exit code
             log.exception("storage service failed")
             self.failure = exc
@@ -62,7 +65,7 @@ class Service:
             open_files_max=self.settings.open_stream_files_max,
             hot_tail_bytes_max=self.settings.hot_tail_bytes_max,
         )
-        recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings.wal_segment_bytes_max)
+        recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
         try:
             async with trio.open_nursery() as log_nursery:

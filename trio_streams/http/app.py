@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import trio
 
 from ..config import Settings, settings_from_env
@@ -102,6 +103,7 @@ class App:
         registry = self.service.registry
         if registry is None or not self.service.ready.is_set() or self.service.failure is not None:
             raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
+        registry.refuse_if_damaged(path)
         handler = _WRITES.get(req.method)
         if handler is not None:
             await handler(req, path, registry, self._base, send)
@@ -150,7 +152,13 @@ class App:
         elif not self.service.ready.is_set():
             await respond(send, 503, headers, error_body("RECOVERING", "recovering the write-ahead log"), head=head)
         else:
-            await respond(send, 200, headers, b'{"status":"ok"}', head=head)
+            await respond(send, 200, headers, self._health_body(), head=head)
+
+    def _health_body(self) -> bytes:
+        fenced = self.service.registry.fenced() if self.service.registry is not None else []
+        if not fenced:
+            return b'{"status":"ok"}'
+        return orjson.dumps({"status": "degraded", "fenced": fenced})
 
     async def _metrics(self, send: Send, head: bool) -> None:
         body = render_metrics(self.service, {"stalled_writes_total": self.send_deadlines.stalled}).encode()

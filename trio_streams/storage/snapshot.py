@@ -73,11 +73,13 @@ def decode_snapshot(data: bytes, position: int) -> bytes:
     return payload
 
 
-def write_snapshot(directory: str | os.PathLike[str], position: int, payload: bytes) -> Path:
+def write_snapshot(
+    directory: str | os.PathLike[str], position: int, payload: bytes, *, prune_before: int | None = None
+) -> Path:
     """Durably replace the checkpoint with one covering the log up to position.
 
-    When this returns the new file is on disk under its final name and older
-    checkpoints are gone. A crash at any point leaves either the old or the
+    When this returns the new file is on disk under its final name and
+    checkpoints older than ``prune_before`` (default: the new one) are gone. A crash at any point leaves either the old or the
     new checkpoint valid, plus at most a temp file that loading ignores.
     """
     folder = Path(directory)
@@ -97,7 +99,7 @@ def write_snapshot(directory: str | os.PathLike[str], position: int, payload: by
         os.close(fd)
     os.replace(temp, final)
     fsync_directory(folder)
-    _prune(folder, position)
+    _prune(folder, position if prune_before is None else min(prune_before, position))
     return final
 
 
