@@ -64,6 +64,9 @@ def recover(directory: Path, store: Store, settings: Settings) -> Recovered:
     for state in start.table.by_id.values():
         if state.damaged is None:
             store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)
+    for torn in (d for d in start.damages if d.torn_tail):
+        # Indistinguishable from the end of the log losing whole records to damage: say so.
+        log.warning("cutting a torn tail (an incomplete last write, or damage at the end of the log) at %s", torn.describe())
     if gaps and not fence:  # point_in_time: say exactly what is dropped
         log.error("WAL damaged: cutting the log at log position %d, dropping every later record: %s",
                   gaps[0].position, "; ".join(d.describe() for d in gaps))
