@@ -148,7 +148,10 @@ def _run_case(seed: int, written: dict[str, Written], tmp: Path, counts: collect
     shutil.copytree(source.data, work)
     damaged_file, what = _damage(rng, work)
     context = f"seed {seed} ({scenario}, {mode}, {damaged_file}: {what})"
-    result = _recover_copy(work, work, mode)
+    try:
+        result = _recover_copy(work, work, mode)
+    except Exception as exc:
+        raise AssertionError(f"{context}: recovery failed instead of refusing or starting") from exc
     counts["cases"] += 1
     if isinstance(result, str):
         counts["refused"] += 1
@@ -204,6 +207,33 @@ def test_seeded_damage_quick(written: dict[str, Written], tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_seeded_damage_long(written: dict[str, Written], tmp_path: Path) -> None:
     _run(SLOW_CASES, written, tmp_path)
+
+
+def test_wal_shorter_than_the_checkpoint_after_sigterm_starts_exact(written: dict[str, Written], tmp_path: Path) -> None:
+    """The checkpoint written at shutdown and the stream files hold everything:
+    a truncated last segment must not keep the server (or any stream) offline."""
+    source = written["sigterm"]
+    shutil.copytree(source.data, tmp_path / "data")
+    newest = max((tmp_path / "data").glob("wal/*.wal"))
+    newest.write_bytes(newest.read_bytes()[:9])
+    result = _recover_copy(tmp_path / "data", tmp_path / "data", "tolerate_corrupted_tail")
+    assert not isinstance(result, str), result
+    _, (served, errors) = result
+    assert served == source.content
+    assert any("nothing lost" in line and newest.name in line for line in errors)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(written: dict[str, Written], tmp_path: Path) -> None:
+    source = written["kill9"]
+    shutil.copytree(source.data, tmp_path / "data")
+    checkpoints = sorted((tmp_path / "data").glob("checkpoints/*.snap"))
+    assert len(checkpoints) == 2 and len(list((tmp_path / "data").glob("wal/*.wal"))) > 1
+    checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[:-1])
+    result = _recover_copy(tmp_path / "data", tmp_path / "data", "tolerate_corrupted_tail")
+    assert not isinstance(result, str), result
+    _, (served, errors) = result
+    assert served == source.content
+    assert any(checkpoints[-1].name in line and "damaged" in line for line in errors)
 
 
 # ------------------------------------------------------------------ end to end

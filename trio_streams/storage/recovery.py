@@ -70,7 +70,9 @@ def recover(directory: Path, store: Store, settings: Settings) -> Recovered:
     if gaps and not fence:  # point_in_time: say exactly what is dropped
         log.error("WAL damaged: cutting the log at log position %d, dropping every later record: %s",
                   gaps[0].position, "; ".join(d.describe() for d in gaps))
-    for record in wal.recover(start.position, skip_damage=fence,
+    # A WAL ending before a checkpoint that holds everything is skipped over in every mode.
+    skip = fence or bool(start.gaps and not gaps)
+    for record in wal.recover(start.position, skip_damage=skip,
                               resync_checksum_bytes_max=settings.wal_resync_checksum_bytes_max):
         replayer.replay(record)
     if fence and gaps:
