@@ -269,3 +269,30 @@ def test_a_stream_deleted_after_a_checkpoint_stays_deleted_across_a_crash(fresh_
         assert c.get(path("kept")).content == b"abc"
         assert c.put(path("gone"), content=b"new", headers={"content-type": TEXT}).status_code == 201
         assert c.get(path("gone")).content == b"new"
+
+
+def test_a_deleted_stream_with_both_checkpoints_listing_it_stays_deleted_across_a_crash(tmp_path) -> None:
+    """As above, but the WAL before the older kept checkpoint is gone (small
+    segments, two checkpoints), so no fallback start avoids the missing files:
+    the WAL's delete must clear them, not make recovery refuse."""
+    server = Server(tmp_path / "data", env={"TRIO_STREAMS_WAL_SEGMENT_BYTES_MAX": "1024"})
+    server.data_dir.mkdir()
+    try:
+        server.start()
+        for round_ in range(2):  # each clean stop writes a checkpoint listing both streams
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                for name in ("gone", "kept"):
+                    if round_ == 0:
+                        assert c.put(path(name), headers={"content-type": TEXT}).status_code == 201
+                    for _ in range(8):  # several segments, so the older ones get deleted
+                        assert c.post(path(name), content=b"x" * 200, headers={"content-type": TEXT}).status_code == 204
+            assert server.restart(signal.SIGTERM) == 0
+        assert not (server.data_dir / "wal" / f"{0:020d}.wal").exists(), "the WAL from position 0 should be deleted"
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            assert c.delete(path("gone")).status_code == 204
+        server.restart(signal.SIGKILL)
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            assert c.get(path("gone")).status_code == 404
+            assert c.get(path("kept")).content == b"x" * 3200
+    finally:
+        server.kill_quietly()

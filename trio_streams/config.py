@@ -20,6 +20,8 @@ STORAGE_FAILURE_MODES = ("exit", "read-only")
 # Room in a WAL record for an append's metadata (path, content type, producer) beside its body.
 RECORD_META_BYTES_RESERVE = 1024 * 1024
 EVENT_DATA_BYTES_MAX = RECORD_PAYLOAD_BYTES_MAX - RECORD_META_BYTES_RESERVE
+# What start-up does with a damaged WAL, checkpoint or stream file (docs/storage.md, "Recovery from damage").
+WAL_RECOVERY_MODES = ("tolerate_corrupted_tail", "fence_damaged_streams", "absolute_consistency", "point_in_time")
 # Below this, ordinary browser and client requests would be refused.
 REQUEST_HEADER_BYTES_MIN = 1024
 
@@ -51,6 +53,17 @@ class Settings:
     disk_full_retry_after_s: int = 1
     # A checkpoint that failed (disk full) is tried again after this long.
     checkpoint_retry_interval_s: float = 10.0
+
+    # Recovery.
+    # tolerate_corrupted_tail (default): a torn last write is cut off; any other
+    # damage refuses to start, naming the file, byte offset and log position.
+    # fence_damaged_streams: start; streams the damage touched answer 503
+    # STREAM_DAMAGED, every other stream serves. absolute_consistency: refuse
+    # even a torn tail. point_in_time: cut the log at the first damage (drops
+    # every later record: acknowledged data is lost, logged at ERROR).
+    wal_recovery_mode: str = "tolerate_corrupted_tail"
+    # Bytes checksummed at most while searching past damage for the next valid record.
+    wal_resync_checksum_bytes_max: int = 4 * 1024 * 1024 * 1024
 
     # Request limits.
     append_bytes_max: int = 64 * 1024 * 1024
@@ -118,6 +131,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
+        if self.wal_recovery_mode not in WAL_RECOVERY_MODES:
+            raise ValueError(f"wal_recovery_mode must be one of {WAL_RECOVERY_MODES}, not {self.wal_recovery_mode!r}")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
             raise ValueError("stream_prefix must start and end with '/'")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):

@@ -25,9 +25,9 @@ from pathlib import Path
 import trio
 
 from .config import Settings
-from .storage.checkpoint import recover
 from .storage.fileops import REAL, FileOps
 from .storage.log import Log, StorageFailed
+from .storage.recovery import RecoveryRefused, recover
 from .protocol.state import StreamTable
 from .storage.store import Store
 from .streams.registry import Registry
@@ -50,9 +50,11 @@ class Service:
 
     def health(self) -> dict[str, object]:
         """/healthz detail: ``status`` (ok, degraded, recovering, failed), a reason
-        when not ok, and the ``storage`` section (state, since, last error)."""
+        when not ok, the ``storage`` section (state, since, last error) and the
+        ``fenced`` streams (damaged at recovery, refused with 503)."""
         storage = self._log.health.as_dict() if self._log is not None else {"state": "starting"}
-        detail: dict[str, object] = {"status": "ok", "storage": storage}
+        fenced = self.registry.fenced() if self.registry is not None else []
+        detail: dict[str, object] = {"status": "ok", "storage": storage, "fenced": fenced}
         if self.failure is not None:
             detail.update(status="failed", reason=str(self.failure))
         elif self._log is not None and self._log.failed is not None:
@@ -61,6 +63,8 @@ class Service:
             detail.update(status="recovering", reason="recovering the write-ahead log")
         elif storage["state"] != "ok":
             detail.update(status="degraded", reason=f"writes refused: {storage['state']}")
+        elif fenced:
+            detail.update(status="degraded", reason=f"{len(fenced)} damaged stream(s) fenced")
         return detail
 
     def stop(self) -> None:
@@ -70,6 +74,9 @@ class Service:
         """Recovers, serves until ``stop()``, then shuts down cleanly. Never raises."""
         try:
             await self._run()
+        except RecoveryRefused as exc:  # the message is the whole story; no traceback
+            log.error("%s", exc)
+            self.failure = exc
         except Exception as exc:  # surfaced through /healthz and the CLI's exit code
             log.exception("storage service failed")
             self.failure = exc
@@ -91,8 +98,7 @@ class Service:
             hot_tail_bytes_max=self.settings.hot_tail_bytes_max,
             ops=self.ops,
         )
-        recovered = await trio.to_thread.run_sync(
-            recover, directory, store, self.settings.wal_segment_bytes_max, self.ops)
+        recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings, self.ops)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
         wal_log.on_failed = self._storage_failed
         self._log = wal_log

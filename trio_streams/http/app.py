@@ -106,6 +106,7 @@ class App:
                                 (("retry-after", "1"),))
         if registry is None or not self.service.ready.is_set():
             raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
+        registry.refuse_if_damaged(path)
         handler = _WRITES.get(req.method)
         if handler is not None:
             await handler(req, path, registry, self._base, send)

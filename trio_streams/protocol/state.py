@@ -36,6 +36,9 @@ class StreamState:
     fork: ForkOrigin | None = None
     refcount: int = 0  # forks whose source is this stream
     soft_deleted: bool = False  # deleted while forks still read its data
+    # Why recovery fenced the stream off (its stored history may be incomplete
+    # or wrong); every request to it is refused while this is set.
+    damaged: str | None = None
 
     @property
     def base(self) -> int:
@@ -101,6 +104,9 @@ class StreamTable:
         self.next_stream_id = 1
         # Streams whose data may now be discarded; the owner of the files drains it.
         self.removed: list[int] = []
+        # Stream ids recovery found records of but no stream for (their Created
+        # was in a damaged part of the log): never reused, reported as fenced.
+        self.fenced_ids: dict[int, str] = {}
 
     def apply(self, event: Event) -> StreamState | None:
         """Applies one durable event; returns the stream it touched (None once deleted)."""

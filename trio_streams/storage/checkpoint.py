@@ -1,11 +1,8 @@
 """Checkpoints: the StreamTable as of one WAL position, and recovery from it.
 
-Owns: the snapshot payload (every stream's state, as JSON) and the restart
-procedure: load the newest valid snapshot, cut each stream file back to its
-checkpointed length, replay the WAL from the snapshot's position through
-the same ``StreamTable.apply`` the running server uses, drop orphan files.
-Restart time is bounded by the WAL written since the last checkpoint, not
-by the amount of data stored.
+Owns: the snapshot payload (every stream's state, as JSON) and replaying one
+WAL event into the table and its stream file through the same
+``StreamTable.apply`` the running server uses (recovery.py drives it).
 
 Never: runs in the Trio thread (everything here blocks; callers use
 ``trio.to_thread``).
@@ -14,8 +11,6 @@ Never: runs in the Trio thread (everything here blocks; callers use
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +18,11 @@ import orjson
 
 from ..protocol.headers import Expiry, Producer
 from ..protocol.state import Appended, Created, ForkOrigin, ProducerState, StreamState, StreamTable
-from .events import decode_event
 from .fileops import REAL, FileOps
-from .snapshot import load_latest_snapshot, write_snapshot
+from .snapshot import list_snapshots, write_snapshot
 from .store import Store
 from .wal import SegmentedLog
 
-log = logging.getLogger("trio_streams.recovery")
 FORMAT_VERSION = 1
 
 
@@ -38,6 +31,7 @@ def encode_table(table: StreamTable) -> bytes:
         "version": FORMAT_VERSION,
         "next_stream_id": table.next_stream_id,
         "streams": [_encode_stream(s) for s in table.by_id.values()],
+        "fenced_ids": [[k, v] for k, v in table.fenced_ids.items()],
     })
 
 
@@ -51,6 +45,7 @@ def _encode_stream(s: StreamState) -> dict[str, Any]:
         "producers": {k: [v.epoch, v.last_seq] for k, v in s.producers.items()},
         "fork": dataclasses.astuple(s.fork) if s.fork else None,
         "refcount": s.refcount, "soft_deleted": s.soft_deleted,
+        **({"damaged": s.damaged} if s.damaged is not None else {}),
     }
 
 
@@ -67,14 +62,23 @@ def decode_table(payload: bytes) -> StreamTable:
             last_seq=s["seq"],
             producers={k: ProducerState(*v) for k, v in s["producers"].items()},
             fork=ForkOrigin(*s["fork"]) if s["fork"] else None,
-            refcount=s["refcount"], soft_deleted=s["soft_deleted"],
+            refcount=s["refcount"], soft_deleted=s["soft_deleted"], damaged=s.get("damaged"),
         ))
-    table.next_stream_id = max(table.next_stream_id, doc["next_stream_id"])
+    table.fenced_ids = {k: v for k, v in doc.get("fenced_ids", [])}
+    table.next_stream_id = max(table.next_stream_id, doc["next_stream_id"], *(k + 1 for k in table.fenced_ids))
     return table
 
 
-def write(directory: Path, position: int, payload: bytes, ops: FileOps = REAL) -> None:
-    write_snapshot(directory / "checkpoints", position, payload, ops)
+def write(directory: Path, position: int, payload: bytes, ops: FileOps = REAL) -> int | None:
+    """Writes a checkpoint and keeps the one before it (if any); returns that one's position.
+
+    The previous checkpoint, and the WAL from its position on, stay so that
+    recovery can fall back to them if the new checkpoint rots on disk.
+    """
+    folder = directory / "checkpoints"
+    previous = max((p for p in list_snapshots(folder) if p < position), default=None) if folder.is_dir() else None
+    write_snapshot(folder, position, payload, ops, prune_before=previous)
+    return previous
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,32 +90,8 @@ class Recovered:
     seconds: float
 
 
-def recover(directory: Path, store: Store, segment_bytes_max: int, ops: FileOps = REAL) -> Recovered:
-    started = time.monotonic()
-    loaded = load_latest_snapshot(directory / "checkpoints")
-    position, table = (0, StreamTable()) if loaded is None else (loaded[0], decode_table(loaded[1]))
-    # A stream deleted after the checkpoint has had its files removed: that is
-    # only damage if the WAL does not delete it again below.
-    short = {state.stream_id for state in table.by_id.values()
-             if not store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)}
-    wal = SegmentedLog.open(directory / "wal", segment_bytes_max, ops)
-    replayed = 0
-    for record in wal.recover(position):
-        _replay(table, store, decode_event(record.rtype, record.payload))
-        replayed += 1
-    damaged = sorted(stream_id for stream_id in short if stream_id in table.by_id)
-    if damaged:
-        raise RuntimeError(f"stream files {', '.join(f'{i:x}' for i in damaged)} are shorter than "
-                           "their checkpointed length")
-    table.removed.clear()  # their files are orphans now, removed just below
-    store.remove_orphans_sync(set(table.by_id))
-    seconds = time.monotonic() - started
-    log.info("recovered %d streams: checkpoint at %d, %d events replayed in %.3fs",
-             len(table.by_id), position, replayed, seconds)
-    return Recovered(table, wal, position, replayed, seconds)
-
-
-def _replay(table: StreamTable, store: Store, event: Any) -> None:
+def replay_event(table: StreamTable, store: Store, event: Any) -> None:
+    """Rewrites an event's data into its stream file where the table says, then applies it (idempotent)."""
     if isinstance(event, Appended):
         state = table.by_id[event.stream_id]
         store.append_sync(event.stream_id, state.tail - state.base, event.data, state.tail + len(event.data))

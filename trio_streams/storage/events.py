@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -30,21 +30,35 @@ def encode_event(event: Event) -> tuple[int, bytes]:
     return rtype, b"".join(parts)
 
 
-def encode_event_parts(event: Event) -> tuple[int, list[bytes | memoryview]]:
-    """The record type and the payload as parts: the metadata, then the data itself, never copied."""
+def encode_event_parts(event: Event, position: int | None = None) -> tuple[int, list[bytes | memoryview]]:
+    """The record type and the payload as parts: the metadata, then the data itself, never copied.
+
+    ``position`` is the stream position an append is written at: after WAL
+    damage, recovery checks that a stream's next record continues exactly there.
+    """
     if isinstance(event, Appended):
-        return APPENDED, _parts(_append_meta(event), event.data)
+        return APPENDED, _parts(_append_meta(event, position), event.data)
     if isinstance(event, Created):
         return CREATED, _parts(_create_meta(event), event.data)
     return DELETED, _parts({"id": event.stream_id}, b"")
 
 
 def decode_event(rtype: int, payload: bytes) -> Event:
+    return decode_event_at(rtype, payload)[0]
+
+
+def decode_event_at(rtype: int, payload: bytes) -> tuple[Event, int | None]:
+    """The event and, for an append, the stream position it was written at (None in records from before it was kept)."""
     (meta_length,) = _META_LENGTH.unpack_from(payload)
     meta = orjson.loads(payload[4 : 4 + meta_length])
     data = payload[4 + meta_length :]
     if rtype == APPENDED:
-        return _decode_append(meta, data)
+        position = meta.get("pos")
+        return _decode_append(meta, data), position if isinstance(position, int) else None
+    return _decode_other(rtype, meta, data), None
+
+
+def _decode_other(rtype: int, meta: Any, data: bytes) -> Event:
     if rtype == CREATED:
         expiry = Expiry(meta.get("ttl"), meta.get("exp"), meta.get("exp_s"))
         fork = ForkOrigin(*meta["fork"]) if "fork" in meta else None
@@ -73,8 +87,10 @@ def _create_meta(event: Created) -> dict[str, object]:
     return meta
 
 
-def _append_meta(event: Appended) -> dict[str, object]:
+def _append_meta(event: Appended, position: int | None) -> dict[str, object]:
     meta: dict[str, object] = {"id": event.stream_id}
+    if position is not None:
+        meta["pos"] = position
     if event.seq is not None:
         meta["seq"] = event.seq
     if event.producer is not None:

@@ -311,26 +311,29 @@ class Log:
         parts: list[Buffer] = []
         tails: dict[int, tuple[int, int]] = {}  # stream id → (tail, base) as of this batch
         for event in events:
-            rtype, payload = encode_event_parts(event)
+            position = self._write_data_sync(event, tails)
+            rtype, payload = encode_event_parts(event, position)
             parts += encode_record_parts(rtype, payload)
-            self._write_data_sync(event, tails)
         self._wal.append_parts(parts)
         self._unsynced = True
         if self._settings.fsync == "always" or any(isinstance(e, Deleted) for e in events):
             # Files are only removed once their DELETE record is on disk.
             self._sync_wal_sync()
 
-    def _write_data_sync(self, event: Event, tails: dict[int, tuple[int, int]]) -> None:
+    def _write_data_sync(self, event: Event, tails: dict[int, tuple[int, int]]) -> int | None:
+        """Writes an event's data into its stream file; returns the stream position an append goes to."""
         if isinstance(event, Appended):
             tail, base = tails.get(event.stream_id) or _tail_and_base(self._table.by_id[event.stream_id])
             end = tail + len(event.data)
             self._store.append_sync(event.stream_id, tail - base, event.data, end)
             tails[event.stream_id] = (end, base)
-        elif isinstance(event, Created):
+            return tail
+        if isinstance(event, Created):
             base = event.fork.base if event.fork is not None else 0
             self._store.create_sync(event.stream_id)
             self._store.append_sync(event.stream_id, 0, event.data, base + len(event.data))
             tails[event.stream_id] = (base + len(event.data), base)
+        return None
 
     def _sync_wal_sync(self) -> None:
         started = time.monotonic()
@@ -391,8 +394,9 @@ class Log:
         position = self._wal.end_position
         self._sync_wal_sync()
         self._store.sync_dirty_sync()
-        checkpoint.write(self._directory, position, payload, self._store.ops)
-        self._wal.delete_before(position)
+        previous = checkpoint.write(self._directory, position, payload, self._store.ops)
+        if previous is not None:  # the WAL from the previous checkpoint on is its fallback
+            self._wal.delete_before(previous)
         self._checkpoint_position = position
         self._checkpoint_time = time.monotonic()
         self._stats["checkpoints"] += 1

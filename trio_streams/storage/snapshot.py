@@ -74,12 +74,16 @@ def decode_snapshot(data: bytes, position: int) -> bytes:
     return payload
 
 
-def write_snapshot(directory: str | os.PathLike[str], position: int, payload: bytes, ops: FileOps = REAL) -> Path:
+def write_snapshot(
+    directory: str | os.PathLike[str], position: int, payload: bytes, ops: FileOps = REAL, *,
+    prune_before: int | None = None,
+) -> Path:
     """Durably replace the checkpoint with one covering the log up to position.
 
-    When this returns the new file is on disk under its final name and older
-    checkpoints are gone. A crash at any point leaves either the old or the
-    new checkpoint valid, plus at most a temp file that loading ignores.
+    When this returns the new file is on disk under its final name and
+    checkpoints older than ``prune_before`` (default: the new one) are gone.
+    A crash at any point leaves either the old or the new checkpoint valid,
+    plus at most a temp file that loading ignores.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,7 +102,7 @@ def write_snapshot(directory: str | os.PathLike[str], position: int, payload: by
         ops.close(fd)
     ops.replace(temp, final)
     fsync_directory(folder, ops)
-    _prune(folder, position, ops)
+    _prune(folder, position if prune_before is None else min(prune_before, position), ops)
     return final
 
 

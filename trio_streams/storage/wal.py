@@ -23,7 +23,7 @@ import dataclasses
 import os
 import re
 import struct
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Final, Union
 
@@ -44,6 +44,13 @@ SEGMENT_SUFFIX: Final = ".wal"
 # the largest record, not by the segment size.
 READ_CHUNK_BYTES: Final = 1024 * 1024
 _SEGMENT_NAME: Final = re.compile(r"\A([0-9]{20})\.wal\Z")
+# Searching past damage for the next valid record checksums candidates at
+# every offset; this many payload bytes at most (hostile appended data could
+# otherwise look like a header at every offset and make the search quadratic).
+RESYNC_CHECKSUM_BYTES_MAX: Final = 4 * 1024 * 1024 * 1024
+# Offsets worth checksumming: a length whose top byte allows at most
+# RECORD_PAYLOAD_BYTES_MAX, and a non-zero type. Found by the regex engine, in C.
+_CANDIDATE: Final = re.compile(rb"(?=[\s\S]{3}[\x00-\x10][\s\S]{4}[^\x00])")
 
 # _measure() results other than a record size.
 _NEED_MORE: Final = 0
@@ -69,6 +76,31 @@ class Record:
     @property
     def end_position(self) -> int:
         return self.position + HEADER_BYTES + len(self.payload)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Damage:
+    """Bytes of the log that hold no valid record, as recovery found them."""
+
+    segment_start: int
+    # Log position of the first invalid byte (its file offset is position - segment_start).
+    position: int
+    what: str
+    # Log position of the first valid record after the damage; None when none was found.
+    resumes_at: int | None
+    # An incomplete last write: in the last segment, with no valid record after it.
+    torn_tail: bool
+    # The segment ends before the position recovery starts from (a checkpoint's).
+    before_start: bool = False
+
+    @property
+    def segment(self) -> str:
+        return segment_name(self.segment_start)
+
+    def describe(self) -> str:
+        where = f"{self.segment} byte {self.position - self.segment_start} (log position {self.position})"
+        after = "no valid record follows" if self.resumes_at is None else f"valid records resume at log position {self.resumes_at}"
+        return f"{where}: {self.what}; {after}"
 
 
 # ---------------------------------------------------------------- codec
@@ -297,6 +329,34 @@ def _delete_segments(directory: Path, starts: list[int], ops: FileOps = REAL) ->
         fsync_directory(directory, ops)
 
 
+def _read_at(path: Path, offset: int, count: int | None) -> bytes:
+    """count bytes (None: the rest of the file) from offset."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        chunks = []
+        while count > 0 and (chunk := os.pread(fd, count, offset)):
+            chunks.append(chunk)
+            offset += len(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _measure_within(view: memoryview, offset: int, budget: list[int]) -> int:
+    """_measure, charging the bytes it checksums to budget[0]."""
+    if len(view) - offset < HEADER_BYTES:
+        return _NEED_MORE
+    length = HEADER.unpack_from(view, offset)[0]
+    if length <= RECORD_PAYLOAD_BYTES_MAX and offset + HEADER_BYTES + length <= len(view):
+        budget[0] -= length
+        if budget[0] < 0:
+            return _INVALID
+    return _measure(view, offset)
+
+
 # ---------------------------------------------------------------- the log
 
 
@@ -374,13 +434,18 @@ class SegmentedLog:
 
     # -- recovery
 
-    def recover(self, from_position: int) -> Iterator[Record]:
+    def recover(
+        self, from_position: int, *, skip_damage: bool = False, resync_checksum_bytes_max: int = RESYNC_CHECKSUM_BYTES_MAX
+    ) -> Iterator[Record]:
         """Yield every valid record at position >= from_position, in order.
 
-        Stops at the first short or invalid record or at a segment whose name
-        is not where its predecessor ends; truncates there (fsync) and deletes
-        every later segment (fsync directory). Side effects happen as the
-        iterator is consumed; the log accepts appends once it is exhausted.
+        A torn tail (an incomplete last write) is truncated (fsync). Other
+        damage (see ``survey``): without ``skip_damage`` the log is cut at
+        the first damage and every later segment deleted (point-in-time
+        recovery); with it the damaged bytes are skipped, every later valid
+        record is yielded and kept, and appends continue after the last one.
+        Side effects happen as the iterator is consumed; the log accepts
+        appends once it is exhausted.
         """
         if from_position < 0:
             raise ValueError("from_position must not be negative")
@@ -388,37 +453,161 @@ class SegmentedLog:
             # After a failed fsync the page cache may hold bytes the disk
             # lacks; re-reading them here could replay records that are gone.
             raise WalError("an earlier write or fsync failed; restart the process") from self._failure
-        return self._recover(from_position)
+        return self._recover(from_position, skip_damage, [resync_checksum_bytes_max])
 
-    def _recover(self, from_position: int) -> Iterator[Record]:
+    def survey(
+        self, from_position: int, *, resync_checksum_bytes_max: int = RESYNC_CHECKSUM_BYTES_MAX,
+        on_record: Callable[[Record], object] = lambda record: None,
+    ) -> tuple[list[Damage], int]:
+        """Every damage from from_position on, in log order, and the end of the
+        last valid record (the log end recovery would find); reads only.
+        ``on_record`` sees each valid record on the way (one pass, no replay)."""
+        starts = list_segments(self._directory)
+        if not starts:
+            return [], from_position
+        walk = self._walk(starts, from_position, [resync_checksum_bytes_max])
+        damages = []
+        while True:
+            try:
+                item = next(walk)
+            except StopIteration as finished:
+                return damages, finished.value
+            if isinstance(item, Damage):
+                damages.append(item)
+            else:
+                on_record(item)
+
+    def _recover(self, from_position: int, skip_damage: bool, budget: list[int]) -> Iterator[Record]:
         self._close_fd()
         self._end = None
         starts = list_segments(self._directory)
         if not starts:
             # Every segment was deleted behind a checkpoint (or none was ever
             # written): the log continues at the checkpoint's position.
-            self._fd = _create_segment(self._directory, from_position, self._ops)
-            self._segments = [from_position]
-            self._attach_current(from_position)
+            self._start_new_segment([], from_position)
             return
-        first = self._first_segment_index(starts, from_position)
-        position = from_position
-        kept = len(starts)
-        for index in range(first, len(starts)):
-            if index > first and starts[index] != position:
-                kept = index
+        walk = self._walk(starts, from_position, budget)
+        final: Damage | None = None
+        while True:
+            try:
+                item = next(walk)
+            except StopIteration as finished:
+                end = finished.value
                 break
-            position, file_end = yield from self._replay_segment(starts[index], position)
-            if position < file_end:
-                _truncate_segment(self._directory, starts[index], position - starts[index], self._ops)
-                kept = index + 1
-                break
+            if isinstance(item, Record):
+                yield item
+                continue
+            if not skip_damage and not item.torn_tail:
+                if item.before_start:
+                    raise WalError(f"records the checkpoint relies on are missing: {item.describe()}")
+                walk.close()
+                self._cut_at(starts, item.segment_start, item.position)
+                return
+            final = item if item.resumes_at is None else None
+        self._finish(starts, end, final, from_position)
+
+    def _cut_at(self, starts: list[int], segment_start: int, position: int) -> None:
+        """Point-in-time end: truncate at position, delete every later segment."""
+        kept = starts.index(segment_start) + 1
+        _truncate_segment(self._directory, segment_start, position - segment_start, self._ops)
         # Truncate before deleting: a crash in between leaves a successor
         # whose name no longer matches, which the next recovery deletes.
         _delete_segments(self._directory, starts[kept:], self._ops)
         self._segments = starts[:kept]
         self._fd = self._ops.open(self._directory / segment_name(self._segments[-1]), os.O_WRONLY | os.O_APPEND)
         self._attach_current(position)
+
+    def _finish(self, starts: list[int], end: int, final: Damage | None, from_position: int) -> None:
+        if final is not None and final.torn_tail:
+            self._cut_at(starts, final.segment_start, final.position)
+        elif final is not None:
+            # Unreadable bytes (or missing ones) end the log: keep them as
+            # evidence and continue in a fresh segment after them.
+            last = starts[-1]
+            after = max(last + (self._directory / segment_name(last)).stat().st_size, from_position)
+            self._start_new_segment(starts, after)
+        else:
+            self._segments = starts
+            self._fd = self._ops.open(self._directory / segment_name(starts[-1]), os.O_WRONLY | os.O_APPEND)
+            self._attach_current(end)
+
+    def _start_new_segment(self, starts: list[int], position: int) -> None:
+        self._fd = _create_segment(self._directory, position, self._ops)
+        self._segments = [*starts, position]
+        self._attach_current(position)
+
+    def _walk(self, starts: list[int], from_position: int, budget: list[int]) -> Generator[Record | Damage, None, int]:
+        """Records and damages from from_position on, in log order (reads only);
+        returns the end of the last valid record."""
+        index = self._first_segment_index(starts, from_position)
+        position = from_position
+        while True:
+            start = starts[index]
+            file_end = start + (self._directory / segment_name(start)).stat().st_size
+            if position > file_end:
+                damage = self._damage(starts, index, file_end, file_end, budget, floor=position,
+                                      what=f"the segment ends before log position {position}, which recovery starts from")
+            else:
+                stop, file_end = yield from self._replay_segment(start, position)
+                last = index == len(starts) - 1
+                if stop == file_end and (last or starts[index + 1] == stop):
+                    if last:
+                        return stop
+                    index, position = index + 1, stop
+                    continue
+                damage = self._damage(starts, index, stop, file_end, budget, floor=stop, what=self._why_invalid(starts, index, stop, file_end))
+            yield damage
+            if damage.resumes_at is None:
+                return damage.position
+            position = damage.resumes_at
+            index = bisect.bisect_right(starts, position) - 1
+
+    def _damage(self, starts: list[int], index: int, stop: int, file_end: int, budget: list[int], *, floor: int, what: str) -> Damage:
+        resumes_at = None
+        if stop < file_end:
+            resumes_at = self._search(starts[index], stop + 1, budget)
+        for later in starts[index + 1 :]:
+            if resumes_at is not None:
+                break
+            if later >= floor:  # a successor overlapping read positions is not trusted
+                resumes_at = self._search(later, later, budget)
+        if resumes_at is None and budget[0] < 0:
+            what += "; the search for later valid records gave up (wal_resync_checksum_bytes_max)"
+        torn = resumes_at is None and index == len(starts) - 1 and budget[0] >= 0 and floor == stop
+        return Damage(starts[index], stop, what, resumes_at, torn, before_start=floor > stop)
+
+    def _why_invalid(self, starts: list[int], index: int, stop: int, file_end: int) -> str:
+        if stop == file_end:
+            return f"the segment ends here but the next segment starts at log position {starts[index + 1]}"
+        header = _read_at(self._directory / segment_name(starts[index]), stop - starts[index], HEADER_BYTES)
+        if len(header) < HEADER_BYTES:
+            return f"an incomplete record header of {len(header)} bytes"
+        length, _, rtype = HEADER.unpack(header)
+        if rtype == 0:
+            return "a record of type 0 (zeroed or never-written bytes)"
+        if length > RECORD_PAYLOAD_BYTES_MAX:
+            return f"a record length of {length} bytes, over the maximum"
+        if stop + HEADER_BYTES + length > file_end:
+            return f"a record of {length} bytes that runs past the end of the segment"
+        return "a record that fails its checksum"
+
+    def _search(self, start: int, from_position: int, budget: list[int]) -> int | None:
+        """Position of the first valid record at or after from_position in one
+        segment that is followed by another valid record or the segment's end
+        (so a lucky checksum match in random bytes is not taken for a record)."""
+        data = _read_at(self._directory / segment_name(start), from_position - start, None)
+        with memoryview(data) as view:
+            for match in _CANDIDATE.finditer(data):
+                offset = match.start()
+                size = _measure_within(view, offset, budget)
+                if size <= 0:
+                    if budget[0] < 0:
+                        return None
+                    continue
+                after = offset + size
+                if after == len(view) or _measure_within(view, after, budget) > 0:
+                    return from_position + offset
+        return None
 
     def _first_segment_index(self, starts: list[int], from_position: int) -> int:
         index = bisect.bisect_right(starts, from_position) - 1

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 
+def damaged_error(state: StreamState) -> ProtocolError:
+    return ProtocolError(503, "STREAM_DAMAGED", f"stream data was damaged on disk and is fenced off: {state.damaged}")
+
+
 async def resolve_fork(registry: Registry, spec: ForkSpec, now: float) -> ResolvedFork:
     source = registry.table.by_path.get(spec.source)
     expired = source is not None and registry.is_expired(source, now)
@@ -32,6 +36,8 @@ async def resolve_fork(registry: Registry, spec: ForkSpec, now: float) -> Resolv
         raise ProtocolError(404, "NOT_FOUND", "the Stream-Forked-From source stream does not exist")
     if source.soft_deleted or expired:  # expiry soft-deletes a source that has forks
         raise conflict("the source stream has been deleted", "CONFLICT_SOFT_DELETED")
+    if source.damaged is not None:
+        raise damaged_error(source)
     anchor = _anchor(spec, source)
     if source.json_mode and 0 < anchor < source.tail:
         before = await registry.store.read(registry.table, source, anchor - 1, anchor)

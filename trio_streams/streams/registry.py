@@ -26,6 +26,7 @@ from ..protocol.state import Deleted, Event, StreamState, StreamTable
 from ..storage.log import Log
 from ..storage.store import Store
 from .actor import Command, DeleteRequest, StreamActor, _after_delete
+from .forks import damaged_error
 from .framing import JsonFraming
 
 EXPIRY_SWEEP_S = 10.0
@@ -126,6 +127,20 @@ class Registry:
         if state.soft_deleted:
             raise ProtocolError(410, "GONE", "stream has been deleted")
         return state
+
+    def refuse_if_damaged(self, path: str) -> None:
+        """Every request to a stream recovery fenced off is refused, reads and writes alike."""
+        state = self.table.by_path.get(path)
+        if state is not None and state.damaged is not None:
+            raise damaged_error(state)
+
+    def fenced(self) -> list[dict[str, object]]:
+        """The streams recovery fenced off, for /healthz."""
+        fenced: list[dict[str, object]] = [
+            {"path": s.path, "id": s.stream_id, "reason": s.damaged} for s in self.table.by_id.values() if s.damaged is not None
+        ]
+        fenced += [{"path": None, "id": i, "reason": why} for i, why in self.table.fenced_ids.items()]
+        return fenced
 
     def touch(self, state: StreamState) -> None:
         """A read or write resets the sliding TTL (HEAD does not call this)."""

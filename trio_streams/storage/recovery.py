@@ -1,0 +1,357 @@
+"""Start-up recovery from a data directory that may be damaged.
+
+Owns: choosing where to start (the newest checkpoint whose WAL and stream
+files hold everything, else an older one with full replay from it), the
+recovery modes (``Settings.wal_recovery_mode``: refuse, fence, cut), and
+working out which streams a damage touched, so that in the fence mode only
+those are fenced off and every other stream serves.
+
+Never: runs in the Trio thread, or changes a file before the decision to
+start has been made (a refusal leaves the directory exactly as it found it,
+for the operator to inspect or restore).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import os
+import struct
+import time
+from functools import partial
+from pathlib import Path
+
+from ..config import Settings
+from ..protocol.state import Appended, Created, Deleted, StreamTable
+from .checkpoint import Recovered, decode_table, replay_event
+from .events import DELETED, decode_event, decode_event_at
+from .fileops import REAL, FileOps
+from .snapshot import SnapshotCorrupt, decode_snapshot, list_snapshots, snapshot_name
+from .store import Store
+from .wal import Damage, Record, SegmentedLog, WalError, list_segments
+
+log = logging.getLogger("trio_streams.recovery")
+_INDEX_ENTRY = struct.Struct("<Q")
+
+
+class RecoveryRefused(Exception):
+    """Starting would lose or misrepresent acknowledged data; the message says where and why."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Start:
+    position: int
+    table: StreamTable
+    damages: list[Damage]
+    # Streams whose data file is shorter than the checkpoint says: id → why.
+    short: dict[int, str]
+
+    @property
+    def gaps(self) -> list[Damage]:
+        return [d for d in self.damages if not d.torn_tail]
+
+
+def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = REAL) -> Recovered:
+    started = time.monotonic()
+    wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
+    start = _choose_start(directory, wal, store, settings.wal_resync_checksum_bytes_max)
+    gaps = _real_gaps(start, store)
+    _refuse_unless_allowed(settings.wal_recovery_mode, start, gaps)
+    fence = settings.wal_recovery_mode == "fence_damaged_streams"
+    evidence = _evidence(store) if gaps else {}  # read before any file changes
+    replayer = _Replayer(start.table, store, [d.position for d in gaps] if fence else [])
+    for stream_id, why in start.short.items():
+        start.table.by_id[stream_id].damaged = why
+    for state in start.table.by_id.values():
+        if state.damaged is None:
+            store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)
+    for torn in (d for d in start.damages if d.torn_tail):
+        # Indistinguishable from the end of the log losing whole records to damage: say so.
+        log.warning("cutting a torn tail (an incomplete last write, or damage at the end of the log) at %s", torn.describe())
+    if gaps and not fence:  # point_in_time: say exactly what is dropped
+        log.error("WAL damaged: cutting the log at log position %d, dropping every later record: %s",
+                  gaps[0].position, "; ".join(d.describe() for d in gaps))
+    # A WAL ending before a checkpoint that holds everything is skipped over in every mode.
+    skip = fence or bool(start.gaps and not gaps)
+    for record in wal.recover(start.position, skip_damage=skip,
+                              resync_checksum_bytes_max=settings.wal_resync_checksum_bytes_max):
+        replayer.replay(record)
+    if fence and gaps:
+        replayer.fence_unverified(evidence)
+    _fence_forks_of_damaged(start.table)
+    start.table.removed.clear()  # their files are orphans now, removed just below
+    store.remove_orphans_sync(set(start.table.by_id) | set(start.table.fenced_ids))
+    _report(start.table)
+    seconds = time.monotonic() - started
+    log.info("recovered %d streams: checkpoint at %d, %d events replayed in %.3fs",
+             len(start.table.by_id), start.position, replayer.replayed, seconds)
+    return Recovered(start.table, wal, start.position, replayer.replayed, seconds)
+
+
+# ---------------------------------------------------------------- choosing a start
+
+
+def _choose_start(directory: Path, wal: SegmentedLog, store: Store, budget: int) -> _Start:
+    """The newest checkpoint (or none: full replay) from which the WAL and the
+    stream files rebuild everything; else the newest one that can start at all."""
+    folder = directory / "checkpoints"
+    positions = list_snapshots(folder) if folder.is_dir() else []
+    # Every checkpoint ever written covered the log up to its name: recovery
+    # must reach at least the newest name, valid or not.
+    required_end = positions[-1] if positions else 0
+    has_segments = bool(list_segments(wal.directory))
+    reasons: list[str] = []
+    fallback: _Start | None = None
+    for position in [*reversed(positions), None]:
+        candidate = _candidate(folder, wal, store, position, budget, required_end, has_segments, reasons)
+        if candidate is None:
+            continue
+        if not candidate.gaps and not candidate.short:
+            if reasons:
+                log.error("recovering from %s instead: %s", _start_name(position), "; ".join(reasons))
+            return candidate
+        fallback = fallback or candidate
+    if fallback is None:
+        raise RecoveryRefused("no checkpoint and WAL together hold the acknowledged history: " + "; ".join(reasons))
+    return fallback
+
+
+def _start_name(position: int | None) -> str:
+    return "an empty table with full WAL replay" if position is None else f"checkpoint {snapshot_name(position)}"
+
+
+def _candidate(folder: Path, wal: SegmentedLog, store: Store, position: int | None, budget: int,
+               required_end: int, has_segments: bool, reasons: list[str]) -> _Start | None:
+    table = StreamTable()
+    if position is not None:
+        try:
+            table = decode_table(decode_snapshot((folder / snapshot_name(position)).read_bytes(), position))
+        except (OSError, SnapshotCorrupt, ValueError, KeyError, TypeError) as exc:
+            reasons.append(f"checkpoint {snapshot_name(position)} is damaged ({exc})")
+            return None
+    start = position or 0
+    if not has_segments:
+        if start < required_end:
+            reasons.append(f"{_start_name(position)} needs WAL records from log position {start}, and there is no WAL")
+            return None
+        if position is None and _stream_files_exist(store):
+            reasons.append("stream files exist but there is neither a checkpoint nor a WAL to describe them")
+            return None
+        return _Start(start, table, [], _short_files(store, table, set()))
+    deleted: set[int] = set()
+    try:
+        damages, end = wal.survey(start, resync_checksum_bytes_max=budget, on_record=partial(_note_deleted, deleted))
+    except WalError as exc:
+        reasons.append(f"{_start_name(position)} cannot be used: {exc}")
+        return None
+    if end < required_end and not any(d.before_start for d in damages):
+        reasons.append(f"{_start_name(position)}: the WAL ends at log position {end}, "
+                       f"before the newest checkpoint's {required_end}")
+        return None
+    return _Start(start, table, damages, _short_files(store, table, deleted))
+
+
+def _note_deleted(deleted: set[int], record: Record) -> None:
+    if record.rtype == DELETED:
+        deleted.add(decode_event(record.rtype, record.payload).stream_id)
+
+
+def _short_files(store: Store, table: StreamTable, deleted: set[int]) -> dict[int, str]:
+    """Streams whose data file is shorter than the checkpoint says. A stream the
+    WAL deletes later is not among them: its files went with that delete."""
+    short = {}
+    for state in table.by_id.values():
+        if state.stream_id in deleted:
+            continue
+        length = state.tail - state.base
+        try:
+            size = store.path(state.stream_id).stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if size < length:
+            have = "is missing" if size < 0 else f"has {size} bytes"
+            short[state.stream_id] = (f"its data file {store.path(state.stream_id).name} {have}; the checkpoint "
+                                      f"needs {length} (stream positions {state.base + max(size, 0)}..{state.tail} are lost)")
+    return short
+
+
+def _stream_files_exist(store: Store) -> bool:
+    with os.scandir(store.directory) as entries:
+        return any(entry.name.endswith(".dat") for entry in entries)
+
+
+# ---------------------------------------------------------------- modes
+
+
+def _real_gaps(start: _Start, store: Store) -> list[Damage]:
+    """The gaps that may hide acknowledged records.
+
+    A WAL that ends before the checkpoint it is read from, with nothing after,
+    lost only records the checkpoint already holds — unless a stream file
+    shows writes past its checkpointed tail (records after the checkpoint).
+    """
+    gaps = start.gaps
+    benign = [d for d in gaps if d.before_start and d.resumes_at is None]
+    if benign and len(benign) == len(gaps) and not _written_past(store, start.table):
+        log.error("WAL damaged but nothing lost: %s; the checkpoint at log position %d holds every record "
+                  "before it and no stream file shows a later write, so the log continues at %d",
+                  benign[0].describe(), start.position, start.position)
+        return []
+    return gaps
+
+
+def _written_past(store: Store, table: StreamTable) -> bool:
+    evidence = _evidence(store)
+    return any(_unverified_reason(state.tail, state.base, evidence.get(state.stream_id)) for state in table.by_id.values()) \
+        or any(stream_id not in table.by_id for stream_id in evidence)
+
+
+def _refuse_unless_allowed(mode: str, start: _Start, gaps: list[Damage]) -> None:
+    problems = [d.describe() for d in gaps]
+    problems += [f"stream {start.table.by_id[i].path!r} (id {i}): {why}" for i, why in start.short.items()]
+    if mode == "absolute_consistency":
+        problems += [f"torn tail at {d.describe()}" for d in start.damages if d.torn_tail]
+    refuse = mode in ("tolerate_corrupted_tail", "absolute_consistency") or (mode == "point_in_time" and start.short)
+    if problems and refuse:
+        raise RecoveryRefused(
+            f"refusing to start (wal_recovery_mode={mode}): acknowledged data would be lost or served wrong. "
+            + " | ".join(problems)
+            + ". Restore the files from a backup, or start with wal_recovery_mode=fence_damaged_streams "
+            "to serve every undamaged stream"
+        )
+
+
+# ---------------------------------------------------------------- replay with gaps
+
+
+class _Replayer:
+    """Replays records; after a gap, checks that each stream continues exactly
+    where its recovered history ends, and fences it off where it does not."""
+
+    def __init__(self, table: StreamTable, store: Store, gaps: list[int]) -> None:
+        self._table = table
+        self._store = store
+        self._gaps = gaps
+        # Stream id → how many gaps lay before its last verified record.
+        self._checked: dict[int, int] = {}
+        self._seen_deleted: set[int] = set()
+        self.replayed = 0
+
+    def replay(self, record: Record) -> None:
+        event, at = decode_event_at(record.rtype, record.payload)
+        gap = bisect.bisect_left(self._gaps, record.position)
+        self.replayed += 1
+        if isinstance(event, Created):
+            self._created(event, gap)
+        elif event.stream_id not in self._table.by_id:
+            self._unknown(event, record.position)
+        elif isinstance(event, Appended):
+            self._appended(event, at, gap)
+        else:
+            self._seen_deleted.add(event.stream_id)
+            self._table.apply(event)
+
+    def _created(self, event: Created, gap: int) -> None:
+        old = self._table.by_path.get(event.path)
+        if old is not None:  # a create at a taken path: the old stream's Deleted was in a gap
+            self._seen_deleted.add(old.stream_id)
+            self._table.apply(Deleted(old.stream_id))
+        if event.path in self._table.by_path or (event.fork is not None and event.fork.source_id not in self._table.by_id):
+            self._table.fenced_ids[event.stream_id] = "created on a stream whose history was lost in WAL damage"
+            self._table.next_stream_id = max(self._table.next_stream_id, event.stream_id + 1)
+            return
+        replay_event(self._table, self._store, event)
+        self._checked[event.stream_id] = gap
+
+    def _unknown(self, event: Appended | Deleted, position: int) -> None:
+        self._table.next_stream_id = max(self._table.next_stream_id, event.stream_id + 1)
+        if isinstance(event, Appended) and event.stream_id not in self._seen_deleted:
+            self._table.fenced_ids.setdefault(
+                event.stream_id, f"its record at log position {position} follows WAL damage that held its creation")
+
+    def _appended(self, event: Appended, at: int | None, gap: int) -> None:
+        state = self._table.by_id[event.stream_id]
+        if state.damaged is not None:
+            return
+        if gap > self._checked.get(event.stream_id, 0):
+            self._checked[event.stream_id] = gap
+            if at != state.tail:
+                where = "an unknown stream position" if at is None else f"stream position {at}"
+                state.damaged = (f"its first record after the WAL damage at log position {self._gaps[gap - 1]} "
+                                 f"was written at {where}, but its recovered history ends at {state.tail}")
+                return
+        replay_event(self._table, self._store, event)
+
+    def fence_unverified(self, evidence: dict[int, tuple[int, int] | None]) -> None:
+        """Streams with no record after the last gap: fenced unless their files
+        show that nothing was written to them beyond what was recovered."""
+        for state in self._table.by_id.values():
+            if state.damaged is None and self._checked.get(state.stream_id, 0) < len(self._gaps):
+                why = _unverified_reason(state.tail, state.base, evidence.get(state.stream_id, None))
+                if why:
+                    state.damaged = f"{why}, and WAL damage at log position {self._gaps[-1]} may hold its later records"
+        for stream_id in evidence:
+            known = stream_id in self._table.by_id or stream_id in self._seen_deleted or stream_id in self._table.fenced_ids
+            if not known:
+                self._table.fenced_ids[stream_id] = "its files exist but its creation was in damaged WAL"
+                self._table.next_stream_id = max(self._table.next_stream_id, stream_id + 1)
+
+
+def _unverified_reason(tail: int, base: int, files: tuple[int, int] | None) -> str:
+    if files is None:
+        return "its data file is missing"
+    size, last_boundary = files
+    if size > tail - base or last_boundary > tail:
+        return f"its files hold writes up to stream position {max(base + size, last_boundary)}, past its recovered tail {tail}"
+    return ""
+
+
+def _evidence(store: Store) -> dict[int, tuple[int, int] | None]:
+    """Per stream file: data bytes and last append boundary, as the crash left them."""
+    found: dict[int, tuple[int, int] | None] = {}
+    with os.scandir(store.directory) as entries:
+        for entry in entries:
+            name, _, kind = entry.name.partition(".")
+            if kind != "dat":
+                continue
+            try:
+                stream_id = int(name, 16)
+            except ValueError:
+                continue
+            found[stream_id] = (entry.stat().st_size, _last_boundary(store.path(stream_id, ".idx")))
+    return found
+
+
+def _last_boundary(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            usable = size - size % _INDEX_ENTRY.size
+            if usable == 0:
+                return 0
+            f.seek(usable - _INDEX_ENTRY.size)
+            return _INDEX_ENTRY.unpack(f.read(_INDEX_ENTRY.size))[0]
+    except FileNotFoundError:
+        return 0
+
+
+# ---------------------------------------------------------------- after replay
+
+
+def _fence_forks_of_damaged(table: StreamTable) -> None:
+    """A fork reads its source below its base: a damaged source damages its forks."""
+    for state in table.by_id.values():
+        source = state
+        while source.fork is not None and state.damaged is None:
+            source = table.by_id[source.fork.source_id]
+            if source.damaged is not None:
+                state.damaged = f"it is a fork of {source.path!r}, which is damaged"
+
+
+def _report(table: StreamTable) -> None:
+    for state in table.by_id.values():
+        if state.damaged is not None:
+            log.error("stream %r (id %d) is fenced off: %s", state.path, state.stream_id, state.damaged)
+    for stream_id, why in table.fenced_ids.items():
+        log.error("stream id %d (path unknown) is fenced off: %s", stream_id, why)
