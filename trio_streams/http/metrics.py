@@ -21,6 +21,8 @@ def render_metrics(service: Service, http: dict[str, int]) -> str:
     if registry is not None:
         for name, value in registry.statistics().items():
             lines.append(f"trio_streams_{name} {value}")
+        for name, value in registry.store.statistics().items():
+            lines.append(f"trio_streams_{name} {value}")
         for name, value in dataclasses.asdict(registry.log.statistics()).items():
             lines.append(f"trio_streams_log_{name} {float(value)}")
     for name, value in hypercorn_guard.statistics().items():
