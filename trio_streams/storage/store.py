@@ -146,7 +146,8 @@ class Store:
         # The checksum of the bytes before this append is lost: the block must
         # never verify, or damage in it would be blessed by the new crc.
         start = start_position - file_position % BLOCK_BYTES
-        self.report(DataCorrupt(stream_id, start, start_position, "index entry of the partial block is missing or damaged"))
+        self.report(DataCorrupt(stream_id, start, start_position, "index entry of the partial block is missing or damaged"),
+                    read=False)
         return ~self._file_crc_sync(stream_id, blocksums.block_start(file_position), file_position) & 0xFFFFFFFF
 
     def _last_entry_sync(self, stream_id: int) -> IndexEntry | None:
@@ -232,9 +233,12 @@ class Store:
 
     # -- damage ------------------------------------------------------------
 
-    def report(self, damage: DataCorrupt, path: str | None = None) -> None:
-        """Logs a damaged range at ERROR (once per range) and counts it (any thread)."""
-        self._counts["data_corrupt_reads_total"] += 1
+    def report(self, damage: DataCorrupt, path: str | None = None, *, read: bool = True) -> None:
+        """Logs a damaged range at ERROR (once per range) and counts it (any thread).
+
+        ``read``: a read was refused over it (else the writer found it).
+        """
+        self._counts["data_corrupt_reads_total"] += read
         key = (damage.stream_id, damage.start, damage.end)
         if key in self._reported:
             return
