@@ -1,6 +1,7 @@
 # trio_streams — operate and test the server with ordinary tools.
 #   make run    serve on 127.0.0.1:4437 with ./data
 #   make test   unit + integration + one crash run + the official conformance suite
+#   make verify DATA=dir   check a data directory against its checksums (read-only; may run beside the server)
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ PORT ?= 4437
 DATA ?= ./data
 CONFORMANCE_DIR := tests/conformance
 
-.PHONY: install run test test-all unit conformance conformance-node node-deps bench crash lock clean
+.PHONY: install run test test-all unit conformance conformance-node node-deps bench crash verify lock clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +33,9 @@ $(CONFORMANCE_DIR)/node_modules/.installed: $(CONFORMANCE_DIR)/package-lock.json
 
 run: install
 	$(VENV)/bin/trio-streams serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
+
+verify: install
+	$(VENV)/bin/trio-streams verify $(DATA)
 
 unit: install
 	$(PY) -m pytest -q

@@ -128,6 +128,12 @@ class Settings:
     # Request line plus headers, through the blank line; larger is 431.
     request_header_bytes_max: int = 64 * 1024
 
+    # Data integrity.
+    # Damaged ranges of stream data remembered so that each is logged once, not
+    # on every retried read (reads of them are counted either way); past this
+    # many distinct ranges the memory starts over.
+    data_corrupt_ranges_logged_max: int = 10_000
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")

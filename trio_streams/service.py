@@ -97,6 +97,7 @@ class Service:
             open_files_max=self.settings.open_stream_files_max,
             hot_tail_bytes_max=self.settings.hot_tail_bytes_max,
             ops=self.ops,
+            corrupt_ranges_logged_max=self.settings.data_corrupt_ranges_logged_max,
         )
         recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings, self.ops)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)

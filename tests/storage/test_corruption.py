@@ -102,7 +102,7 @@ def _recover_copy(source: Path, target: Path, mode: str):  # type: ignore[no-unt
         shutil.copytree(source, target)
     handler = _Errors()
     logging.getLogger("trio_streams").addHandler(handler)
-    store = Store(target / "streams", open_files_max=64, hot_tail_bytes_max=0)
+    store = Store(target / "streams", open_files_max=64, hot_tail_bytes_max=0, corrupt_ranges_logged_max=100)
     try:
         recovered = recover(target, store, Settings(data_dir=str(target), wal_segment_bytes_max=2048, wal_recovery_mode=mode))
     except RecoveryRefused as exc:

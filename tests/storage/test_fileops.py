@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from trio_streams.storage.blocksums import BLOCK_BYTES
 from trio_streams.storage.fileops import REAL, Fault, FaultyFileOps, SyncFailed, is_disk_full
 from trio_streams.storage.snapshot import write_snapshot
 from trio_streams.storage.store import Store
@@ -66,7 +67,7 @@ def test_the_storage_modules_call_through_the_seam(tmp_path: Path) -> None:
         list(log.recover(0))
         log.append(encode_record(1, b"payload"))
         log.sync()
-    store = Store(tmp_path / "streams", open_files_max=4, hot_tail_bytes_max=0, ops=ops)
+    store = Store(tmp_path / "streams", open_files_max=4, hot_tail_bytes_max=0, corrupt_ranges_logged_max=100, ops=ops)
     store.create_sync(1)
     store.append_sync(1, 0, b"data", 4)
     store.sync_dirty_sync()
@@ -79,3 +80,24 @@ def test_the_storage_modules_call_through_the_seam(tmp_path: Path) -> None:
 
 def test_production_calls_are_the_os_functions() -> None:
     assert REAL.pwrite is os.pwrite and REAL.writev is os.writev and REAL.replace is os.replace
+
+
+def test_checksum_files_are_written_and_cut_through_the_seam(tmp_path: Path) -> None:
+    """The .sum file (a full block's crc) and the index are written, and cut back
+    by recovery, through ``ops``, so faults reach them too; a short data file is
+    reported (False) and left alone."""
+    ops = FaultyFileOps()
+    store = Store(tmp_path / "streams", open_files_max=8, hot_tail_bytes_max=0, corrupt_ranges_logged_max=100, ops=ops)
+    store.create_sync(1)
+    block = b"x" * BLOCK_BYTES  # fills a block: its crc goes to .sum
+    store.append_sync(1, 0, block, len(block))
+    store.append_sync(1, len(block), b"tail", len(block) + 4)
+    assert ("pwrite", str(store.path(1, ".sum"))) in ops.calls
+    assert ("write", str(store.path(1, ".idx"))) in ops.calls
+    assert store.truncate_sync(1, len(block), len(block))
+    truncated = {path for operation, path in ops.calls if operation == "ftruncate"}
+    assert {str(store.path(1, kind)) for kind in (".dat", ".idx", ".sum")} <= truncated
+    ops.calls.clear()
+    assert not store.truncate_sync(1, len(block) + 100, len(block) + 100)
+    assert not any(operation == "ftruncate" for operation, _ in ops.calls)
+    store.close_sync()

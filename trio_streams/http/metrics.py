@@ -22,6 +22,8 @@ def render_metrics(service: Service, http: dict[str, int]) -> str:
     if registry is not None:
         for name, value in registry.statistics().items():
             lines.append(f"trio_streams_{name} {value}")
+        for name, value in registry.store.statistics().items():
+            lines.append(f"trio_streams_{name} {value}")
         for name, value in dataclasses.asdict(registry.log.statistics()).items():
             lines.append(f"trio_streams_log_{name} {float(value)}")
     lines += _storage_lines(service.health())

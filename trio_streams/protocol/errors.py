@@ -45,3 +45,8 @@ def conflict(message: str, code: str = "CONFLICT", headers: Sequence[tuple[str, 
 def internal() -> ProtocolError:
     """A failure of the server itself; the details go to the log, never to the client."""
     return ProtocolError(500, "INTERNAL", "internal server error")
+
+
+def data_corrupt() -> ProtocolError:
+    """Stored bytes failed their checksum: never served; the range goes to the log."""
+    return ProtocolError(500, "DATA_CORRUPT", "stored data for this range failed its checksum")

@@ -17,13 +17,13 @@ import bisect
 import dataclasses
 import logging
 import os
-import struct
 import time
 from functools import partial
 from pathlib import Path
 
 from ..config import Settings
 from ..protocol.state import Appended, Created, Deleted, StreamTable
+from .blocksums import DataCorrupt, last_entry
 from .checkpoint import Recovered, decode_table, replay_event
 from .events import DELETED, decode_event, decode_event_at
 from .fileops import REAL, FileOps
@@ -32,7 +32,6 @@ from .store import Store
 from .wal import Damage, Record, SegmentedLog, WalError, list_segments
 
 log = logging.getLogger("trio_streams.recovery")
-_INDEX_ENTRY = struct.Struct("<Q")
 
 
 class RecoveryRefused(Exception):
@@ -283,7 +282,7 @@ class _Replayer:
                 return
         replay_event(self._table, self._store, event)
 
-    def fence_unverified(self, evidence: dict[int, tuple[int, int] | None]) -> None:
+    def fence_unverified(self, evidence: dict[int, tuple[int, int | None] | None]) -> None:
         """Streams with no record after the last gap: fenced unless their files
         show that nothing was written to them beyond what was recovered."""
         for state in self._table.by_id.values():
@@ -298,18 +297,20 @@ class _Replayer:
                 self._table.next_stream_id = max(self._table.next_stream_id, stream_id + 1)
 
 
-def _unverified_reason(tail: int, base: int, files: tuple[int, int] | None) -> str:
+def _unverified_reason(tail: int, base: int, files: tuple[int, int | None] | None) -> str:
     if files is None:
         return "its data file is missing"
     size, last_boundary = files
+    if last_boundary is None:
+        return "the last entry of its index is damaged, so where its writes end is unknown"
     if size > tail - base or last_boundary > tail:
         return f"its files hold writes up to stream position {max(base + size, last_boundary)}, past its recovered tail {tail}"
     return ""
 
 
-def _evidence(store: Store) -> dict[int, tuple[int, int] | None]:
+def _evidence(store: Store) -> dict[int, tuple[int, int | None] | None]:
     """Per stream file: data bytes and last append boundary, as the crash left them."""
-    found: dict[int, tuple[int, int] | None] = {}
+    found: dict[int, tuple[int, int | None] | None] = {}
     with os.scandir(store.directory) as entries:
         for entry in entries:
             name, _, kind = entry.name.partition(".")
@@ -319,21 +320,17 @@ def _evidence(store: Store) -> dict[int, tuple[int, int] | None]:
                 stream_id = int(name, 16)
             except ValueError:
                 continue
-            found[stream_id] = (entry.stat().st_size, _last_boundary(store.path(stream_id, ".idx")))
+            found[stream_id] = (entry.stat().st_size, _last_boundary(store, stream_id))
     return found
 
 
-def _last_boundary(path: Path) -> int:
+def _last_boundary(store: Store, stream_id: int) -> int | None:
+    """The end of the last append in a stream's index (0: none); None when that entry is damaged."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            usable = size - size % _INDEX_ENTRY.size
-            if usable == 0:
-                return 0
-            f.seek(usable - _INDEX_ENTRY.size)
-            return _INDEX_ENTRY.unpack(f.read(_INDEX_ENTRY.size))[0]
-    except FileNotFoundError:
-        return 0
+        entry = last_entry(store.path(stream_id, ".idx"), stream_id)
+    except DataCorrupt:
+        return None
+    return 0 if entry is None else entry.end
 
 
 # ---------------------------------------------------------------- after replay

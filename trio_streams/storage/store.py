@@ -16,21 +16,28 @@ files are a cache of it, truncated and rewritten from it on recovery.
 
 from __future__ import annotations
 
-import bisect
 import collections
+import logging
 import os
-import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
+from ..protocol.errors import data_corrupt
 from ..protocol.jsonmode import TERMINATOR
 from ..protocol.state import StreamState, StreamTable
+from . import blocksums
+from .blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM, DataCorrupt, IndexEntry, StreamFds
 from .fileops import REAL, FileOps
 
 _DATA = ".dat"
 _INDEX = ".idx"
-_ENTRY = struct.Struct("<Q")
+_SUMS = ".sum"
+KINDS = (_DATA, _INDEX, _SUMS)
+log = logging.getLogger("trio_streams.store")
+T = TypeVar("T")
 
 
 def _file_name(stream_id: int, kind: str) -> str:
@@ -50,7 +57,8 @@ class HotTail:
 
 
 class Store:
-    def __init__(self, directory: Path, *, open_files_max: int, hot_tail_bytes_max: int, ops: FileOps = REAL) -> None:
+    def __init__(self, directory: Path, *, open_files_max: int, hot_tail_bytes_max: int,
+                 corrupt_ranges_logged_max: int, ops: FileOps = REAL) -> None:
         self.directory = directory
         self.ops = ops
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -59,6 +67,13 @@ class Store:
         self._open_files_max = max(1, open_files_max)
         self._hot_tail_bytes_max = hot_tail_bytes_max
         self._hot: dict[int, HotTail] = {}
+        # stream id → (file length, crc of its partial last block), for streams with an open data file.
+        self._partial: dict[int, tuple[int, int]] = {}
+        # Damage is logged once per range (a client retrying a damaged read must not flood
+        # the log), and counted every time; the set is bounded, then starts over.
+        self._reported: set[tuple[int, int, int]] = set()
+        self._reported_max = corrupt_ranges_logged_max
+        self._counts = {"data_corrupt_reads_total": 0, "data_corrupt_ranges_total": 0}
 
     def path(self, stream_id: int, kind: str = _DATA) -> Path:
         return self.directory / _file_name(stream_id, kind)
@@ -66,8 +81,9 @@ class Store:
     # -- writer thread -------------------------------------------------
     #
     # Each stream has a data file (its own bytes, from its base position on)
-    # and an index file of u64 end positions, one per append: the data
-    # boundaries that Stream-Fork-Sub-Offset may not cross.
+    # an index file of end positions, one per append: the data boundaries
+    # that Stream-Fork-Sub-Offset may not cross, and a checksum file of its
+    # full blocks (blocksums.py).
 
     def _fd(self, stream_id: int, kind: str, *, create: bool = False) -> int:
         key = (stream_id, kind)
@@ -84,27 +100,73 @@ class Store:
                 self.ops.fsync(old_fd)  # the next checkpoint counts on this file being synced
                 self._dirty.discard(old_key)
             self.ops.close(old_fd)
+            if old_key[1] == _DATA:
+                self._partial.pop(old_key[0], None)
         return fd
 
     def create_sync(self, stream_id: int) -> None:
-        for kind in (_DATA, _INDEX):
+        for kind in KINDS:
             self._fd(stream_id, kind, create=True)
             self._dirty.add((stream_id, kind))
+        self._partial[stream_id] = (0, 0)
 
     def append_sync(self, stream_id: int, file_position: int, data: bytes, end_position: int) -> None:
-        """Writes one append's bytes at ``file_position`` and records its end as a boundary."""
+        """Writes one append's bytes at ``file_position``, their checksums and their end as a boundary.
+
+        Data first, then block checksums, then the index entry: a reader (or
+        ``verify``) that sees an entry finds the bytes it covers.
+        """
         if not data:
             return
-        fd = self._fd(stream_id, _DATA)
-        written = self.ops.pwrite(fd, data, file_position)
+        partial = self._partial_crc_sync(stream_id, file_position, end_position - len(data))
+        full, entry_crc, partial = blocksums.extend(file_position, partial, data)
+        self._pwrite_all(self._fd(stream_id, _DATA), data, file_position)
+        if full:
+            sums = b"".join(SUM.pack(c) for c in full)
+            self._pwrite_all(self._fd(stream_id, _SUMS), sums, file_position // BLOCK_BYTES * SUM.size)
+        self.ops.write(self._fd(stream_id, _INDEX), IndexEntry(end_position, entry_crc).pack())
+        self._partial[stream_id] = (file_position + len(data), partial)
+        for kind in KINDS:
+            self._dirty.add((stream_id, kind))
+
+    def _pwrite_all(self, fd: int, data: bytes, offset: int) -> None:
+        written = self.ops.pwrite(fd, data, offset)
         while written < len(data):  # short writes are legal; finish them
-            written += self.ops.pwrite(fd, data[written:], file_position + written)
-        self.ops.write(self._fd(stream_id, _INDEX), _ENTRY.pack(end_position))
-        self._dirty.add((stream_id, _DATA))
-        self._dirty.add((stream_id, _INDEX))
+            written += self.ops.pwrite(fd, data[written:], offset + written)
+
+    def _partial_crc_sync(self, stream_id: int, file_position: int, start_position: int) -> int:
+        """The crc of the partial block that ends at ``file_position``: known, or from the last index entry."""
+        known = self._partial.get(stream_id)
+        if known is not None and known[0] == file_position:
+            return known[1]
+        if file_position % BLOCK_BYTES == 0:
+            return 0
+        last = self._last_entry_sync(stream_id)
+        if last is not None and last.end == start_position:
+            return last.block_crc
+        # The checksum of the bytes before this append is lost: the block must
+        # never verify, or damage in it would be blessed by the new crc.
+        start = start_position - file_position % BLOCK_BYTES
+        self.report(DataCorrupt(stream_id, start, start_position, "index entry of the partial block is missing or damaged"),
+                    read=False)
+        return ~self._file_crc_sync(stream_id, blocksums.block_start(file_position), file_position) & 0xFFFFFFFF
+
+    def _last_entry_sync(self, stream_id: int) -> IndexEntry | None:
+        try:
+            return blocksums.last_entry(self.path(stream_id, _INDEX), stream_id)
+        except DataCorrupt:
+            return None
+
+    def _file_crc_sync(self, stream_id: int, start: int, end: int) -> int:
+        fd = os.open(self.path(stream_id), os.O_RDONLY)
+        try:
+            return int(blocksums.crc_of(blocksums.pread_exact(fd, end - start, start)))
+        finally:
+            os.close(fd)
 
     def remove_sync(self, stream_id: int) -> None:
-        for kind in (_DATA, _INDEX):
+        self._partial.pop(stream_id, None)
+        for kind in KINDS:
             fd = self._fds.pop((stream_id, kind), None)
             if fd is not None:
                 self.ops.close(fd)
@@ -121,8 +183,11 @@ class Store:
         if os.fstat(fd).st_size < file_length:
             return False
         self.ops.ftruncate(fd, file_length)
-        entries = self._entries_sync(stream_id)
-        self.ops.ftruncate(self._fd(stream_id, _INDEX), bisect.bisect_right(entries, tail) * _ENTRY.size)
+        self.ops.ftruncate(self._fd(stream_id, _INDEX),
+                           _kept_entries(self._entries_sync(stream_id), tail) * INDEX_ENTRY.size)
+        sums_fd = self._fd(stream_id, _SUMS)
+        self.ops.ftruncate(sums_fd, min(os.fstat(sums_fd).st_size // SUM.size, file_length // BLOCK_BYTES) * SUM.size)
+        self._partial.pop(stream_id, None)
         return True
 
     def sync_dirty_sync(self) -> int:
@@ -143,7 +208,7 @@ class Store:
                 stream_id = int(name, 16)
             except ValueError:
                 continue
-            if "." + kind in (_DATA, _INDEX) and stream_id not in live_ids:
+            if "." + kind in KINDS and stream_id not in live_ids:
                 orphans.add(stream_id)
         for stream_id in orphans:
             self.remove_sync(stream_id)
@@ -158,13 +223,44 @@ class Store:
             self.ops.close(fd)
         self._fds.clear()
 
-    def _entries_sync(self, stream_id: int) -> list[int]:
+    def _entries_sync(self, stream_id: int) -> list[IndexEntry | None]:
+        """Every index entry; None for a damaged one."""
         try:
             raw = self.path(stream_id, _INDEX).read_bytes()
         except FileNotFoundError:
             return []
-        usable = len(raw) - len(raw) % _ENTRY.size  # a torn entry is simply not there
-        return [e for (e,) in _ENTRY.iter_unpack(raw[:usable])]
+        usable = len(raw) - len(raw) % INDEX_ENTRY.size  # a torn entry is simply not there
+        return [blocksums.unpack_entry(raw, at) for at in range(0, usable, INDEX_ENTRY.size)]
+
+    # -- damage ------------------------------------------------------------
+
+    def report(self, damage: DataCorrupt, path: str | None = None, *, read: bool = True) -> None:
+        """Logs a damaged range at ERROR (once per range) and counts it (any thread).
+
+        ``read``: a read was refused over it (else the writer found it).
+        """
+        self._counts["data_corrupt_reads_total"] += read
+        key = (damage.stream_id, damage.start, damage.end)
+        if key in self._reported:
+            return
+        if len(self._reported) >= self._reported_max:
+            self._reported.clear()
+        self._reported.add(key)
+        self._counts["data_corrupt_ranges_total"] += 1
+        log.error("stream data damaged: stream %r (id %x), bytes [%d, %d): %s; not served",
+                  path, damage.stream_id, damage.start, damage.end, damage.reason)
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    async def _checked(self, table: StreamTable, fn: Callable[..., T], *args: object) -> T:
+        """Runs a file read in a worker thread; damage becomes a 500 DATA_CORRUPT, reported."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except DataCorrupt as damage:
+            owner = table.by_id.get(damage.stream_id)
+            self.report(damage, owner.path if owner is not None else None)
+            raise data_corrupt() from None
 
     # -- trio thread ---------------------------------------------------
 
@@ -193,29 +289,28 @@ class Store:
         below a fork's base come from its source (recursively); sources are
         kept, soft-deleted if need be, while any fork references them.
         """
-        pieces = [await self._read_own(*segment) for segment in _segments(table, state, start, end)]
+        pieces = [await self._read_own(table, *segment) for segment in _segments(table, state, start, end)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    async def _read_own(self, stream_id: int, base: int, start: int, end: int) -> bytes:
+    async def _read_own(self, table: StreamTable, stream_id: int, base: int, start: int, end: int) -> bytes:
         hot = self._hot.get(stream_id)
         if hot is not None and hot.base <= start and end <= hot.end:
             return bytes(hot.buf[start - hot.base : end - hot.base])
-        return await trio.to_thread.run_sync(self._pread, stream_id, start - base, end - base)
+        return await self._checked(table, self._pread, stream_id, base, start - base, end - base)
 
-    def _pread(self, stream_id: int, start: int, end: int) -> bytes:
-        fd = os.open(self.path(stream_id), os.O_RDONLY)
+    def _pread(self, stream_id: int, base: int, start: int, end: int) -> bytes:
+        fds: list[int] = []
         try:
-            chunks = []
-            position = start
-            while position < end:
-                chunk = os.pread(fd, end - position, position)
-                if not chunk:
-                    raise RuntimeError(f"stream file {stream_id:x} ends before its durable tail")
-                chunks.append(chunk)
-                position += len(chunk)
-            return b"".join(chunks)
+            for kind in KINDS:
+                fds.append(os.open(self.path(stream_id, kind), os.O_RDONLY))
+            return blocksums.read_verified(StreamFds(data=fds[0], index=fds[1], sums=fds[2]), stream_id, base, start, end)
+        except FileNotFoundError:
+            if not self.path(stream_id).exists():
+                raise  # deleted while we read (remove_sync unlinks the data file first)
+            raise DataCorrupt(stream_id, base + start, base + end, "checksum or index file is missing") from None
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
 
     async def read_messages(self, table: StreamTable, state: StreamState, start: int, tail: int, bytes_max: int) -> bytes:
         """A JSON stream's whole messages from ``start``: at most ``bytes_max``, at least one."""
@@ -244,26 +339,29 @@ class Store:
             return min(await self.next_boundary(table, source, position), state.base)
         if position >= state.tail:
             return state.tail
-        found = await trio.to_thread.run_sync(self._next_entry_sync, state.stream_id, position)
+        found = await self._checked(table, self._next_entry_sync, state.stream_id, position)
         return state.tail if found is None else min(found, state.tail)
 
     def _next_entry_sync(self, stream_id: int, position: int) -> int | None:
-        """Binary search of the index file for the first boundary above ``position``."""
+        """The first boundary above ``position`` (binary search of the index file)."""
         fd = os.open(self.path(stream_id, _INDEX), os.O_RDONLY)
         try:
-            lo, hi = 0, os.fstat(fd).st_size // _ENTRY.size
-            while lo < hi:
-                mid = (lo + hi) // 2
-                (entry,) = _ENTRY.unpack(os.pread(fd, _ENTRY.size, mid * _ENTRY.size))
-                if entry <= position:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo == os.fstat(fd).st_size // _ENTRY.size:
-                return None
-            return _ENTRY.unpack(os.pread(fd, _ENTRY.size, lo * _ENTRY.size))[0]
+            entry = blocksums.first_entry_at_or_past(fd, stream_id, position + 1)
+            return None if entry is None else entry.end
         finally:
             os.close(fd)
+
+
+def _kept_entries(entries: list[IndexEntry | None], tail: int) -> int:
+    """How many index entries a cut back to ``tail`` keeps: through the last valid one at or below it.
+
+    Entries past the tail were written after the checkpoint; a damaged one
+    among the kept is left in place (reads that need it report it).
+    """
+    kept = len(entries)
+    while kept and (entries[kept - 1] is None or entries[kept - 1].end > tail):  # type: ignore[union-attr]
+        kept -= 1
+    return kept
 
 
 def _segments(table: StreamTable, state: StreamState, start: int, end: int) -> list[tuple[int, int, int, int]]:

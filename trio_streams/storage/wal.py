@@ -407,6 +407,12 @@ class SegmentedLog:
             fsync_directory(path.parent, ops)
         return cls(path, segment_bytes_max, ops)
 
+    @classmethod
+    def for_survey(cls, directory: str | os.PathLike[str]) -> SegmentedLog:
+        """A view of an existing log for ``survey()`` only: never recovered, written or locked
+        (``trio-streams verify`` reads a live server's WAL through it)."""
+        return cls(Path(directory), RECORD_PAYLOAD_BYTES_MAX)
+
     @property
     def directory(self) -> Path:
         return self._directory
