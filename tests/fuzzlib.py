@@ -177,7 +177,12 @@ class RawConnection:
             status, headers = _parse_head(head)
             if status >= 200:
                 break
-        if head_request or status in (204, 304) or first_bytes_only:
+        # An error the HTTP parser answers for a request it could not read whole
+        # (a truncated or malformed head) has a body even when that request was
+        # a HEAD: the server never learnt the method. The application itself
+        # sends no Content-Length on HEAD responses, so that header tells them apart.
+        parser_error = status >= 400 and "content-length" in headers
+        if (head_request and not parser_error) or status in (204, 304) or first_bytes_only:
             return RawResponse(status, headers, b"")
         return RawResponse(status, headers, self._read_body(headers))
 
