@@ -140,7 +140,7 @@ def test_request_after_connection_close_is_not_answered(srv: Server, stream_with
                b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     for _ in range(REPEATS):
         resp = only_response(exchange(srv.port, payload))
-        assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+        assert resp.status_code == 200 and resp.json()["status"] == "ok"
     alive_with_data(srv, *stream_with_data)
 
 
