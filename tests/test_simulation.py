@@ -350,7 +350,13 @@ async def long_poll_reader(world: World, path: str) -> None:
                     return
                 if state.tail > offset:
                     end = min(state.tail, offset + world.rng.randint(1, 400))
-                    data = await registry.store.read(registry.table, state, offset, end)
+                    try:
+                        data = await registry.store.read(registry.table, state, offset, end)
+                    except FileNotFoundError:
+                        # Deleted while the read waited for its thread: the files go with it.
+                        check(stream_id not in registry.table.by_id, f"{path}: a live stream's file is missing")
+                        world.note(f"reader of {path}: stream deleted during a read")
+                        return
                     record_seen(world, path, stream_id, offset, data)
                     offset = end
                     continue
