@@ -77,16 +77,38 @@ class StreamActor:
         return ActorStatistics(self.path, self._commands, self._batches, depth)
 
     async def run(self) -> None:
+        batch: list[Command] = []
         async with self._receive:
-            while True:
-                with trio.move_on_after(self._idle_s):
-                    first = await self._receive.receive()
-                    await self._process_safely(self._drain(first))
-                    continue
-                # Idle: no checkpoint between the timeout and unregistering, so no
-                # command can slip into the channel unseen.
-                self._registry.actor_exited(self)
-                return
+            try:
+                while True:
+                    with trio.move_on_after(self._idle_s):
+                        first = await self._receive.receive()
+                        batch = self._drain(first)
+                        await self._process_safely(batch)
+                        continue
+                    # Idle: no checkpoint between the timeout and unregistering, so no
+                    # command can slip into the channel unseen.
+                    self._registry.actor_exited(self)
+                    return
+            finally:
+                self._abandon(batch)
+
+    def _abandon(self, batch: list[Command]) -> None:
+        """Cancelled (the service stops): answer what is left, or its callers wait forever.
+
+        A command the log already made durable was answered; one still queued
+        was never submitted; one in a batch cut before its answer is in doubt.
+        Either way 503: the caller may retry once the server is back.
+        """
+        left = [c for c in batch if not c.done.is_set()]
+        while True:
+            try:
+                left.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        _fail_unanswered(left, ProtocolError(503, "SHUTTING_DOWN", "the server is stopping; retry shortly"))
+        for command in left:
+            command.done.set()
 
     def _drain(self, first: Command) -> list[Command]:
         batch = [first]
