@@ -124,7 +124,7 @@ class Store:
         if full:
             sums = b"".join(SUM.pack(c) for c in full)
             self._pwrite_all(self._fd(stream_id, _SUMS), sums, file_position // BLOCK_BYTES * SUM.size)
-        self.ops.write(self._fd(stream_id, _INDEX), IndexEntry(end_position, entry_crc).pack())
+        self._write_all(self._fd(stream_id, _INDEX), IndexEntry(end_position, entry_crc).pack())
         self._partial[stream_id] = (file_position + len(data), partial)
         for kind in KINDS:
             self._dirty.add((stream_id, kind))
@@ -133,6 +133,13 @@ class Store:
         written = self.ops.pwrite(fd, data, offset)
         while written < len(data):  # short writes are legal; finish them
             written += self.ops.pwrite(fd, data[written:], offset + written)
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        """Appends all of ``data`` (the index is O_APPEND): a torn entry left in the
+        middle would shift every later entry off its 16-byte slot."""
+        written = self.ops.write(fd, data)
+        while written < len(data):
+            written += self.ops.write(fd, data[written:])
 
     def _partial_crc_sync(self, stream_id: int, file_position: int, start_position: int) -> int:
         """The crc of the partial block that ends at ``file_position``: known, or from the last index entry."""
