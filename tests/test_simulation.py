@@ -217,11 +217,15 @@ def _outcome(world: World, op: Op, error: ProtocolError) -> None:
 async def settled(world: World, op: Op, request: Awaitable[Reply]) -> Reply | None:
     """A create or delete's reply if acknowledged; None if refused or in doubt
     (then whether the path exists is settled after the restart)."""
+    # Open until answered: a crash cancels the request mid-way, after its record
+    # may have reached the WAL, and this function then never gets further.
+    world.uncertain.add(op.path)
     try:
         reply = await request
     except ProtocolError as error:
         _outcome(world, op, error)
         reply = None
+    world.uncertain.discard(op.path)
     if world.disk.crashed:
         op.status = "in-doubt"
     if op.status == "in-doubt":
