@@ -196,6 +196,10 @@ class Log:
                     await self._final_flush()
             except Exception as error:
                 self._fail(error)
+            finally:
+                # Cancelled (the service is torn down): submitters wait shielded, so
+                # whatever is still queued must be answered or they wait forever.
+                self._refuse_queued(StorageFailed("the log writer stopped"))
 
     async def _write_until_closed(self) -> None:
         while True:
@@ -213,6 +217,10 @@ class Log:
         self._failed = error
         self.health.enter("failed", error)
         refusal = StorageFailed(f"{type(error).__name__}: {error}")
+        self._refuse_queued(refusal)
+        self.on_failed(error)
+
+    def _refuse_queued(self, refusal: StorageFailed) -> None:
         for submission in self._in_flight:
             _settle(submission, refusal)
         while True:
@@ -222,7 +230,6 @@ class Log:
                 break
         # Submitters blocked on a full channel now get BrokenResourceError.
         self._receive.close()
-        self.on_failed(error)
 
     async def _next_batch(self) -> list[_Submission] | None:
         timeout = math.inf
