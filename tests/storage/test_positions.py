@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from trio_streams.protocol.state import (
 )
 from trio_streams.storage.events import APPENDED, CREATED, decode_event, encode_event
 from trio_streams.storage.log import Log, StorageFailed
+from trio_streams.service import Service
 from trio_streams.storage.recovery import RecoveryRefused, recover
 from trio_streams.storage.store import Store
 from trio_streams.storage.wal import SegmentedLog, encode_record
@@ -131,6 +132,40 @@ async def test_a_batch_that_does_not_continue_its_stream_stops_the_writer_before
     table, replayed = _recovered(tmp_path)
     assert replayed == 1 and table.by_id[1].tail == 3  # nothing of the refused batch became durable
     assert (tmp_path / "streams" / f"{1:016x}.dat").read_bytes() == b"abc"
+
+
+async def test_a_continuity_violation_stops_the_service_and_a_restart_serves_what_was_acknowledged(tmp_path: Path) -> None:
+    async def run(check: Callable[[Service], Awaitable[None]]) -> Service:
+        service = Service(Settings(data_dir=str(tmp_path), fsync="always"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            with trio.fail_after(30):
+                await service.ready.wait()
+            await check(service)
+            service.stop()
+            with trio.fail_after(30):
+                await service.finished.wait()
+        return service
+
+    async def write_then_break(service: Service) -> None:
+        assert service.registry is not None
+        await service.registry.create("s", CreateRequest("text/plain", Expiry(), False, b"acked"))
+        state = service.registry.lookup("s")
+        assert state is not None
+        with pytest.raises(StorageFailed):  # a bug handed the log an append that overlaps the stream
+            await service.registry.log.submit([Appended(state.stream_id, 2, b"XX")])
+        with trio.fail_after(30):
+            await service.finished.wait()  # storage_failure=exit: the service stops by itself
+
+    async def read_back(service: Service) -> None:
+        assert service.registry is not None
+        state = service.registry.lookup("s")
+        assert state is not None and state.tail == 5
+        assert await service.registry.store.read(service.registry.table, state, 0, 5) == b"acked"
+
+    failure = (await run(write_then_break)).failure
+    assert isinstance(failure, StorageFailed) and "starts at 2, but the stream's tail is 5" in str(failure)
+    assert (await run(read_back)).failure is None
 
 
 async def test_a_submitter_finds_its_events_in_the_table_when_submit_returns(tmp_path: Path) -> None:
