@@ -193,11 +193,14 @@ def state_from_created(event: Created) -> StreamState:
     )
 
 
+def expect_continues(tail: int, event: Appended) -> None:
+    if event.position != tail:
+        raise ContinuityError(f"an append to stream {event.stream_id} starts at {event.position}, "
+                              f"but the stream's tail is {tail}")
+
+
 def apply_append(state: StreamState, event: Appended) -> None:
-    # Checked against the state as read, right before it moves (assert after read).
-    if event.position != state.tail:
-        raise ContinuityError(f"an append to stream {state.stream_id} ({state.path!r}) starts at "
-                              f"{event.position}, but the stream's tail is {state.tail}")
+    expect_continues(state.tail, event)  # against the state as read, right before it moves
     assert not state.closed and not state.soft_deleted, "such appends are never made durable"
     state.tail = event_end(event)
     if event.seq is not None:
@@ -210,20 +213,22 @@ def apply_append(state: StreamState, event: Appended) -> None:
         state.closed_by = event.producer
 
 
-def check_batch(table: StreamTable, events: Sequence[Event]) -> dict[int, StreamState]:
-    """Applies a batch to scratch copies of the streams it writes, raising
-    ``ContinuityError`` before anything is written if an event does not continue
-    its stream where the table and the batch's earlier events leave it (assert
-    before write: a wrong position must never become durable). Returns the
-    copies; their bases say where each stream's data goes in its file."""
-    views: dict[int, StreamState] = {}
+def check_batch(table: StreamTable, events: Sequence[Event]) -> dict[int, int]:
+    """Raises ``ContinuityError`` before a batch is written if an event does not
+    continue its stream where the table and the batch's earlier events leave it
+    (assert before write: a wrong position must never become durable). Returns
+    the base of every stream the batch writes: where its data goes in its file."""
+    ends: dict[int, int] = {}
+    bases: dict[int, int] = {}
     for event in events:
+        if isinstance(event, Deleted):
+            continue
         if isinstance(event, Created):
-            views[event.stream_id] = state_from_created(event)
-        elif isinstance(event, Appended):
-            view = views.get(event.stream_id)
-            if view is None:
-                view = table.by_id[event.stream_id].speculative_copy()
-            apply_append(view, event)
-            views[event.stream_id] = view
-    return views
+            bases[event.stream_id] = event.position
+        else:
+            if event.stream_id not in bases:
+                state = table.by_id[event.stream_id]
+                bases[event.stream_id], ends[event.stream_id] = state.base, state.tail
+            expect_continues(ends[event.stream_id], event)
+        ends[event.stream_id] = event_end(event)
+    return bases

@@ -99,7 +99,7 @@ def replay_event(table: StreamTable, store: Store, event: Event) -> None:
     ``ContinuityError`` and touches no file.
     """
     event = positioned(table, event)
-    views = check_batch(table, [event])
+    bases = check_batch(table, [event])
     if isinstance(event, (Created, Appended)):
-        store.write_event_sync(event, views[event.stream_id].base)
+        store.write_event_sync(event, bases[event.stream_id])
     table.apply(event)

@@ -261,7 +261,7 @@ class Log:
     async def _commit(self, batch: list[_Submission]) -> None:
         events = [e for s in batch for e in s.events]
         self._in_flight = batch  # settled by _fail if this raises
-        bases = {stream_id: view.base for stream_id, view in check_batch(self._table, events).items()}
+        bases = check_batch(self._table, events)
         try:
             with trio.CancelScope(shield=True):  # a write already started must finish
                 await trio.to_thread.run_sync(self._write_sync, events, bases)
