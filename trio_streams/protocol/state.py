@@ -10,6 +10,7 @@ data starts at, decided once (by the actor, from the tail it decided
 against). ``event_end`` is the one place a new tail is computed, and every
 apply first checks that the event starts exactly at the tail it finds
 (``ContinuityError`` otherwise): a gap or an overlap is a bug, never input.
+
 Never: I/O, clocks, trio.
 """
 

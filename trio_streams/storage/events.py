@@ -99,7 +99,8 @@ def _decode_append(meta: dict[str, object], data: bytes) -> Appended:
         pid, epoch, seq = meta["p"]  # type: ignore[misc]
         producer = Producer(pid, epoch, seq)
     pos = meta.get("pos")
-    return Appended(meta["id"], pos if isinstance(pos, int) else None, data, meta.get("seq"), producer, bool(meta.get("close", False)))  # type: ignore[arg-type]
+    position = pos if isinstance(pos, int) else None
+    return Appended(meta["id"], position, data, meta.get("seq"), producer, bool(meta.get("close", False)))  # type: ignore[arg-type]
 
 
 def positioned(table: StreamTable, event: Event) -> Event:
