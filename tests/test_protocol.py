@@ -351,9 +351,9 @@ def test_unframed_json_body_is_never_parsed_by_the_rules() -> None:
 def test_table_replay_is_deterministic() -> None:
     events = [
         Created(1, "a", "text/plain", Expiry(), 0.0, False, b"ab"),
-        Appended(1, b"cd", seq="1", producer=Producer("p", 0, 0)),
+        Appended(1, 2, b"cd", seq="1", producer=Producer("p", 0, 0)),
         Created(2, "b", "application/json", Expiry(ttl_s=5), 0.0, False, b"1\n"),
-        Appended(1, b"", producer=Producer("p", 0, 1), close=True),
+        Appended(1, 4, b"", producer=Producer("p", 0, 1), close=True),
         Deleted(2),
     ]
     tables = [StreamTable(), StreamTable()]

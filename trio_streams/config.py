@@ -88,6 +88,13 @@ class Settings:
     streams_max: int = 10_000_000
     open_stream_files_max: int = 256
 
+    # Log writer (group commit).
+    # Events one WAL write takes at most (it collects whole submissions until it
+    # reaches this; the first is taken whole, however large).
+    log_batch_events_max: int = 1024
+    # Submissions (one per actor batch) queued for the log writer; beyond it actors wait.
+    log_queue_depth: int = 256
+
     # Shutdown: after SIGTERM, in-flight requests and response writes get this
     # long; then connections are closed and the log is flushed.
     shutdown_grace_s: float = 5.0
@@ -149,6 +156,7 @@ class Settings:
             object.__setattr__(self, "public_base_url", normalise_base_url(self.public_base_url))
         self._validate_json()
         self._validate_storage_faults()
+        self._validate_log_writer()
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -170,6 +178,10 @@ class Settings:
         if self.append_bytes_max > EVENT_DATA_BYTES_MAX:
             raise ValueError(f"append_bytes_max must be at most {EVENT_DATA_BYTES_MAX} "
                              "(one WAL record, less room for its metadata)")
+
+    def _validate_log_writer(self) -> None:
+        if self.log_batch_events_max < 1 or self.log_queue_depth < 1:
+            raise ValueError("log_batch_events_max and log_queue_depth must be at least 1")
 
     def _validate_json(self) -> None:
         if not 1 <= self.json_depth_max <= DEPTH_ENCODABLE_MAX:

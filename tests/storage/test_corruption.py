@@ -242,15 +242,16 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(written: dict[str,
 def _damage_mid_wal(data: Path, content: dict[str, bytes]) -> str:
     """Flips a bit inside the payload of an append record in the newest
     segment holding one that is not its last record; returns its stream path."""
-    from trio_streams.storage.events import decode_event_at
+    from trio_streams.protocol.state import Appended
+    from trio_streams.storage.events import decode_event
     from trio_streams.storage.wal import HEADER_BYTES, scan
 
     for segment in sorted(data.glob("wal/*.wal"), reverse=True):
         raw = segment.read_bytes()
         records, _ = scan(raw, 0)
         for record in records[:-1]:
-            event, at = decode_event_at(record.rtype, record.payload)
-            if at is not None:
+            event = decode_event(record.rtype, record.payload)
+            if isinstance(event, Appended) and event.position is not None:
                 damaged = bytearray(raw)
                 damaged[record.position + HEADER_BYTES + len(record.payload) - 1] ^= 0x01
                 segment.write_bytes(bytes(damaged))

@@ -17,7 +17,7 @@ from . import jsonmode
 from .errors import ProtocolError, conflict
 from .headers import AppendRequest, CreateRequest, Expiry, Producer, is_json, media_type
 from .offsets import START, format_offset, parse_offset
-from .state import Appended, Created, ForkOrigin, ProducerState, StreamState
+from .state import Appended, Created, ForkOrigin, ProducerState, StreamState, event_end
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,14 +69,10 @@ def decide_create(
         origin = ForkOrigin(fork.source.stream_id, fork.source_path, fork.anchor, fork.sub_offset, fork.base)
     data = stored_body(content_type, req.body, req.framed)
     event = Created(stream_id, path, content_type, expiry, now, req.closed, data, origin)
-    headers = [("content-type", content_type), ("stream-next-offset", format_offset(event_tail(event)))]
+    headers = [("content-type", content_type), ("stream-next-offset", format_offset(event_end(event)))]
     if req.closed:
         headers.append(("stream-closed", "true"))
     return event, Reply(201, tuple(headers))
-
-
-def event_tail(event: Created) -> int:
-    return (event.fork.base if event.fork is not None else 0) + len(event.data)
 
 
 def _fork_config(req: CreateRequest, source: StreamState) -> tuple[str, Expiry]:
@@ -141,13 +137,12 @@ def decide_append(state: StreamState, req: AppendRequest) -> tuple[Appended | No
     if req.seq is not None and state.last_seq is not None and req.seq.encode() <= state.last_seq.encode():
         raise conflict(f"Stream-Seq {req.seq!r} is not above {state.last_seq!r}", "SEQUENCE_CONFLICT")
     data = stored_body(state.content_type, req.body, req.framed)
-    event = Appended(state.stream_id, data, req.seq, req.producer, req.close)
+    event = Appended(state.stream_id, state.tail, data, req.seq, req.producer, req.close)
     return event, _accepted(state, event)
 
 
 def _accepted(state: StreamState, event: Appended) -> Reply:
-    tail = state.tail + len(event.data)
-    headers = [("stream-next-offset", format_offset(tail))]
+    headers = [("stream-next-offset", format_offset(event_end(event)))]
     if event.close:
         headers.append(("stream-closed", "true"))
     if event.producer is None:

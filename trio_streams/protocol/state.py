@@ -4,12 +4,20 @@ Owns: what a stream *is* (config, tail, closure, writer state) and the one
 function, ``apply``, that moves it forward by an event. Recovery replays the
 write-ahead log through ``apply``; the running server applies each durable
 event through the same function, so the two can never disagree.
+
+Positions: every event that moves a tail carries the stream position its
+data starts at, decided once (by the actor, from the tail it decided
+against). ``event_end`` is the one place a new tail is computed, and every
+apply first checks that the event starts exactly at the tail it finds
+(``ContinuityError`` otherwise): a gap or an overlap is a bug, never input.
+
 Never: I/O, clocks, trio.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Union
 
 from .headers import Expiry, Producer, is_json
@@ -77,10 +85,19 @@ class Created:
     data: bytes  # initial content, already in stored form
     fork: ForkOrigin | None = None
 
+    @property
+    def position(self) -> int:
+        """Where the stream's own data starts: 0, or a fork's base."""
+        return self.fork.base if self.fork is not None else 0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Appended:
     stream_id: int
+    # The stream position the data starts at: the tail the append was decided
+    # against. None only when decoded from a WAL record written before records
+    # kept it; replay places such an append at the tail it finds.
+    position: int | None
     data: bytes  # in stored form; empty for a close-only request
     seq: str | None = None
     producer: Producer | None = None
@@ -93,6 +110,22 @@ class Deleted:
 
 
 Event = Union[Created, Appended, Deleted]
+
+
+class ContinuityError(AssertionError):
+    """An event does not start where its stream's tail is: the table, the log or
+    the writer is wrong. Raised (never stripped like ``assert``) and fatal."""
+
+
+def event_start(event: Created | Appended) -> int:
+    if event.position is None:
+        raise ContinuityError(f"an append to stream {event.stream_id} has no position")
+    return event.position
+
+
+def event_end(event: Created | Appended) -> int:
+    """The stream's tail after ``event``: the one place a new tail is computed."""
+    return event_start(event) + len(event.data)
 
 
 class StreamTable:
@@ -155,16 +188,22 @@ class StreamTable:
 
 
 def state_from_created(event: Created) -> StreamState:
-    base = event.fork.base if event.fork is not None else 0
     return StreamState(
         event.stream_id, event.path, event.content_type, event.expiry, event.created_at,
-        tail=base + len(event.data), closed=event.closed, fork=event.fork,
+        tail=event_end(event), closed=event.closed, fork=event.fork,
     )
 
 
+def expect_continues(tail: int, event: Appended) -> None:
+    if event.position != tail:
+        raise ContinuityError(f"an append to stream {event.stream_id} starts at {event.position}, "
+                              f"but the stream's tail is {tail}")
+
+
 def apply_append(state: StreamState, event: Appended) -> None:
+    expect_continues(state.tail, event)  # against the state as read, right before it moves
     assert not state.closed and not state.soft_deleted, "such appends are never made durable"
-    state.tail += len(event.data)
+    state.tail = event_end(event)
     if event.seq is not None:
         state.last_seq = event.seq
     if event.producer is not None:
@@ -173,3 +212,24 @@ def apply_append(state: StreamState, event: Appended) -> None:
     if event.close:
         state.closed = True
         state.closed_by = event.producer
+
+
+def check_batch(table: StreamTable, events: Sequence[Event]) -> dict[int, int]:
+    """Raises ``ContinuityError`` before a batch is written if an event does not
+    continue its stream where the table and the batch's earlier events leave it
+    (assert before write: a wrong position must never become durable). Returns
+    the base of every stream the batch writes: where its data goes in its file."""
+    ends: dict[int, int] = {}
+    bases: dict[int, int] = {}
+    for event in events:
+        if isinstance(event, Deleted):
+            continue
+        if isinstance(event, Created):
+            bases[event.stream_id] = event.position
+        else:
+            if event.stream_id not in bases:
+                state = table.by_id[event.stream_id]
+                bases[event.stream_id], ends[event.stream_id] = state.base, state.tail
+            expect_continues(ends[event.stream_id], event)
+        ends[event.stream_id] = event_end(event)
+    return bases

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 from ..protocol.headers import Expiry, Producer
-from ..protocol.state import Appended, Created, ForkOrigin, ProducerState, StreamState, StreamTable
+from ..protocol.state import Appended, Created, Event, ForkOrigin, ProducerState, StreamState, StreamTable, check_batch
+from .events import positioned
 from .fileops import REAL, FileOps
 from .snapshot import list_snapshots, write_snapshot
 from .store import Store
@@ -90,13 +91,15 @@ class Recovered:
     seconds: float
 
 
-def replay_event(table: StreamTable, store: Store, event: Any) -> None:
-    """Rewrites an event's data into its stream file where the table says, then applies it (idempotent)."""
-    if isinstance(event, Appended):
-        state = table.by_id[event.stream_id]
-        store.append_sync(event.stream_id, state.tail - state.base, event.data, state.tail + len(event.data))
-    elif isinstance(event, Created):
-        base = event.fork.base if event.fork is not None else 0
-        store.create_sync(event.stream_id)
-        store.append_sync(event.stream_id, 0, event.data, base + len(event.data))
+def replay_event(table: StreamTable, store: Store, event: Event) -> None:
+    """Rewrites an event's data into its stream file at its position, then applies it (idempotent).
+
+    The event is checked against the table before its data is written
+    (``check_batch``), so a record that does not continue its stream raises
+    ``ContinuityError`` and touches no file.
+    """
+    event = positioned(table, event)
+    bases = check_batch(table, [event])
+    if isinstance(event, (Created, Appended)):
+        store.write_event_sync(event, bases[event.stream_id])
     table.apply(event)

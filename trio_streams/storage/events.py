@@ -5,7 +5,9 @@ around it is wal.py's). Never: performs I/O.
 
 Payload layout: ``u32 meta_length | meta (JSON object) | data bytes``. The
 metadata is small and self-describing, so fields can be added without a
-format version bump; bulk data follows raw, never re-encoded.
+format version bump; bulk data follows raw, never re-encoded. An append's
+``pos`` is its event's position; records written before it was kept decode
+with position None (replay places them at the tail, ``positioned``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Final
 import orjson
 
 from ..protocol.headers import Expiry, Producer
-from ..protocol.state import Appended, Created, Deleted, Event, ForkOrigin
+from ..protocol.state import Appended, Created, Deleted, Event, ForkOrigin, StreamTable
 
 CREATED: Final = 1
 APPENDED: Final = 2
@@ -30,32 +32,23 @@ def encode_event(event: Event) -> tuple[int, bytes]:
     return rtype, b"".join(parts)
 
 
-def encode_event_parts(event: Event, position: int | None = None) -> tuple[int, list[bytes | memoryview]]:
-    """The record type and the payload as parts: the metadata, then the data itself, never copied.
-
-    ``position`` is the stream position an append is written at: after WAL
-    damage, recovery checks that a stream's next record continues exactly there.
-    """
+def encode_event_parts(event: Event) -> tuple[int, list[bytes | memoryview]]:
+    """The record type and the payload as parts: the metadata, then the data itself, never copied."""
     if isinstance(event, Appended):
-        return APPENDED, _parts(_append_meta(event, position), event.data)
+        return APPENDED, _parts(_append_meta(event), event.data)
     if isinstance(event, Created):
         return CREATED, _parts(_create_meta(event), event.data)
     return DELETED, _parts({"id": event.stream_id}, b"")
 
 
 def decode_event(rtype: int, payload: bytes) -> Event:
-    return decode_event_at(rtype, payload)[0]
-
-
-def decode_event_at(rtype: int, payload: bytes) -> tuple[Event, int | None]:
-    """The event and, for an append, the stream position it was written at (None in records from before it was kept)."""
+    """The event; an append from a record written before records kept ``pos`` has position None."""
     (meta_length,) = _META_LENGTH.unpack_from(payload)
     meta = orjson.loads(payload[4 : 4 + meta_length])
     data = payload[4 + meta_length :]
     if rtype == APPENDED:
-        position = meta.get("pos")
-        return _decode_append(meta, data), position if isinstance(position, int) else None
-    return _decode_other(rtype, meta, data), None
+        return _decode_append(meta, data)
+    return _decode_other(rtype, meta, data)
 
 
 def _decode_other(rtype: int, meta: Any, data: bytes) -> Event:
@@ -87,10 +80,10 @@ def _create_meta(event: Created) -> dict[str, object]:
     return meta
 
 
-def _append_meta(event: Appended, position: int | None) -> dict[str, object]:
+def _append_meta(event: Appended) -> dict[str, object]:
     meta: dict[str, object] = {"id": event.stream_id}
-    if position is not None:
-        meta["pos"] = position
+    if event.position is not None:
+        meta["pos"] = event.position
     if event.seq is not None:
         meta["seq"] = event.seq
     if event.producer is not None:
@@ -105,4 +98,14 @@ def _decode_append(meta: dict[str, object], data: bytes) -> Appended:
     if "p" in meta:
         pid, epoch, seq = meta["p"]  # type: ignore[misc]
         producer = Producer(pid, epoch, seq)
-    return Appended(meta["id"], data, meta.get("seq"), producer, bool(meta.get("close", False)))  # type: ignore[arg-type]
+    pos = meta.get("pos")
+    position = pos if isinstance(pos, int) else None
+    return Appended(meta["id"], position, data, meta.get("seq"), producer, bool(meta.get("close", False)))  # type: ignore[arg-type]
+
+
+def positioned(table: StreamTable, event: Event) -> Event:
+    """An append decoded without a position (an old record), placed at its stream's
+    tail as replay always placed it; any other event as it is."""
+    if isinstance(event, Appended) and event.position is None:
+        return dataclasses.replace(event, position=table.by_id[event.stream_id].tail)
+    return event

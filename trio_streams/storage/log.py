@@ -1,10 +1,21 @@
 """The group-commit log writer: the only task that writes the WAL.
 
 Owns: turning batches of events from every stream actor into one WAL
-write and (in ``always`` mode) one fsync, then applying them to the
-StreamTable and data files in log order and waking each submitter.
-Also owns checkpoints (they must be taken between batches, when the table
-reflects exactly the log up to its end) and recovery at startup.
+write and (in ``always`` mode) one fsync, writing each event's data into
+its stream file at the event's position, then waking each submitter and
+applying the events to the StreamTable in log order. Also owns checkpoints
+(they must be taken between batches, when the table reflects exactly the
+log up to its end). Recovery at start-up is recovery.py's.
+
+Order within a batch: check that every event continues its stream (before
+anything is written: a wrong position is never made durable), write,
+wake, apply. Waking first means a batch that is durable is acknowledged
+even if applying it fails (the writer then stops, and a restart replays
+it). It cannot expose a stale table: setting an Event only schedules the
+submitter, and nothing between the wake and the end of ``_apply`` is a
+checkpoint, so no submitter runs — and no actor decides its next batch —
+before the table holds the events. Keep it that way: an ``await`` there
+would let an actor decide against the durable view without its own events.
 
 Faults (docs/storage.md, "Storage faults"): a full disk fails only the
 batch it hit (507), after the WAL and stream files are cut back to the
@@ -30,7 +41,7 @@ import trio
 
 from ..config import EVENT_DATA_BYTES_MAX, Settings
 from ..protocol.errors import ProtocolError
-from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable
+from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, check_batch, event_start
 from . import checkpoint
 from .events import encode_event_parts
 from .fileops import SyncFailed, is_disk_full
@@ -38,10 +49,6 @@ from .store import Store
 from .wal import Buffer, SegmentedLog, encode_record_parts
 
 log = logging.getLogger("trio_streams.storage")
-
-
-def _tail_and_base(state: StreamState) -> tuple[int, int]:
-    return state.tail, state.base
 
 
 class StorageFailed(Exception):
@@ -136,7 +143,7 @@ class Log:
         self.health = StorageHealth()
         self._in_flight: list[_Submission] = []
         self._checkpoint_retry_at = -math.inf
-        self._send, self._receive = trio.open_memory_channel[_Submission](settings.actor_queue_depth)
+        self._send, self._receive = trio.open_memory_channel[_Submission](settings.log_queue_depth)
         self._failed: BaseException | None = None
         self._unsynced = False
         self._last_sync = time.monotonic()
@@ -242,7 +249,7 @@ class Log:
                 return None
             batch = [first]
             events = len(first.events)
-            while events < self._settings.actor_batch_max * 4:
+            while events < self._settings.log_batch_events_max:
                 try:
                     batch.append(self._receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
@@ -254,9 +261,10 @@ class Log:
     async def _commit(self, batch: list[_Submission]) -> None:
         events = [e for s in batch for e in s.events]
         self._in_flight = batch  # settled by _fail if this raises
+        bases = check_batch(self._table, events)
         try:
             with trio.CancelScope(shield=True):  # a write already started must finish
-                await trio.to_thread.run_sync(self._write_sync, events)
+                await trio.to_thread.run_sync(self._write_sync, events, bases)
         except OSError as error:
             if not is_disk_full(error) or self._wal.failed:
                 raise
@@ -265,9 +273,9 @@ class Log:
             return
         self._in_flight = []
         self._resumed()
-        for submission in batch:
+        for submission in batch:  # durable: acknowledged whatever follows (module docstring)
             submission.done.set()
-        self._apply(events)
+        self._apply(events)  # no checkpoint before it ends: no woken submitter runs before
         await self._remove_files()
 
     async def _refuse_batch(self, batch: list[_Submission], events: list[Event], error: OSError) -> None:
@@ -312,35 +320,24 @@ class Log:
                 # the next recovery removes. Nothing reads them meanwhile.
                 log.error("removing files of %d deleted streams failed: %s", len(removed), error)
 
-    def _write_sync(self, events: list[Event]) -> None:
-        """Worker thread: WAL bytes, data files, then fsync (``always``) — one call per batch."""
+    def _write_sync(self, events: list[Event], bases: dict[int, int]) -> None:
+        """Worker thread: data files, WAL bytes, then fsync (``always``) — one call per batch.
+
+        ``bases``: where each written stream's file starts (``check_batch``).
+        Data goes into stream files before the WAL record: recovery after WAL
+        damage trusts a file that ends exactly at a stream's recovered tail.
+        """
         # Parts, never joined: a large append's data is written from where it is.
         parts: list[Buffer] = []
-        tails: dict[int, tuple[int, int]] = {}  # stream id → (tail, base) as of this batch
         for event in events:
-            position = self._write_data_sync(event, tails)
-            rtype, payload = encode_event_parts(event, position)
-            parts += encode_record_parts(rtype, payload)
+            if isinstance(event, (Created, Appended)):
+                self._store.write_event_sync(event, bases[event.stream_id])
+            parts += encode_record_parts(*encode_event_parts(event))
         self._wal.append_parts(parts)
         self._unsynced = True
         if self._settings.fsync == "always" or any(isinstance(e, Deleted) for e in events):
             # Files are only removed once their DELETE record is on disk.
             self._sync_wal_sync()
-
-    def _write_data_sync(self, event: Event, tails: dict[int, tuple[int, int]]) -> int | None:
-        """Writes an event's data into its stream file; returns the stream position an append goes to."""
-        if isinstance(event, Appended):
-            tail, base = tails.get(event.stream_id) or _tail_and_base(self._table.by_id[event.stream_id])
-            end = tail + len(event.data)
-            self._store.append_sync(event.stream_id, tail - base, event.data, end)
-            tails[event.stream_id] = (end, base)
-            return tail
-        if isinstance(event, Created):
-            base = event.fork.base if event.fork is not None else 0
-            self._store.create_sync(event.stream_id)
-            self._store.append_sync(event.stream_id, 0, event.data, base + len(event.data))
-            tails[event.stream_id] = (base + len(event.data), base)
-        return None
 
     def _sync_wal_sync(self) -> None:
         started = time.monotonic()
@@ -354,7 +351,7 @@ class Log:
         for event in events:
             state = self._table.apply(event)
             if state is not None and not isinstance(event, Deleted):
-                self._store.remember(event.stream_id, state.tail - len(event.data), event.data)
+                self._store.remember(event.stream_id, event_start(event), event.data)
             self.on_applied(state, event)
         for stream_id in self._table.removed:
             self._store.forget(stream_id)

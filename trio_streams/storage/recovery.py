@@ -22,10 +22,10 @@ from functools import partial
 from pathlib import Path
 
 from ..config import Settings
-from ..protocol.state import Appended, Created, Deleted, StreamTable
+from ..protocol.state import Appended, Created, Deleted, StreamState, StreamTable
 from .blocksums import DataCorrupt, last_entry
 from .checkpoint import Recovered, decode_table, replay_event
-from .events import DELETED, decode_event, decode_event_at
+from .events import DELETED, decode_event
 from .fileops import REAL, FileOps
 from .snapshot import SnapshotCorrupt, decode_snapshot, list_snapshots, snapshot_name
 from .store import Store
@@ -59,7 +59,7 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
     _refuse_unless_allowed(settings.wal_recovery_mode, start, gaps)
     fence = settings.wal_recovery_mode == "fence_damaged_streams"
     evidence = _evidence(store) if gaps else {}  # read before any file changes
-    replayer = _Replayer(start.table, store, [d.position for d in gaps] if fence else [])
+    replayer = _Replayer(start.table, store, [d.position for d in gaps] if fence else [], fence)
     for stream_id, why in start.short.items():
         start.table.by_id[stream_id].damaged = why
     for state in start.table.by_id.values():
@@ -225,20 +225,23 @@ def _refuse_unless_allowed(mode: str, start: _Start, gaps: list[Damage]) -> None
 
 
 class _Replayer:
-    """Replays records; after a gap, checks that each stream continues exactly
-    where its recovered history ends, and fences it off where it does not."""
+    """Replays records, checking that each append's position continues its stream
+    exactly where its recovered history ends. After a gap a mismatch is what the
+    gap lost: the stream is fenced off. Anywhere else it is a log that was written
+    wrong: fenced in the fence mode, else recovery refuses."""
 
-    def __init__(self, table: StreamTable, store: Store, gaps: list[int]) -> None:
+    def __init__(self, table: StreamTable, store: Store, gaps: list[int], fence: bool) -> None:
         self._table = table
         self._store = store
         self._gaps = gaps
+        self._fence = fence
         # Stream id → how many gaps lay before its last verified record.
         self._checked: dict[int, int] = {}
         self._seen_deleted: set[int] = set()
         self.replayed = 0
 
     def replay(self, record: Record) -> None:
-        event, at = decode_event_at(record.rtype, record.payload)
+        event = decode_event(record.rtype, record.payload)
         gap = bisect.bisect_left(self._gaps, record.position)
         self.replayed += 1
         if isinstance(event, Created):
@@ -246,7 +249,7 @@ class _Replayer:
         elif event.stream_id not in self._table.by_id:
             self._unknown(event, record.position)
         elif isinstance(event, Appended):
-            self._appended(event, at, gap)
+            self._appended(event, gap, record.position)
         else:
             self._seen_deleted.add(event.stream_id)
             self._table.apply(event)
@@ -269,18 +272,31 @@ class _Replayer:
             self._table.fenced_ids.setdefault(
                 event.stream_id, f"its record at log position {position} follows WAL damage that held its creation")
 
-    def _appended(self, event: Appended, at: int | None, gap: int) -> None:
+    def _appended(self, event: Appended, gap: int, log_position: int) -> None:
         state = self._table.by_id[event.stream_id]
         if state.damaged is not None:
             return
         if gap > self._checked.get(event.stream_id, 0):
             self._checked[event.stream_id] = gap
-            if at != state.tail:
-                where = "an unknown stream position" if at is None else f"stream position {at}"
+            if event.position != state.tail:
+                where = "an unknown stream position" if event.position is None else f"stream position {event.position}"
                 state.damaged = (f"its first record after the WAL damage at log position {self._gaps[gap - 1]} "
                                  f"was written at {where}, but its recovered history ends at {state.tail}")
                 return
-        replay_event(self._table, self._store, event)
+        elif event.position is not None and event.position != state.tail:
+            self._discontinuous(state, event.position, log_position)
+            return
+        replay_event(self._table, self._store, event)  # an old record without a position goes at the tail
+
+    def _discontinuous(self, state: StreamState, position: int, log_position: int) -> None:
+        """A valid record that does not continue its stream, with no damage before it."""
+        kind = "a gap" if position > state.tail else "an overlap"
+        why = (f"its record at log position {log_position} was written at stream position {position}, "
+               f"but its history before it ends at {state.tail} ({kind} in the log's positions)")
+        if not self._fence:
+            raise RecoveryRefused(f"refusing to start: stream {state.path!r} (id {state.stream_id}): {why}. "
+                                  "Start with wal_recovery_mode=fence_damaged_streams to serve every other stream")
+        state.damaged = why
 
     def fence_unverified(self, evidence: dict[int, tuple[int, int | None] | None]) -> None:
         """Streams with no record after the last gap: fenced unless their files

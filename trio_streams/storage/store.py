@@ -27,7 +27,7 @@ import trio
 
 from ..protocol.errors import data_corrupt
 from ..protocol.jsonmode import TERMINATOR
-from ..protocol.state import StreamState, StreamTable
+from ..protocol.state import Appended, Created, StreamState, StreamTable, event_end, event_start
 from . import blocksums
 from .blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM, DataCorrupt, IndexEntry, StreamFds
 from .fileops import REAL, FileOps
@@ -109,6 +109,13 @@ class Store:
             self._fd(stream_id, kind, create=True)
             self._dirty.add((stream_id, kind))
         self._partial[stream_id] = (0, 0)
+
+    def write_event_sync(self, event: Created | Appended, base: int) -> None:
+        """Writes an event's data at its position in a stream whose file starts at
+        ``base``; a Created starts the stream's files afresh (replay may redo it)."""
+        if isinstance(event, Created):
+            self.create_sync(event.stream_id)
+        self.append_sync(event.stream_id, event_start(event) - base, event.data, event_end(event))
 
     def append_sync(self, stream_id: int, file_position: int, data: bytes, end_position: int) -> None:
         """Writes one append's bytes at ``file_position``, their checksums and their end as a boundary.

@@ -23,7 +23,7 @@ from ..protocol.state import StreamTable
 from . import blocksums
 from .blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM
 from .checkpoint import decode_table
-from .events import decode_event
+from .events import decode_event, positioned
 from .snapshot import SnapshotCorrupt, decode_snapshot, list_snapshots, snapshot_name
 from .wal import HEADER_BYTES, Damage, Record, SegmentedLog, WalError, list_segments, segment_name
 
@@ -178,7 +178,7 @@ def _explain(damage: Damage) -> str:
 
 def _replay(table: StreamTable, rtype: int, payload: bytes) -> None:
     try:
-        table.apply(decode_event(rtype, payload))
+        table.apply(positioned(table, decode_event(rtype, payload)))
     except Exception:  # noqa: BLE001 - a record the table cannot apply is reported by the stream check
         pass
     table.removed.clear()

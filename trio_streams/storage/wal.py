@@ -5,7 +5,7 @@ payload``, little-endian, crc over type + payload), decoding with the rule
 "stop at the first short or invalid record", and the segment files of one log
 directory: naming by global log position, rotation, recovery (truncate the
 torn tail, drop whatever follows it), and deletion behind a checkpoint.
-The format is specified in docs/storage-framing.md.
+The format is specified in docs/storage.md, "WAL framing, segments and snapshot files".
 
 Never: interprets payloads (a record type is just a byte here), imports trio,
 keeps a buffered Python file object, or retries a failed write or fsync (a
@@ -361,7 +361,7 @@ def _measure_within(view: memoryview, offset: int, budget: list[int]) -> int:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LogStatistics:
+class WalStatistics:
     segments: int
     # None until recover() has run to the end.
     end_position: int | None
@@ -775,8 +775,8 @@ class SegmentedLog:
             fd, self._fd = self._fd, None
             self._ops.close(fd)
 
-    def statistics(self) -> LogStatistics:
-        return LogStatistics(
+    def statistics(self) -> WalStatistics:
+        return WalStatistics(
             segments=len(self._segments),
             end_position=self._end,
             bytes_appended=self._bytes_appended,
