@@ -69,6 +69,7 @@ REQUEST_TIMEOUT_S = 120.0
 # After a disconnect or at shutdown the app must finish within this (trio time).
 SETTLE_TIMEOUT_S = 60.0
 BODILESS_STATUSES = (204, 304)
+BODY_ENDS = ("complete", "held", "disconnect")
 
 HeaderItems = Mapping[str, str | bytes] | Iterable[tuple[str | bytes, str | bytes]]
 Content = bytes | Iterable[bytes] | None
@@ -131,10 +132,10 @@ def clock_autojumps() -> bool:
 class _Exchange:
     """Delivers one request to the app and records its response, checking ASGI rules as they happen."""
 
-    def __init__(self, method: str, messages: list[dict[str, Any]], hold_body_open: bool) -> None:
+    def __init__(self, method: str, messages: list[dict[str, Any]], body_end: str) -> None:
         self.method = method
         self._messages = messages
-        self._hold_body_open = hold_body_open
+        self._body_end = body_end
         self.receive_calls = 0
         self.disconnected = trio.Event()
         self.started = trio.Event()
@@ -153,12 +154,14 @@ class _Exchange:
         if self._messages and not self.disconnected.is_set():
             await trio.lowlevel.checkpoint()
             return self._messages.pop(0)
+        if self._body_end == "disconnect":
+            self.disconnect()
         # Hypercorn: after the body (or mid-body, for a client that stops
         # sending) receive() waits until the connection ends or the response does.
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_set_then_cancel, self.disconnected, scope)
-                if not self._hold_body_open:
+                if self._body_end == "complete":
                     nursery.start_soon(_set_then_cancel, self.finished, scope)
         return {"type": "http.disconnect"}
 
@@ -257,15 +260,16 @@ def _utf8(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
-def _body_messages(content: Content, hold_body_open: bool) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
+def _body_messages(content: Content, body_end: str) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
     """The http.request messages for ``content``, and the framing header a client would add."""
+    assert body_end in BODY_ENDS, body_end
     if content is None or isinstance(content, (bytes, bytearray)):
         body = bytes(content or b"")
-        if hold_body_open:
+        if body_end != "complete":
             return [{"type": "http.request", "body": body, "more_body": True}], []
         return [{"type": "http.request", "body": body, "more_body": False}], [(b"content-length", str(len(body)).encode())]
     messages = [{"type": "http.request", "body": bytes(piece), "more_body": True} for piece in content]
-    if not hold_body_open:
+    if body_end == "complete":
         messages.append({"type": "http.request", "body": b"", "more_body": False})
     return messages, [(b"transfer-encoding", b"chunked")]
 
@@ -299,8 +303,8 @@ class InprocClient:
         }
 
     def _exchange(self, method: str, path: str | bytes, params: Mapping[str, str] | str | None, headers: HeaderItems | None,
-                  content: Content, hold_body_open: bool) -> tuple[dict[str, Any], _Exchange]:
-        messages, framing = _body_messages(content, hold_body_open)
+                  content: Content, body_end: str) -> tuple[dict[str, Any], _Exchange]:
+        messages, framing = _body_messages(content, body_end)
         pairs = _header_pairs(headers)
         names = {name for name, _ in pairs}
         if b"host" not in names:
@@ -308,13 +312,17 @@ class InprocClient:
         if method not in ("GET", "HEAD", "OPTIONS", "DELETE") or content is not None:
             pairs += [pair for pair in framing if not names & {b"content-length", b"transfer-encoding"}]
         scope = self._scope(method.upper(), _target(path, params), pairs)
-        return scope, _Exchange(method.upper(), messages, hold_body_open)
+        return scope, _Exchange(method.upper(), messages, body_end)
 
     async def request(self, method: str, path: str | bytes, *, params: Mapping[str, str] | str | None = None,
                       headers: HeaderItems | None = None, content: Content = None,
-                      hold_body_open: bool = False) -> Response:
-        """The whole response. ``hold_body_open``: the body's last message never comes (a stalled client)."""
-        scope, exchange = self._exchange(method, path, params, headers, content, hold_body_open)
+                      body_end: str = "complete") -> Response:
+        """The whole response; status 0 when the client went away before one started.
+
+        ``body_end``: "complete"; "held", the body's last message never comes
+        (a stalled client); "disconnect", the client goes away after the pieces given.
+        """
+        scope, exchange = self._exchange(method, path, params, headers, content, body_end)
         with trio.fail_after(REQUEST_TIMEOUT_S):
             await self.app(scope, exchange.receive, exchange.send)
         exchange.after_app_returned()
@@ -325,7 +333,7 @@ class InprocClient:
     async def stream(self, method: str, path: str | bytes, *, params: Mapping[str, str] | str | None = None,
                      headers: HeaderItems | None = None, content: Content = None) -> AsyncIterator[StreamingResponse]:
         """A response read as the app sends it; leaving the block disconnects (if it had not ended)."""
-        scope, exchange = self._exchange(method, path, params, headers, content, False)
+        scope, exchange = self._exchange(method, path, params, headers, content, "complete")
         async with trio.open_nursery() as nursery:
             app_done = trio.Event()
 
