@@ -451,6 +451,14 @@ def is_control(ev: SseEvent) -> bool:
     return ev.event == "control"
 
 
+def assert_pairs(events: list[SseEvent]) -> None:
+    """Every data event is immediately followed by a control event."""
+    for i, ev in enumerate(events):
+        assert ev.event in ("data", "control"), ev
+        if ev.event == "data":
+            assert i + 1 < len(events) and events[i + 1].event == "control", [e.event for e in events]
+
+
 def offset_of(resp: httpx.Response | RawResponse) -> str:
     value = resp.headers.get("stream-next-offset")
     assert value, f"no Stream-Next-Offset on {resp.status_code}"

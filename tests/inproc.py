@@ -331,8 +331,13 @@ class InprocClient:
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, path: str | bytes, *, params: Mapping[str, str] | str | None = None,
-                     headers: HeaderItems | None = None, content: Content = None) -> AsyncIterator[StreamingResponse]:
-        """A response read as the app sends it; leaving the block disconnects (if it had not ended)."""
+                     headers: HeaderItems | None = None, content: Content = None,
+                     wait_for_start: bool = True) -> AsyncIterator[StreamingResponse]:
+        """A response read as the app sends it; leaving the block disconnects (if it had not ended).
+
+        ``wait_for_start=False`` enters the block at once (status 0 until the
+        response starts), so a test can disconnect a long-poll still waiting.
+        """
         scope, exchange = self._exchange(method, path, params, headers, content, "complete")
         async with trio.open_nursery() as nursery:
             app_done = trio.Event()
@@ -344,10 +349,11 @@ class InprocClient:
                     app_done.set()
 
             nursery.start_soon(run_app)
-            with trio.fail_after(REQUEST_TIMEOUT_S):
-                await _first_of(exchange.started, app_done)
-            if not exchange.started.is_set():
-                exchange.after_app_returned()
+            if wait_for_start:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    await _first_of(exchange.started, app_done)
+                if not exchange.started.is_set():
+                    exchange.after_app_returned()
             response = StreamingResponse(exchange, app_done)
             try:
                 yield response
@@ -397,8 +403,14 @@ class StreamingResponse:
     def __init__(self, exchange: _Exchange, app_done: trio.Event) -> None:
         self._exchange = exchange
         self.app_done = app_done
-        self.status_code = exchange.status
-        self.headers = exchange.headers
+
+    @property
+    def status_code(self) -> int:
+        return self._exchange.status
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self._exchange.headers
 
     async def receive_piece(self) -> bytes | None:
         """The next body piece, or None once the response has ended (or the client disconnected)."""

@@ -121,7 +121,7 @@ async def test_autojump_long_poll_timeout_takes_exactly_its_virtual_time(inproc:
     started = trio.current_time()
     resp = await inproc.client.get(PREFIX + "a", params={"offset": tail, "live": "long-poll"})
     assert resp.status_code == 204
-    assert trio.current_time() - started == 30.0
+    assert trio.current_time() - started == pytest.approx(30.0)
 
 
 async def test_autojump_append_wakes_a_long_poll_before_its_timeout(inproc: Any, autojump_clock: Any) -> None:
