@@ -6,9 +6,10 @@ hands out an ``InprocServer`` whose ``client`` issues requests the way
 Hypercorn presents them: an ``http`` scope with lower-cased headers, a
 ``Host`` header, ``raw_path`` without the query, ``path`` percent-decoded,
 and the body as ``http.request`` messages (whole, or piece by piece with
-``more_body``). ``client.request`` returns the whole response;
-``client.stream`` yields body pieces as the app sends them and can deliver
-``http.disconnect`` at any point.
+``more_body``). ``client.request`` returns the whole response (``body_end`` makes the
+client stall or vanish mid-body); ``client.stream`` yields body pieces as
+the app sends them and can deliver ``http.disconnect`` at any point, also
+before the response starts (``wait_for_start=False``, for a parked long-poll).
 
 Every response is checked against the ASGI rules Hypercorn would otherwise
 enforce silently or not at all: ``http.response.start`` first and once, no
@@ -30,11 +31,17 @@ as soon as every task is blocked, and a task waiting in
 writes and fsyncs, stream reads, checkpoints) runs in worker threads, so
 with real threads virtual time would leap ahead while a disk write is in
 flight: a 30 s long-poll would time out during the append meant to wake
-it. So while the clock autojumps, ``running_app`` runs worker-thread
-functions inline on the event loop (``inline_worker_threads``): the loop
-blocks for the duration of the call, no task becomes "blocked" on a
-thread, and virtual time moves only when the app really waits on a timer.
-Under the real clock (no clock fixture) threads stay real.
+it (start-up itself fails that way). Under ``mock_clock`` (which moves only
+when the test jumps it) the opposite: nothing can wait for a thread by
+polling. So on any MockClock ``running_app`` runs worker-thread functions
+inline on the event loop (``inline_worker_threads``): the loop blocks for
+the duration of the call, no task is ever "blocked" on a thread, virtual
+time moves only when the app really waits on a timer, and once
+``wait_all_tasks_blocked()`` returns the app has done all it can. Under
+the real clock (no clock fixture) threads stay real.
+
+pytest-trio takes the clock from the test function's own arguments only:
+a fixture that depends on ``autojump_clock`` does not put the test on it.
 
 Only trio time is virtual: ``time.time()`` (cursors, TTL, Expires-At) is
 still the wall clock, so expiry tests stay on real processes until the
@@ -121,9 +128,21 @@ def inline_worker_threads() -> Iterator[None]:
         trio.to_thread.run_sync = original
 
 
-def clock_autojumps() -> bool:
+def on_mock_clock() -> bool:
+    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+
+def clock_stands_still() -> bool:
+    """A MockClock that moves only when the test jumps it (``mock_clock``)."""
     clock = trio.lowlevel.current_clock()
-    return isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold != math.inf
+    return isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold == math.inf and clock.rate == 0
+
+
+async def _pause(seconds: float) -> None:
+    """Lets time pass between two polls, if anything can make it pass."""
+    if clock_stands_still():
+        raise AssertionError("still waiting, and the MockClock moves only when the test jumps it")
+    await trio.sleep(seconds)
 
 
 # -- one exchange: the receive and send the app is given -------------------------
@@ -196,10 +215,14 @@ class _Exchange:
             return f"body is {type(body).__name__}, not bytes"
         if body and (self.method == "HEAD" or self.status in BODILESS_STATUSES):
             return f"{len(body)} body bytes on a {self.method} {self.status} response"
+        return self._length_problem(self.body_length + len(body), final=not message.get("more_body", False))
+
+    def _length_problem(self, total: int, *, final: bool) -> str | None:
+        """h11 refuses a body longer than the declared Content-Length and cuts the connection on a shorter one."""
         declared = self.headers.get("content-length")
-        total = self.body_length + len(body)
-        if declared is not None and (total > int(declared) or (not message.get("more_body") and total != int(declared)
-                                                               and self.method != "HEAD")):
+        if declared is None or self.method == "HEAD":  # a HEAD response declares the GET's length
+            return None
+        if total > int(declared) or (final and total != int(declared)):
             return f"body of {total} bytes against Content-Length {declared}"
         return None
 
@@ -545,16 +568,19 @@ class InprocServer:
                 seen.append(await self.subscribers())
                 if predicate(seen[-1]):
                     return seen[-1]
-                await trio.sleep(0.01)
+                await _pause(0.01)
         raise AssertionError(f"timed out waiting for {what}; last subscriber counts {seen[-5:]}")
 
     async def wait_ready(self) -> None:
         # Real time: under an autojumping clock a trio deadline would pass in no time at all.
         end = time.monotonic() + READY_TIMEOUT_S
-        while (await self.client.get("/healthz")).status_code != 200:
+        while True:
+            await trio.testing.wait_all_tasks_blocked()  # with inline threads, recovery is over by then
+            if (await self.client.get("/healthz")).status_code == 200:
+                return
             if time.monotonic() > end:
                 raise AssertionError(f"app not ready after {READY_TIMEOUT_S}s")
-            await trio.sleep(0.005)
+            await _pause(0.005)
 
 
 class _Lifespan:
@@ -585,7 +611,7 @@ class _Lifespan:
 @contextlib.asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[InprocServer]:
     """The app with its lifespan running: ready on entry, shut down cleanly on exit."""
-    threads = inline_worker_threads() if clock_autojumps() else contextlib.nullcontext()
+    threads = inline_worker_threads() if on_mock_clock() else contextlib.nullcontext()
     with threads:
         app = App(settings)
         lifespan = _Lifespan()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from conftest import PREFIX, offset_of
 from inproc import AsgiViolation, InprocClient, inline_worker_threads
@@ -137,3 +138,17 @@ async def test_autojump_append_wakes_a_long_poll_before_its_timeout(inproc: Any,
         assert (await inproc.client.post(PREFIX + "a", content=b"d", headers=TEXT)).status_code == 204
     assert (got[0].status_code, got[0].content) == (200, b"d")
     assert trio.current_time() - started < 30.0
+
+
+async def test_manual_mock_clock_holds_a_long_poll_until_the_test_jumps_it(inproc: Any, mock_clock: Any) -> None:
+    tail = offset_of(await inproc.client.put(PREFIX + "a", content=b"abc", headers=TEXT))
+    got = []
+    async with trio.open_nursery() as nursery:
+        async def poll() -> None:
+            got.append(await inproc.client.get(PREFIX + "a", params={"offset": tail, "live": "long-poll"}))
+        nursery.start_soon(poll)
+        await inproc.wait_subscribers(lambda n: n == 1, "the long-poll to park")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [], "answered although no time passed"
+        mock_clock.jump(30.0)
+    assert got[0].status_code == 204
