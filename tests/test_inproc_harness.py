@@ -125,30 +125,36 @@ async def test_autojump_long_poll_timeout_takes_exactly_its_virtual_time(inproc:
     assert trio.current_time() - started == pytest.approx(30.0)
 
 
-async def test_autojump_append_wakes_a_long_poll_before_its_timeout(inproc: Any, autojump_clock: Any) -> None:
-    """With real worker threads the clock would leap 30 s while the append's WAL write ran."""
+async def long_poll_parked(inproc: Any, then: Callable[[list[Any]], Awaitable[None]]) -> Any:
+    """A long-poll at the tail of a new stream; ``then(answers)`` runs once it is parked. Returns its response."""
     tail = offset_of(await inproc.client.put(PREFIX + "a", content=b"abc", headers=TEXT))
-    got = []
+    got: list[Any] = []
     async with trio.open_nursery() as nursery:
         async def poll() -> None:
             got.append(await inproc.client.get(PREFIX + "a", params={"offset": tail, "live": "long-poll"}))
         nursery.start_soon(poll)
         await inproc.wait_subscribers(lambda n: n == 1, "the long-poll to park")
-        started = trio.current_time()
+        await then(got)
+    return got[0]
+
+
+async def test_autojump_append_wakes_a_long_poll_before_its_timeout(inproc: Any, autojump_clock: Any) -> None:
+    """With real worker threads the clock would leap 30 s while the append's WAL write ran."""
+    started = []
+
+    async def append(_: list[Any]) -> None:
+        started.append(trio.current_time())
         assert (await inproc.client.post(PREFIX + "a", content=b"d", headers=TEXT)).status_code == 204
-    assert (got[0].status_code, got[0].content) == (200, b"d")
-    assert trio.current_time() - started < 30.0
+
+    resp = await long_poll_parked(inproc, append)
+    assert (resp.status_code, resp.content) == (200, b"d")
+    assert trio.current_time() - started[0] < 30.0
 
 
 async def test_manual_mock_clock_holds_a_long_poll_until_the_test_jumps_it(inproc: Any, mock_clock: Any) -> None:
-    tail = offset_of(await inproc.client.put(PREFIX + "a", content=b"abc", headers=TEXT))
-    got = []
-    async with trio.open_nursery() as nursery:
-        async def poll() -> None:
-            got.append(await inproc.client.get(PREFIX + "a", params={"offset": tail, "live": "long-poll"}))
-        nursery.start_soon(poll)
-        await inproc.wait_subscribers(lambda n: n == 1, "the long-poll to park")
+    async def jump(got: list[Any]) -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert got == [], "answered although no time passed"
         mock_clock.jump(30.0)
-    assert got[0].status_code == 204
+
+    assert (await long_poll_parked(inproc, jump)).status_code == 204
