@@ -70,6 +70,16 @@ def deadline_poll(predicate: Callable[[], object], timeout: float = 5.0, interva
         time.sleep(interval)
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition, by series name (labels included)."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name.strip()] = float(value)
+    return values
+
+
 @dataclass
 class Server:
     """One `trio-streams serve` process; restartable on the same data dir and port."""
@@ -162,13 +172,7 @@ class Server:
     # -- observation ---------------------------------------------------
 
     def metrics(self) -> dict[str, float]:
-        text = httpx.get(f"{self.url}/metrics", timeout=5.0).text
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name.strip()] = float(value)
-        return values
+        return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=5.0).text)
 
     def subscribers(self) -> int:
         return int(self.metrics().get("trio_streams_subscribers", 0))
@@ -447,6 +451,14 @@ def is_control(ev: SseEvent) -> bool:
     return ev.event == "control"
 
 
+def assert_pairs(events: list[SseEvent]) -> None:
+    """Every data event is immediately followed by a control event."""
+    for i, ev in enumerate(events):
+        assert ev.event in ("data", "control"), ev
+        if ev.event == "data":
+            assert i + 1 < len(events) and events[i + 1].event == "control", [e.event for e in events]
+
+
 def offset_of(resp: httpx.Response | RawResponse) -> str:
     value = resp.headers.get("stream-next-offset")
     assert value, f"no Stream-Next-Offset on {resp.status_code}"
@@ -465,3 +477,31 @@ def read_all(client: httpx.Client, url: str, offset: str = "-1", limit: int = 10
             return responses, offset
     raise AssertionError("never reached Stream-Up-To-Date")
 
+
+
+# -- in-process app (tests/inproc.py): the ASGI App driven without sockets ----
+
+
+def inproc_settings_for(tmp_path: Path, **overrides: object) -> "Settings":
+    """Settings like the shared server's (500 ms long-poll, 64 KiB append limit) on a fresh data dir."""
+    from trio_streams.config import Settings
+
+    data = tmp_path / f"inproc-{uuid.uuid4().hex[:8]}"
+    data.mkdir()
+    defaults: dict[str, object] = {"append_bytes_max": APPEND_BYTES_MAX, "long_poll_timeout_ms": LONG_POLL_TIMEOUT_MS}
+    return Settings(data_dir=str(data), **(defaults | overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def inproc_settings() -> dict[str, object]:
+    """Settings overrides for the ``inproc`` fixture: override this fixture in a module or class."""
+    return {}
+
+
+@pytest.fixture
+async def inproc(tmp_path: Path, inproc_settings: dict[str, object]):  # type: ignore[no-untyped-def]
+    """A running in-process app on a fresh data dir (under ``autojump_clock`` if the test asks for it)."""
+    from inproc import running_app
+
+    async with running_app(inproc_settings_for(tmp_path, **inproc_settings)) as srv:
+        yield srv

@@ -1,13 +1,17 @@
-"""Bad input gets the right 4xx with a JSON error body — never a 500, never a hang.
+"""Bad input through Hypercorn: the right 4xx with a JSON error body — never a 500, never a hang.
 
-Every error response is checked for {"error": {"code", "message"}} and the
-browser security headers (PROTOCOL.md 12.7). Paths that an HTTP client would
-normalise are sent over a raw socket.
+The full set of bad-input tests runs in process (tests/test_inproc_errors.py);
+these are the ones where Hypercorn and h11 take part: the request line and
+query as h11 parses them, paths as Hypercorn decodes them, chunked bodies,
+a body that never comes or stops half-way on a real socket, CONNECT, and
+the headers on every kind of response as they leave the server. Error
+bodies are {"error": {"code", "message"}} with the browser security
+headers (PROTOCOL.md 12.7). Paths that an HTTP client would normalise are
+sent over a raw socket.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 
@@ -20,14 +24,12 @@ from conftest import (
     Server,
     assert_error,
     assert_security_headers,
-    offset_of,
     raw_request,
     unique,
 )
 
 TEXT = "text/plain"
 JSON = "application/json"
-VALID_TAIL_SHAPE = "0000000000000000_0000000000000000"
 
 
 def path(name: str) -> str:
@@ -43,43 +45,10 @@ def text_stream(client: httpx.Client, name: str) -> str:
 
 # -- offsets -------------------------------------------------------------------
 
-MALFORMED_OFFSETS = [
-    "", "abc", "0", "1", "-2", "-01", "+1", "-1 ", " -1", "- 1", "NOW", "Now", "now ", "now\n", "-1,0",
-    "1_2", "_", "0000000000000000_", "_0000000000000000", "0000000000000000-0000000000000000",
-    "0000000000000000_000000000000000x", "0000000000000000_00000000000000001", "000000000000000_0000000000000000",
-    "0000000000000000_000000000000000３",  # a full-width digit
-    "0000000000000000_-000000000000001", "0000000000000000_0000000000000000_0",
-    "\x00", "%00", "a/b", "a=b", "1e3", "0x10", "∞", "x" * 4000,
-]
-
-
-@pytest.mark.parametrize("offset", MALFORMED_OFFSETS, ids=[repr(o[:24]) for o in MALFORMED_OFFSETS])
-@pytest.mark.parametrize("live", [None, "long-poll", "sse"])
-def test_malformed_offset_is_400(client: httpx.Client, text_stream: str, offset: str, live: str | None) -> None:
-    params = {"offset": offset} | ({"live": live} if live else {})
-    started = time.monotonic()
-    assert_error(client.get(path(text_stream), params=params), 400)
-    assert time.monotonic() - started < 0.4, "a malformed live read must fail before waiting"
-
-
-@pytest.mark.parametrize("live", [None, "long-poll", "sse"])
-def test_offset_beyond_tail_is_400(client: httpx.Client, text_stream: str, live: str | None) -> None:
-    tail = offset_of(client.head(path(text_stream)))
-    beyond = tail[:-1] + str(int(tail[-1]) + 1)
-    assert beyond > tail
-    params = {"offset": beyond} | ({"live": live} if live else {})
-    assert_error(client.get(path(text_stream), params=params), 400)
-    far = "0000000000000000_9999999999999999"
-    assert_error(client.get(path(text_stream), params={"offset": far} | ({"live": live} if live else {})), 400)
-
-
 @pytest.mark.parametrize(
     "query",
     [
-        "offset=-1&offset=-1",
         "offset=-1&offset=now",
-        "offset=now&live=long-poll&offset=now",
-        "offset=-1&live=sse&live=sse",
         "offset=-1&live=long-poll&live=sse",
     ],
 )
@@ -87,180 +56,11 @@ def test_repeated_query_parameters_are_400(server: Server, text_stream: str, que
     assert_error(raw_request(server, "GET", f"{path(text_stream)}?{query}"), 400)
 
 
-@pytest.mark.parametrize("live", ["", "longpoll", "long_poll", "LONG-POLL", "SSE", "true", "1", "websocket", "sse "])
-def test_bad_live_value_is_400(client: httpx.Client, text_stream: str, live: str) -> None:
-    assert_error(client.get(path(text_stream), params={"offset": "-1", "live": live}), 400)
-
-
-@pytest.mark.parametrize("live", ["long-poll", "sse"])
-def test_live_modes_require_an_offset(client: httpx.Client, text_stream: str, live: str) -> None:
-    assert_error(client.get(path(text_stream), params={"live": live}), 400)
-
-
-def test_json_read_from_inside_a_message_is_refused_or_valid_json(client: httpx.Client, name: str) -> None:
-    """Offsets are opaque, but a JSON-mode GET must never answer 200 with a body that is not a JSON array (9.1.5).
-
-    The server mints offsets as fixed-width positions, so a client can forge
-    one that points into the middle of a stored message.
-    """
-    created = client.put(path(name), content=b'[{"a":1},{"b":2}]', headers={"content-type": JSON})
-    assert created.status_code == 201
-    inside = "0000000000000000_0000000000000003"
-    assert inside < offset_of(created)
-    resp = client.get(path(name), params={"offset": inside})
-    if resp.status_code == 200:
-        body = resp.content
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            pytest.fail(f"GET ?offset={inside} on a JSON stream answered 200 with invalid JSON {body!r}")
-        assert isinstance(parsed, list)
-    else:
-        assert_error(resp, 400)
-
-
-# -- missing streams -----------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
-def test_missing_stream_is_404(client: httpx.Client, method: str) -> None:
-    kwargs = {"content": b"x", "headers": {"content-type": TEXT}} if method == "POST" else {}
-    assert_error(client.request(method, path(unique("missing")), **kwargs), 404)
-
-
-@pytest.mark.parametrize("live", ["long-poll", "sse"])
-def test_missing_stream_live_is_404(client: httpx.Client, live: str) -> None:
-    assert_error(client.get(path(unique("missing")), params={"offset": "-1", "live": live}), 404)
-
-
-def test_missing_stream_head_is_404_without_body(client: httpx.Client) -> None:
-    resp = client.head(path(unique("missing")))
-    assert resp.status_code == 404
-    assert resp.content == b""
-    assert_security_headers(resp)
-
-
-# -- creation headers ------------------------------------------------------------
-
-BAD_TTLS = ["+3600", "03600", "3600.0", "3.6e3", "-1", "abc", "", " ", "1 2", "0x10", "1_000", "99999999999999999999", "٣"]
-
-
-@pytest.mark.parametrize("ttl", BAD_TTLS, ids=[repr(t) for t in BAD_TTLS])
-def test_bad_stream_ttl_is_400(server: Server, client: httpx.Client, name: str, ttl: str) -> None:
-    resp = raw_request(server, "PUT", path(name), [("Content-Type", TEXT), ("Stream-TTL", ttl)], b"")
-    assert_error(resp, 400)
-    assert client.head(path(name)).status_code == 404
-
-
-def test_repeated_stream_ttl_header_is_400(client: httpx.Client, name: str) -> None:
-    resp = client.put(path(name), headers=[("content-type", TEXT), ("stream-ttl", "60"), ("stream-ttl", "60")])
-    assert_error(resp, 400)
-
-
-BAD_EXPIRES = [
-    "tomorrow", "", "1700000000", "2099-01-01", "2099-01-01T00:00:00", "2099-01-01T00:00Z", "2099-13-01T00:00:00Z",
-    "2099-02-30T00:00:00Z", "2099-01-01T25:00:00Z", "2099-01-01T00:00:00+2:00", "2099-01-01T00:00:00+99:99",
-    "2099-01-01T00:00:00.Z", "Thu, 01 Jan 2099 00:00:00 GMT", " 2099-01-01T00:00:00Z x",
-]
-
-
-@pytest.mark.parametrize("value", BAD_EXPIRES, ids=[repr(v) for v in BAD_EXPIRES])
-def test_bad_stream_expires_at_is_400(server: Server, client: httpx.Client, name: str, value: str) -> None:
-    assert_error(raw_request(server, "PUT", path(name), [("Content-Type", TEXT), ("Stream-Expires-At", value)], b""), 400)
-    assert client.head(path(name)).status_code == 404
-
-
-def test_ttl_and_expires_at_together_is_400(client: httpx.Client, name: str) -> None:
-    resp = client.put(path(name), headers={"content-type": TEXT, "stream-ttl": "60", "stream-expires-at": "2099-01-01T00:00:00Z"})
-    assert_error(resp, 400)
-    assert client.head(path(name)).status_code == 404
-
-
-@pytest.mark.parametrize("ctype", ["not a type", "text/", "/plain", "text", "text/plain/extra", "té/xt", "a" * 300 + "/b"])
-def test_bad_content_type_on_create_is_400(client: httpx.Client, name: str, ctype: str) -> None:
-    assert_error(client.put(path(name), headers={"content-type": ctype.encode()}), 400)
-
-
-# -- appends -----------------------------------------------------------------------
-
-PARTIAL_PRODUCERS = [
-    {"producer-id": "p"},
-    {"producer-epoch": "0"},
-    {"producer-seq": "0"},
-    {"producer-id": "p", "producer-epoch": "0"},
-    {"producer-id": "p", "producer-seq": "0"},
-    {"producer-epoch": "0", "producer-seq": "0"},
-]
-BAD_PRODUCER_VALUES = [
-    {"producer-id": ""},
-    {"producer-id": "   "},
-    {"producer-epoch": "-1"},
-    {"producer-epoch": "abc"},
-    {"producer-epoch": "1.5"},
-    {"producer-epoch": "01"},
-    {"producer-epoch": "+1"},
-    {"producer-epoch": ""},
-    {"producer-epoch": str(2**53)},
-    {"producer-seq": "-1"},
-    {"producer-seq": "x"},
-    {"producer-seq": "1e2"},
-    {"producer-seq": str(2**53)},
-    {"producer-seq": "9" * 40},
-]
-
-
-@pytest.mark.parametrize("headers", PARTIAL_PRODUCERS + BAD_PRODUCER_VALUES, ids=lambda h: ",".join(f"{k}={v[:8]}" for k, v in h.items()))
-def test_bad_producer_headers_are_400(server: Server, client: httpx.Client, text_stream: str, headers: dict[str, str]) -> None:
-    full = headers if headers in PARTIAL_PRODUCERS else {"producer-id": "p", "producer-epoch": "0", "producer-seq": "0"} | headers
-    tail = offset_of(client.head(path(text_stream)))
-    resp = raw_request(server, "POST", path(text_stream), [("Content-Type", TEXT), *full.items()], b"x")
-    assert_error(resp, 400)
-    assert offset_of(client.head(path(text_stream))) == tail
-
-
-def test_producer_values_at_the_limit_are_accepted(client: httpx.Client, text_stream: str) -> None:
-    limit = str(2**53 - 1)
-    resp = client.post(path(text_stream), content=b"x", headers={"content-type": TEXT, "producer-id": "p", "producer-epoch": limit, "producer-seq": "0"})
-    assert resp.status_code == 200, resp.text
-    assert resp.headers.get("producer-epoch") == limit
-
-
-def test_missing_content_type_on_append_is_400(server: Server, text_stream: str) -> None:
-    # Raw, so no client can add a default Content-Type.
-    resp = raw_request(server, "POST", path(text_stream), [], b"data")
-    assert_error(resp, 400)
-
-
-def test_content_type_mismatch_is_409(client: httpx.Client, text_stream: str) -> None:
-    resp = client.post(path(text_stream), content=b"x", headers={"content-type": "application/octet-stream"})
-    assert_error(resp, 409)
-    assert "stream-closed" not in resp.headers
-    # Parameters and case do not matter; the media type does.
-    ok = client.post(path(text_stream), content=b"y", headers={"content-type": "Text/Plain; charset=utf-8"})
-    assert ok.status_code == 204
-
-
-def test_invalid_content_type_on_append_is_4xx(client: httpx.Client, text_stream: str) -> None:
-    resp = client.post(path(text_stream), content=b"x", headers={"content-type": "garbage"})
-    assert resp.status_code in (400, 409)
-    assert_error(resp, resp.status_code)
-
-
-def test_empty_append_without_close_is_400(client: httpx.Client, text_stream: str) -> None:
-    assert_error(client.post(path(text_stream), content=b"", headers={"content-type": TEXT}), 400)
-    assert_error(client.post(path(text_stream), content=b"", headers={"content-type": TEXT, "stream-closed": "no"}), 400)
-
-
-@pytest.mark.parametrize("seq", ["", "x" * 300])
-def test_bad_stream_seq_is_400(client: httpx.Client, text_stream: str, seq: str) -> None:
-    assert_error(client.post(path(text_stream), content=b"x", headers={"content-type": TEXT, "stream-seq": seq}), 400)
-
-
 # -- size limits (--append-bytes-max 65536) -------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["PUT", "POST"])
-@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("framing", ["chunked"])
 def test_body_over_limit_is_413(client: httpx.Client, name: str, method: str, framing: str) -> None:
     if method == "POST":
         assert client.put(path(name), content=b"abc", headers={"content-type": TEXT}).status_code == 201
@@ -274,16 +74,6 @@ def test_body_over_limit_is_413(client: httpx.Client, name: str, method: str, fr
         assert client.head(path(name)).status_code == 404
 
 
-@pytest.mark.parametrize("framing", ["content-length", "chunked"])
-def test_body_at_limit_is_accepted(client: httpx.Client, name: str, framing: str) -> None:
-    assert client.put(path(name), headers={"content-type": TEXT}).status_code == 201
-    body = b"q" * APPEND_BYTES_MAX
-    content = body if framing == "content-length" else iter([body[:1000], body[1000:]])
-    resp = client.post(path(name), content=content, headers={"content-type": TEXT})
-    assert resp.status_code == 204, resp.text
-    assert client.get(path(name)).content == body
-
-
 def test_huge_declared_content_length_is_413_without_waiting_for_the_body(server: Server, text_stream: str) -> None:
     started = time.monotonic()
     resp = raw_request(server, "POST", path(text_stream), [("Content-Type", TEXT), ("Content-Length", str(10**12))], timeout=5)
@@ -293,18 +83,16 @@ def test_huge_declared_content_length_is_413_without_waiting_for_the_body(server
 
 # -- paths -----------------------------------------------------------------------------
 
+# A sample through Hypercorn's request parsing: its ``path`` decodes what the
+# app must judge by ``raw_path`` (the full list is tests/test_inproc_errors.py).
 TRAVERSALS = [
-    "/v1/stream/a/../b", "/v1/stream/../etc/passwd", "/v1/stream/..", "/v1/stream/.", "/v1/stream/./a",
-    "/v1/stream/a/./b", "/v1/stream/a/.", "/v1/stream/a//b", "/v1/stream//a", "/v1/stream/a/", "/v1/stream/",
-    "/v1/stream/%2e%2e/b", "/v1/stream/%2E%2E", "/v1/stream/a/%2e%2e/b", "/v1/stream/%2e", "/v1/stream/a/%2e/b",
-    "/v1/stream/.%2e/b", "/v1/stream/a%2f..%2fb", "/v1/stream/a%2F%2Fb", "/v1/stream/a%5c..%5cb", "/v1/stream/a\\..\\b",
-    "/v1/stream/a%00b", "/v1/stream/a%01b", "/v1/stream/a%0ab", "/v1/stream/a%0d%0aX-Injected:%201", "/v1/stream/a%1fb",
-    "/v1/stream/a%7fb", "/v1/stream/" + "a" * 1100,
+    "/v1/stream/a/../b", "/v1/stream/%2e%2e/b", "/v1/stream/a%2f..%2fb", "/v1/stream/a//b", "/v1/stream/a%00b",
+    "/v1/stream/a%0d%0aX-Injected:%201",
 ]
 
 
 @pytest.mark.parametrize("target", TRAVERSALS, ids=lambda t: t[11:40])
-@pytest.mark.parametrize("method", ["PUT", "GET", "POST", "HEAD"])
+@pytest.mark.parametrize("method", ["PUT", "HEAD"])
 def test_bad_stream_paths_are_400(server: Server, client: httpx.Client, target: str, method: str) -> None:
     headers = [("Content-Type", TEXT)] if method in ("PUT", "POST") else []
     body = b"evil" if method in ("PUT", "POST") else None
@@ -348,14 +136,7 @@ def test_invalid_utf8_percent_encoding_does_not_alias_streams(server: Server, cl
     assert replacement.status_code in (400, 404), f"/{token}-%EF%BF%BD read the stream written at /{token}-%ff"
 
 
-def test_encoded_slash_names_the_same_stream_as_a_slash(server: Server, client: httpx.Client) -> None:
-    # Documenting behaviour: %2F is decoded like '/', so it adds no new way to escape the prefix.
-    token = unique("slash")
-    assert raw_request(server, "PUT", f"{PREFIX}{token}%2Fchild", [("Content-Type", TEXT)], b"hi").status_code == 201
-    assert client.get(path(f"{token}/child")).content == b"hi"
-
-
-@pytest.mark.parametrize("method", ["PATCH", "TRACE", "PROPFIND", "FOO", "CONNECT"])
+@pytest.mark.parametrize("method", ["PATCH", "CONNECT"])
 def test_unknown_methods_are_405_with_allow(server: Server, text_stream: str, method: str) -> None:
     for target in (path(text_stream), path(unique("missing"))):
         resp = raw_request(server, method, target)
@@ -363,46 +144,6 @@ def test_unknown_methods_are_405_with_allow(server: Server, text_stream: str, me
         allow = {m.strip() for m in resp.headers["allow"].split(",")}
         assert {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"} <= allow
         assert method not in allow
-
-
-@pytest.mark.parametrize("target", ["/v1/stream/__ds", "/v1/stream/__ds/subscriptions/x", "/v1/stream/__ds/keys"])
-@pytest.mark.parametrize("method", ["GET", "PUT", "POST", "DELETE"])
-def test_reserved_ds_namespace_is_501(server: Server, target: str, method: str) -> None:
-    headers = [("Content-Type", JSON)] if method in ("PUT", "POST") else []
-    body = b"{}" if method in ("PUT", "POST") else None
-    assert_error(raw_request(server, method, target, headers, body), 501)
-
-
-@pytest.mark.parametrize("target", ["/", "/v1", "/v1/stream", "/v1/streams/a", "/v2/stream/a", "/favicon.ico", "/V1/STREAM/a", "/healthz/x"])
-@pytest.mark.parametrize("method", ["GET", "PUT", "POST"])
-def test_unknown_top_level_paths_are_404(server: Server, target: str, method: str) -> None:
-    headers = [("Content-Type", TEXT)] if method != "GET" else []
-    assert_error(raw_request(server, method, target, headers, b"x" if method != "GET" else None), 404)
-
-
-# -- CORS ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("target", ["existing", "missing"])
-def test_cors_preflight(client: httpx.Client, text_stream: str, target: str) -> None:
-    name = text_stream if target == "existing" else unique("missing")
-    resp = client.options(path(name), headers={
-        "origin": "https://app.example",
-        "access-control-request-method": "POST",
-        "access-control-request-headers": "content-type, if-none-match, stream-ttl, producer-id",
-    })
-    assert resp.status_code in (200, 204)
-    assert_security_headers(resp)
-    assert resp.headers.get("access-control-allow-origin") in ("*", "https://app.example")
-    methods = {m.strip().upper() for m in resp.headers["access-control-allow-methods"].split(",")}
-    assert {"GET", "HEAD", "POST", "PUT", "DELETE"} <= methods
-    allowed = {h.strip().lower() for h in resp.headers["access-control-allow-headers"].split(",")}
-    for header in ("content-type", "if-none-match", "stream-ttl", "stream-expires-at", "stream-closed", "stream-seq",
-                   "producer-id", "producer-epoch", "producer-seq"):
-        assert header in allowed, header
-    exposed = {h.strip().lower() for h in resp.headers["access-control-expose-headers"].split(",")}
-    for header in ("stream-next-offset", "stream-cursor", "stream-up-to-date", "stream-closed", "etag", "location"):
-        assert header in exposed, header
 
 
 # -- security headers everywhere ------------------------------------------------------------
@@ -444,22 +185,6 @@ def test_security_headers_on_every_kind_of_response(server: Server, client: http
             assert_security_headers(resp)
         except AssertionError as exc:
             raise AssertionError(f"{label}: {exc}") from None
-
-
-def test_no_500_for_odd_header_values(server: Server, client: httpx.Client, name: str) -> None:
-    """A small sweep of odd values across protocol headers: every answer is < 500 and errors are JSON."""
-    assert client.put(path(name), content=b"a", headers={"content-type": TEXT}).status_code == 201
-    odd = ["", " ", "true", "TRUE", "0", "-0", "null", "\t1", "ä", "9" * 200, "a,b", '"x"']
-    headers = ["stream-ttl", "stream-expires-at", "stream-closed", "stream-seq", "producer-id", "producer-epoch",
-               "producer-seq", "if-none-match", "content-type"]
-    for header in headers:
-        for value in odd:
-            for method, body in (("PUT", b""), ("POST", b"x"), ("GET", None)):
-                hdrs = {"content-type": TEXT} | {header: value}
-                resp = raw_request(server, method, path(name), list(hdrs.items()), body)
-                assert resp.status_code < 500, (method, header, value, resp.status_code, resp.body)
-                if resp.status_code >= 400:
-                    assert_error(resp, resp.status_code)
 
 
 def test_server_survives_a_half_sent_request(server: Server, client: httpx.Client, text_stream: str) -> None:
