@@ -127,3 +127,14 @@ async def test_sse_pairs_data_with_control_and_ends_on_close(tmp_path: Path) -> 
         assert final == {"streamNextOffset": format_offset(len(b'{"n":1}\n{"n":2}\n')), "upToDate": True, "streamClosed": True}
         assert orjson.loads(_sse_data(events[2])) == [{"n": 2}]
         assert sent.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_catch_up_cache_control_follows_the_settings(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path), cache_max_age_s=5, cache_stale_while_revalidate_s=7)
+    async with run_service(settings) as service:
+        streams = _streams(service)
+        await streams.create("s", _create(body=b"abc"))
+        sent = Recorder()
+        await _reads(service).catch_up(_request({"offset": "-1"}), streams.open("s"), sent)
+        assert (sent.status, sent.body) == (200, b"abc")
+        assert sent.headers["cache-control"] == "public, max-age=5, stale-while-revalidate=7"
