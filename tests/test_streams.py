@@ -17,6 +17,8 @@ from trio_streams.protocol.headers import AppendRequest, CreateRequest, Expiry, 
 from trio_streams.protocol.reads import metadata_headers
 from trio_streams.service import Service
 from trio_streams.storage.log import Log
+from trio_streams.protocol.state import StreamState
+from trio_streams.streams.lifetimes import Lifetimes
 from trio_streams.streams.registry import Registry
 from trio_streams.streams.view import DurableView
 
@@ -314,3 +316,21 @@ async def test_stream_limit_refuses_creates_with_507(tmp_path: Path) -> None:
             await registry.create("c", _create())
         assert info.value.status == 507
         assert (await registry.create("a", _create())).status == 200  # re-confirming is still fine
+
+
+def test_lifetimes_count_a_restart_as_an_access_and_snapshot_whole() -> None:
+    now = [5000.0]
+    lifetimes = Lifetimes(Clock(wall=lambda: now[0]), [1, 2])
+    ttl = StreamState(1, "a", "text/plain", Expiry(ttl_s=10), created_at=0.0)
+    assert not lifetimes.is_expired(ttl)  # created long ago, but the restart counted as an access
+    now[0] = 5010.0
+    assert lifetimes.is_expired(ttl)
+    lifetimes.touch(1)
+    now[0] = 5019.0
+    assert not lifetimes.is_expired(ttl)
+    snapshot = lifetimes.last_access()
+    assert snapshot == {1: 5010.0, 2: 5000.0}
+    lifetimes.forget(1)
+    assert lifetimes.is_expired(ttl)  # forgotten: back to its creation time
+    lifetimes.restore(snapshot)
+    assert not lifetimes.is_expired(ttl) and lifetimes.last_access() == snapshot

@@ -214,8 +214,7 @@ class StreamActor:
                 view = state_from_created(event)
             return event, view, reply
         assert isinstance(request, DeleteRequest)
-        deleted, view, reply = decide_delete(view, request.only_stream_id)
-        return deleted, view, reply
+        return decide_delete(view, request.only_stream_id)
 
 
 def _fail_unanswered(batch: list[Command], error: ProtocolError) -> None:
