@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+import trio
+import trio.testing
 
 from conftest import Server, unique
+from trio_streams.clock import Clock
 from trio_streams.config import Settings
 from trio_streams.protocol.errors import ProtocolError
 from trio_streams.protocol.headers import CreateRequest, Expiry, ForkSpec
 from trio_streams.protocol.offsets import format_offset
 from trio_streams.protocol.state import Created, Deleted, ForkOrigin, StreamTable
 from trio_streams.streams.forks import resolve_fork
-from test_streams import _append, _create, run_service
+from test_streams import _append, _create, mock_time, run_service, threads_on_loop  # noqa: F401 (fixtures)
 
 
 def _fork(source: str, offset: int | None = None, sub: int = 0, content_type: str = "text/plain") -> CreateRequest:
@@ -227,3 +231,22 @@ async def test_delete_and_recreate_in_one_batch_respects_soft_delete(registry) -
         await put.wait()
     assert info.value.status == 409
     assert registry.view.at("src").soft_deleted
+
+
+async def test_an_expired_source_is_missing_or_soft_deleted_for_forks(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, mock_time: Clock
+) -> None:
+    """Expiry is a delete: forking an expired source is 404 without forks, 409 with them."""
+    settings = Settings(data_dir=str(tmp_path), expiry_sweep_interval_s=1000)  # no sweep: requests notice
+    async with run_service(settings, mock_time) as service:
+        registry = service.registry
+        await registry.create("lonely", _create(body=b"x", expiry=Expiry(ttl_s=100)))
+        await registry.create("shared", _create(body=b"x", expiry=Expiry(ttl_s=100)))
+        long_lived = dataclasses.replace(_fork("shared"), expiry=Expiry(ttl_s=10_000))  # else it inherits the TTL
+        await registry.create("fork", long_lived)
+        await trio.sleep(100)
+        for source, status in (("lonely", 404), ("shared", 409)):
+            with pytest.raises(ProtocolError) as info:
+                await registry.create(f"from-{source}", _fork(source))
+            assert info.value.status == status, source
+        assert registry.visible("fork").tail == 1  # the fork still reads its expired source
