@@ -30,8 +30,8 @@ async def fork_cost(size_bytes: int, forks: int) -> dict[str, float]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
             await service.ready.wait()
-            registry = service.registry
-            assert registry is not None
+            registry, log, store = service.registry, service.log, service.store
+            assert registry is not None and log is not None and store is not None
             ct = "application/octet-stream"
             await registry.create("src", CreateRequest(ct, Expiry(), False, b""))
             for _ in range(max(1, size_bytes // len(CHUNK))):
@@ -39,15 +39,15 @@ async def fork_cost(size_bytes: int, forks: int) -> dict[str, float]:
                 await registry.append("src", AppendRequest(ct, chunk, None, None, False))
             times, wal_growth = [], []
             for i in range(forks):
-                wal_before = registry.log.statistics().wal_end_position
+                wal_before = log.statistics().wal_end_position
                 started = time.perf_counter()
                 await registry.create(f"fork-{i}", CreateRequest(ct, Expiry(), False, b"", ForkSpec("src", None, 0), False))
                 times.append(time.perf_counter() - started)
-                wal_growth.append(registry.log.statistics().wal_end_position - wal_before)
-            fork = registry.lookup("fork-0")
+                wal_growth.append(log.statistics().wal_end_position - wal_before)
+            fork = registry.visible("fork-0")
             assert fork is not None
-            file_bytes = registry.store.path(fork.stream_id).stat().st_size
-            source_tail = registry.lookup("src").tail  # type: ignore[union-attr]
+            file_bytes = store.path(fork.stream_id).stat().st_size
+            source_tail = registry.visible("src").tail  # type: ignore[union-attr]
             service.stop()
         return {"source_bytes": source_tail, "fork_ms_median": statistics.median(times) * 1000,
                 "wal_bytes_per_fork": statistics.median(wal_growth), "fork_file_bytes": file_bytes}

@@ -7,6 +7,8 @@ Commands are queued before the actor starts, so they form one batch.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,9 +56,9 @@ def _tail(command: Command) -> str:
 
 
 async def _stored(registry: Registry) -> bytes:
-    state = registry.lookup("s")
+    state = registry.visible("s")
     assert state is not None
-    return await registry.store.read(registry.table, state, 0, state.tail)
+    return await registry.view.read(state, 0, state.tail)
 
 
 async def test_a_failure_deciding_one_command_fails_only_that_command(
@@ -70,7 +72,7 @@ async def test_a_failure_deciding_one_command_fails_only_that_command(
         return real(state, request)
 
     monkeypatch.setattr(actor_module, "decide_append", decide_append)
-    actor = StreamActor(registry, "s")
+    actor = StreamActor(registry.context, "s")
     with caplog.at_level(logging.ERROR, logger="trio_streams.actor"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(actor.run)
@@ -90,7 +92,7 @@ async def test_a_failure_deciding_one_command_fails_only_that_command(
 async def test_an_unexpected_submit_failure_fails_the_batch_not_the_actor(
     registry: Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = registry.log.submit
+    real = registry.context.submit
     failures = [RuntimeError("injected submit fault")]
 
     async def submit(events):  # type: ignore[no-untyped-def]
@@ -98,8 +100,7 @@ async def test_an_unexpected_submit_failure_fails_the_batch_not_the_actor(
             raise failures.pop()
         await real(events)
 
-    monkeypatch.setattr(registry.log, "submit", submit)
-    actor = StreamActor(registry, "s")
+    actor = StreamActor(dataclasses.replace(registry.context, submit=submit), "s")
     with caplog.at_level(logging.ERROR, logger="trio_streams.actor"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(actor.run)
@@ -117,11 +118,11 @@ async def test_an_unexpected_submit_failure_fails_the_batch_not_the_actor(
 async def test_a_bug_outside_deciding_still_answers_every_command(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def durable_state(path: str) -> None:
+    def at(path: str) -> None:
         raise RuntimeError("injected bug")
 
-    actor = StreamActor(registry, "s")
-    monkeypatch.setattr(registry, "durable_state", durable_state)
+    actor = StreamActor(registry.context, "s")
+    monkeypatch.setattr(registry.view, "at", at)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
         for command in await _one_batch(actor, [b"a", b"b"]):

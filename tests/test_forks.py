@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+import trio
+import trio.testing
 
 from conftest import Server, unique
+from trio_streams.clock import Clock
 from trio_streams.config import Settings
 from trio_streams.protocol.errors import ProtocolError
 from trio_streams.protocol.headers import CreateRequest, Expiry, ForkSpec
 from trio_streams.protocol.offsets import format_offset
 from trio_streams.protocol.state import Created, Deleted, ForkOrigin, StreamTable
 from trio_streams.streams.forks import resolve_fork
-from test_streams import _append, _create, run_service
+from test_streams import _append, _create, mock_time, run_service, threads_on_loop  # noqa: F401 (fixtures)
 
 
 def _fork(source: str, offset: int | None = None, sub: int = 0, content_type: str = "text/plain") -> CreateRequest:
@@ -59,14 +62,19 @@ def test_deleting_the_last_fork_keeps_a_live_source() -> None:
 # -- resolution through a real registry ------------------------------------
 
 @pytest.fixture
-async def registry(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def service(tmp_path: Path):  # type: ignore[no-untyped-def]
     async with run_service(Settings(data_dir=str(tmp_path))) as service:
-        yield service.registry
+        yield service
+
+
+@pytest.fixture
+def registry(service):  # type: ignore[no-untyped-def]
+    return service.registry
 
 
 async def _resolve(registry, source: str, offset: int | None, sub: int) -> int:  # type: ignore[no-untyped-def]
     spec = ForkSpec(source, None if offset is None else format_offset(offset), sub)
-    return (await resolve_fork(registry, spec, time.time())).base
+    return (await resolve_fork(registry.context, spec)).base
 
 
 @pytest.mark.parametrize(("offset", "sub", "base"), [
@@ -107,8 +115,8 @@ async def test_sub_offsets_compose_through_a_chain(registry) -> None:  # type: i
         await _resolve(registry, "l1", 0, 5)
     await registry.create("l2", _fork("l1", 0, 2))
     await registry.append("l2", _append(b"Z"))
-    state = registry.lookup("l2")
-    assert await registry.store.read(registry.table, state, 0, state.tail) == b"abZ"
+    state = registry.visible("l2")
+    assert await registry.view.read(state, 0, state.tail) == b"abZ"
 
 
 async def test_missing_or_deleted_source(registry) -> None:  # type: ignore[no-untyped-def]
@@ -123,20 +131,20 @@ async def test_missing_or_deleted_source(registry) -> None:  # type: ignore[no-u
     assert gone.value.status == 409
 
 
-async def test_forking_is_constant_space(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_forking_is_constant_space(service, registry) -> None:  # type: ignore[no-untyped-def]
     await registry.create("big", _create("application/octet-stream"))
     chunk = bytes(range(256)) * 4096  # 1 MiB
     from trio_streams.protocol.headers import AppendRequest
     for _ in range(32):
         await registry.append("big", AppendRequest("application/octet-stream", chunk, None, None, False))
-    wal_before = registry.log.statistics().wal_end_position
+    wal_before = service.log.statistics().wal_end_position
     await registry.create("fork", _fork("big", content_type="application/octet-stream"))
-    fork = registry.lookup("fork")
+    fork = registry.visible("fork")
     assert fork.tail == 32 * len(chunk)
     # No data copied: the fork's file is empty and its WAL record is a few hundred bytes.
-    assert registry.store.path(fork.stream_id).stat().st_size == 0
-    assert registry.log.statistics().wal_end_position - wal_before < 512
-    tail = await registry.store.read(registry.table, fork, fork.tail - 10, fork.tail)
+    assert service.store.path(fork.stream_id).stat().st_size == 0
+    assert service.log.statistics().wal_end_position - wal_before < 512
+    tail = await registry.view.read(fork, fork.tail - 10, fork.tail)
     assert tail == chunk[-10:]
 
 
@@ -217,9 +225,28 @@ async def test_delete_and_recreate_in_one_batch_respects_soft_delete(registry) -
     await registry.create("src", _create(body=b"x"))
     await registry.create("f", _fork("src"))
     delete, put = Command(DeleteRequest()), Command(_create(body=b"x"))
-    await StreamActor(registry, "src")._process([delete, put])
+    await StreamActor(registry.context, "src")._process([delete, put])
     assert (await delete.wait()).status == 204
     with pytest.raises(ProtocolError) as info:
         await put.wait()
     assert info.value.status == 409
-    assert registry.table.by_path["src"].soft_deleted
+    assert registry.view.at("src").soft_deleted
+
+
+async def test_an_expired_source_is_missing_or_soft_deleted_for_forks(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, mock_time: Clock
+) -> None:
+    """Expiry is a delete: forking an expired source is 404 without forks, 409 with them."""
+    settings = Settings(data_dir=str(tmp_path), expiry_sweep_interval_s=1000)  # no sweep: requests notice
+    async with run_service(settings, mock_time) as service:
+        registry = service.registry
+        await registry.create("lonely", _create(body=b"x", expiry=Expiry(ttl_s=100)))
+        await registry.create("shared", _create(body=b"x", expiry=Expiry(ttl_s=100)))
+        long_lived = dataclasses.replace(_fork("shared"), expiry=Expiry(ttl_s=10_000))  # else it inherits the TTL
+        await registry.create("fork", long_lived)
+        await trio.sleep(100)
+        for source, status in (("lonely", 404), ("shared", 409)):
+            with pytest.raises(ProtocolError) as info:
+                await registry.create(f"from-{source}", _fork(source))
+            assert info.value.status == status, source
+        assert registry.visible("fork").tail == 1  # the fork still reads its expired source

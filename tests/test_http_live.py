@@ -1,18 +1,15 @@
-"""Live reads through a real server: the ones that need Hypercorn, sockets or the wall clock.
+"""Live reads through a real server: the ones that need Hypercorn or sockets.
 
-A long-poll woken by an append and one timing out, an SSE session, client
-disconnects as closed and reset sockets, and stream expiry (Stream-TTL,
-Stream-Expires-At), which follows ``time.time()`` and so must wait for
-real seconds to pass. Everything else about PROTOCOL.md 5.7, 5.8, 8 and
-10.1 runs in process on the autojump clock (tests/test_inproc_live.py).
+A long-poll woken by an append and one timing out, an SSE session, and
+client disconnects as closed and reset sockets. Everything else about
+PROTOCOL.md 5.7, 5.8, 8 and 10.1 runs in process on the autojump clock (tests/test_inproc_live.py).
 Synchronisation is by polling observable state (the /metrics subscriber
-gauge) with bounded deadlines; the only sleeps are where a TTL must elapse.
+gauge) with bounded deadlines, never sleeps.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import json
 import socket
 import time
@@ -243,55 +240,6 @@ def test_many_abrupt_disconnects_leave_the_server_healthy(slow_server: Server, s
 # -- expiry ----------------------------------------------------------------------------------
 
 
-def test_sliding_ttl_reads_and_writes_reset_head_does_not(client: httpx.Client) -> None:
-    """Stream-TTL: 1. Timeline in 0.6 s steps: a GET or POST at 0.6 keeps a stream alive at 1.2; a HEAD does not."""
-    read, written, headed, idle = (unique(label) for label in ("read", "written", "headed", "idle"))
-    for n in (read, written, headed, idle):
-        create(client, n, TEXT, b"x", stream_ttl="1")
-        assert client.head(path(n)).headers.get("stream-ttl") == "1"
-    time.sleep(0.6)
-    assert client.get(path(read)).status_code == 200
-    append(client, written, b"y", TEXT)
-    assert client.head(path(headed)).status_code == 200
-    time.sleep(0.6)
-    assert client.head(path(idle)).status_code == 404, "an idle TTL=1 stream is still there after 1.2 s"
-    assert_error(client.get(path(idle)), 404)
-    assert client.head(path(headed)).status_code == 404, "HEAD reset the sliding TTL"
-    assert client.get(path(read)).status_code == 200, "a read did not reset the sliding TTL"
-    assert client.get(path(written)).content == b"xy", "an append did not reset the sliding TTL"
-    time.sleep(1.2)
-    for n in (read, written):
-        assert_error(client.get(path(n)), 404)
-        assert_error(client.post(path(n), content=b"z", headers={"content-type": TEXT}), 404)
-    # An expired path can be created again, empty.
-    create(client, read, TEXT)
-    assert client.get(path(read)).content == b""
-
-
-def test_live_readers_keep_a_ttl_stream_alive(server: Server, client: httpx.Client) -> None:
-    name = unique()
-    tail = create(client, name, TEXT, b"x", stream_ttl="1")
-    end = time.monotonic() + 1.6
-    while time.monotonic() < end:  # back-to-back 500 ms long-polls, each resets the TTL when it starts
-        resp, _ = long_poll(server, name, tail)
-        assert resp.status_code == 204
-    assert client.get(path(name)).status_code == 200
-
-
-def rfc3339(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def test_expires_at_in_the_near_future(client: httpx.Client, name: str) -> None:
-    deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1.0)
-    when = rfc3339(deadline)
-    create(client, name, TEXT, b"brief", stream_expires_at=when)
-    head = client.head(path(name))
-    assert head.headers.get("stream-expires-at") == when
-    assert client.get(path(name)).content == b"brief"  # reads do not extend an absolute expiry
-    remaining = (deadline - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-    time.sleep(max(0.0, remaining) + 0.2)
-    assert client.head(path(name)).status_code == 404
-    assert_error(client.get(path(name)), 404)
-    deadline_poll(lambda: client.put(path(name), headers={"content-type": TEXT}).status_code == 201, 2, what="re-create")
-    assert client.get(path(name)).content == b""
+# Sliding TTL (reads and writes reset it, HEAD does not), live readers keeping a
+# stream alive, Expires-At and the expiry sweep are driven by MockClock in
+# process: tests/test_streams.py and tests/test_live_waits.py.

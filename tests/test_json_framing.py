@@ -292,8 +292,8 @@ async def test_a_fork_inheriting_json_has_its_body_framed(tmp_path: Path, monkey
         fork = ForkSpec("src", None, 0)
         reply = await registry.create("f", CreateRequest("", Expiry(), False, b"[2, 3]", fork, content_type_given=False))
         assert reply.status == 201
-        state = registry.lookup("f")
-        assert state is not None and await registry.store.read(registry.table, state, 0, state.tail) == b"1\n2\n3\n"
+        state = registry.visible("f")
+        assert state is not None and await registry.view.read(state, 0, state.tail) == b"1\n2\n3\n"
         # The source's type as the registry saw it is stale by the time the actor decides:
         # the actor refuses rather than parse the body itself.
         monkeypatch.setattr(registry, "_expected_content_type", lambda request: "text/plain")

@@ -384,7 +384,7 @@ def test_json_non_finite_numbers_are_400(body: bytes) -> None:
 
 
 def test_chunk_cache_is_bounded_in_bytes() -> None:
-    from trio_streams.http.reads import ChunkCache
+    from trio_streams.streams.chunks import ChunkCache
     cache = ChunkCache(bytes_max=1000)
     for i in range(20):
         data = bytes(100)

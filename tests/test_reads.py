@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,36 @@ import orjson
 import trio
 import trio.testing
 
+from trio_streams.clock import SYSTEM_CLOCK
 from trio_streams.config import Settings
 from trio_streams.http.asgi import Request
 from trio_streams.http.reads import Reads
+from trio_streams.protocol.headers import AppendRequest
 from trio_streams.protocol.offsets import format_offset
+from trio_streams.service import Service
+from trio_streams.streams.facade import Streams
 from test_streams import _append, _create, run_service
+
+
+def _streams(service: Service) -> Streams:
+    assert service.streams is not None
+    return service.streams
+
+
+def _reads(service: Service) -> Reads:
+    return Reads(_streams(service), service.settings, service.clock, [])
+
+
+async def read_while(service: Service, live: str, offset: str, change: Callable[[], Awaitable[object]]) -> Recorder:
+    """Parks a live read of stream "s" at ``offset``, runs ``change``, and returns what the read sent."""
+    reads, sent = _reads(service), Recorder()
+    operation = reads.long_poll if live == "long-poll" else reads.server_sent_events
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(operation, _request({"offset": offset, "live": live}), _streams(service).open("s"), sent)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent.messages == [] or live == "sse", "the long-poll should be parked"
+        await change()
+    return sent
 
 
 def _request(query: dict[str, str]) -> Request:
@@ -46,11 +72,11 @@ class Recorder:
 
 async def test_thirty_second_long_poll_times_out_with_204(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     async with run_service(Settings(data_dir=str(tmp_path), long_poll_timeout_ms=30_000)) as service:
-        registry = service.registry
-        await registry.create("s", _create(body=b"abc"))
-        reads, sent = Reads(registry, []), Recorder()
+        streams = _streams(service)
+        await streams.create("s", _create(body=b"abc"))
+        reads, sent = _reads(service), Recorder()
         started = trio.current_time()
-        await reads.long_poll(_request({"offset": format_offset(3), "live": "long-poll"}), registry.get("s"), sent)
+        await reads.long_poll(_request({"offset": format_offset(3), "live": "long-poll"}), streams.open("s"), sent)
         assert trio.current_time() - started >= 30
         assert sent.status == 204
         assert sent.headers["stream-next-offset"] == format_offset(3)
@@ -64,28 +90,23 @@ async def test_thirty_second_long_poll_times_out_with_204(tmp_path: Path, autoju
 
 async def test_long_poll_wakes_on_append_and_returns_only_new_data(tmp_path: Path) -> None:
     async with run_service(Settings(data_dir=str(tmp_path), long_poll_timeout_ms=30_000)) as service:
-        registry = service.registry
-        await registry.create("s", _create(body=b"abc"))
-        reads, sent = Reads(registry, []), Recorder()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reads.long_poll, _request({"offset": "now", "live": "long-poll"}), registry.get("s"), sent)
-            await trio.testing.wait_all_tasks_blocked()
-            assert sent.messages == []  # parked
-            await registry.append("s", _append(b"def"))
+        streams = _streams(service)
+        await streams.create("s", _create(body=b"abc"))
+        sent = await read_while(service, "long-poll", "now", lambda: streams.append("s", _append(b"def")))
         assert (sent.status, sent.body) == (200, b"def")
         assert sent.headers["stream-next-offset"] == format_offset(6)
 
 
 async def test_drain_answers_parked_long_polls_at_once(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     async with run_service(Settings(data_dir=str(tmp_path), long_poll_timeout_ms=30_000)) as service:
-        registry = service.registry
-        await registry.create("s", _create())
-        reads, sent = Reads(registry, []), Recorder()
+        streams = _streams(service)
+        await streams.create("s", _create())
+        reads, sent = _reads(service), Recorder()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reads.long_poll, _request({"offset": "-1", "live": "long-poll"}), registry.get("s"), sent)
+            nursery.start_soon(reads.long_poll, _request({"offset": "-1", "live": "long-poll"}), streams.open("s"), sent)
             await trio.testing.wait_all_tasks_blocked()
             started = trio.current_time()
-            reads.drain()
+            streams.drain()
         assert sent.status == 204 and trio.current_time() - started < 1
 
 
@@ -95,14 +116,10 @@ def _sse_data(event: str) -> str:
 
 async def test_sse_pairs_data_with_control_and_ends_on_close(tmp_path: Path) -> None:
     async with run_service(Settings(data_dir=str(tmp_path))) as service:
-        registry = service.registry
-        await registry.create("s", _create("application/json", body=b'[{"n":1}]'))
-        reads, sent = Reads(registry, []), Recorder()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reads.server_sent_events, _request({"offset": "-1", "live": "sse"}), registry.get("s"), sent)
-            await trio.testing.wait_all_tasks_blocked()
-            from trio_streams.protocol.headers import AppendRequest
-            await registry.append("s", AppendRequest("application/json", b'{"n":2}', None, None, True))
+        streams = _streams(service)
+        await streams.create("s", _create("application/json", body=b'[{"n":1}]'))
+        closing = AppendRequest("application/json", b'{"n":2}', None, None, True)
+        sent = await read_while(service, "sse", "-1", lambda: streams.append("s", closing))
         events = [block for block in sent.body.decode().split("\n\n") if block]
         kinds = [block.split("\n", 1)[0] for block in events]
         assert kinds == ["event: data", "event: control", "event: data", "event: control"]
@@ -110,3 +127,14 @@ async def test_sse_pairs_data_with_control_and_ends_on_close(tmp_path: Path) -> 
         assert final == {"streamNextOffset": format_offset(len(b'{"n":1}\n{"n":2}\n')), "upToDate": True, "streamClosed": True}
         assert orjson.loads(_sse_data(events[2])) == [{"n": 2}]
         assert sent.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_catch_up_cache_control_follows_the_settings(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path), cache_max_age_s=5, cache_stale_while_revalidate_s=7)
+    async with run_service(settings) as service:
+        streams = _streams(service)
+        await streams.create("s", _create(body=b"abc"))
+        sent = Recorder()
+        await _reads(service).catch_up(_request({"offset": "-1"}), streams.open("s"), sent)
+        assert (sent.status, sent.body) == (200, b"abc")
+        assert sent.headers["cache-control"] == "public, max-age=5, stale-while-revalidate=7"

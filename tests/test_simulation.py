@@ -14,10 +14,11 @@ kept or torn). Every run is in-process under ``trio.testing.MockClock``
 Determinism: worker threads would race the clock, so ``trio.to_thread.run_sync``
 runs its function on the event loop after a seeded yield; trio's scheduler
 shuffles each batch of runnable tasks with its module-level ``_r``, which we
-seed, in the deterministic mode trio provides for Hypothesis; wall-clock
-reads in the engine (``time.time``/``time.monotonic`` in log, registry and
-actor: fsync and checkpoint intervals, TTL, idle) are patched to the mock
-clock (until an injectable clock exists). No workload stream has a TTL.
+seed, in the deterministic mode trio provides for Hypothesis; the service
+gets a clock driven by the mock (``trio_driven_clock``: TTL, idle, expiry
+sweeps), and the log's own ``time.time``/``time.monotonic`` reads (fsync and
+checkpoint intervals) are patched to it until the log takes the clock too.
+No workload stream has a TTL.
 
 Invariants, checked as the run goes and after every restart:
 * every acknowledged append is readable byte-exact at its acknowledged offset;
@@ -59,9 +60,8 @@ from trio_streams.protocol.jsonmode import encode_messages
 from trio_streams.protocol.offsets import parse_offset
 from trio_streams.protocol.rules import Reply
 from trio_streams.service import Service
+from trio_streams.clock import trio_driven_clock
 from trio_streams.storage import log as log_module
-from trio_streams.streams import actor as actor_module
-from trio_streams.streams import registry as registry_module
 
 BYTES = "application/octet-stream"
 JSON = "application/json"
@@ -182,10 +182,10 @@ def parse_appends(world: World, path: str, content: bytes) -> list[tuple[int, Op
 async def current_content(world: World, path: str) -> tuple[int, bytes] | None:
     registry = world.service.registry  # type: ignore[union-attr]
     assert registry is not None
-    state = registry.lookup(path)
+    state = registry.visible(path)
     if state is None or state.soft_deleted:
         return None
-    return state.stream_id, await registry.store.read(registry.table, state, 0, state.tail)
+    return state.stream_id, await registry.view.read(state, 0, state.tail)
 
 
 async def check_path(world: World, path: str) -> None:
@@ -249,7 +249,7 @@ async def do_create(world: World, path: str, fork_of: str | None = None) -> None
         return
     tail = next_offset(reply)
     world.note(f"op {op.number} {op.kind} {path}{' from ' + fork_of if fork_of else ''}: {reply.status} tail {tail}")
-    state = registry.lookup(path)  # type: ignore[union-attr]
+    state = registry.visible(path)  # type: ignore[union-attr]
     assert state is not None
     incarnation = Incarnation(state.content_type)
     if fork_of is not None:
@@ -319,12 +319,12 @@ async def do_delete(world: World, path: str) -> None:
 async def do_catch_up_read(world: World, path: str) -> None:
     registry = world.service.registry  # type: ignore[union-attr]
     assert registry is not None
-    state = registry.lookup(path)
+    state = registry.visible(path)
     if state is None or state.soft_deleted or state.tail == 0:
         return
     start = world.rng.randint(0, state.tail - 1)
     end = min(state.tail, start + world.rng.randint(1, 300))
-    data = await registry.store.read(registry.table, state, start, end)
+    data = await registry.view.read(state, start, end)
     record_seen(world, path, state.stream_id, start, data)
 
 
@@ -341,7 +341,7 @@ async def long_poll_reader(world: World, path: str) -> None:
     """Reads from 0 to the end and then waits for more, as a long-poll client does."""
     registry = world.service.registry  # type: ignore[union-attr]
     assert registry is not None
-    state = registry.lookup(path)
+    state = registry.visible(path)
     if state is None or state.soft_deleted:
         return
     stream_id, offset = state.stream_id, 0
@@ -349,16 +349,16 @@ async def long_poll_reader(world: World, path: str) -> None:
     try:
         while True:
             with registry.subscribe(stream_id) as wake:
-                state = registry.table.by_id.get(stream_id)
+                state = registry.view.by_id(stream_id)
                 if state is None or state.soft_deleted:
                     return
                 if state.tail > offset:
                     end = min(state.tail, offset + world.rng.randint(1, 400))
                     try:
-                        data = await registry.store.read(registry.table, state, offset, end)
+                        data = await registry.view.read(state, offset, end)
                     except FileNotFoundError:
                         # Deleted while the read waited for its thread: the files go with it.
-                        check(stream_id not in registry.table.by_id, f"{path}: a live stream's file is missing")
+                        check(registry.view.by_id(stream_id) is None, f"{path}: a live stream's file is missing")
                         world.note(f"reader of {path}: stream deleted during a read")
                         return
                     record_seen(world, path, stream_id, offset, data)
@@ -473,7 +473,7 @@ async def epoch(world: World, number: int, last: bool) -> None:
     ending = "stop" if last else rng.choice(("stop", "crash", "crash", "fsync-eio"))
     disk.crash_at = rng.randint(20, 400) if ending == "crash" else None
     disk.fsync_eio_at = rng.randint(20, 400) if ending == "fsync-eio" else None
-    service = world.service = Service(settings_for(world), disk)
+    service = world.service = Service(settings_for(world), disk, clock=SIM_CLOCK)
     world.note(f"epoch {number}: ending {ending}, crash mode {disk.crash_mode}")
     async with trio.open_nursery() as outer:
         outer.start_soon(service.run)
@@ -523,7 +523,7 @@ async def reconcile(world: World) -> None:
             world.paths[path] = None
         elif model is None:
             registry = world.service.registry  # type: ignore[union-attr]
-            world.paths[path] = Incarnation(registry.lookup(path).content_type)  # type: ignore[union-attr]
+            world.paths[path] = Incarnation(registry.visible(path).content_type)  # type: ignore[union-attr]
         world.note(f"in doubt {path}: exists={found is not None}")
     world.uncertain.clear()
     for model in world.paths.values():
@@ -557,6 +557,10 @@ def task_tree(task: trio.lowlevel.Task, depth: int = 0) -> list[str]:
     return lines
 
 
+# The streams layer reads time through its injected clock; the log (for now) through its module.
+SIM_CLOCK = trio_driven_clock(EPOCH_UNIX_S)
+
+
 def clock_module(clock: trio.testing.MockClock) -> types.SimpleNamespace:
     return types.SimpleNamespace(time=lambda: EPOCH_UNIX_S + clock.current_time(), monotonic=clock.current_time)
 
@@ -572,8 +576,7 @@ def simulate(seed: int, root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str
     with monkeypatch.context() as patch:
         patch.setattr(trio.to_thread, "run_sync", run_sync_on_loop)
         patch.setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)
-        for module in (log_module, registry_module, actor_module):
-            patch.setattr(module, "time", clock_module(clock))
+        patch.setattr(log_module, "time", clock_module(clock))
         trio_run._r.seed(seed)
 
         async def main() -> None:
@@ -588,7 +591,7 @@ def simulate(seed: int, root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str
                 await epoch(world, number, number == epochs - 1)
             world.note("final check")
             world.disk.armed = False
-            world.service = Service(settings_for(world), world.disk)
+            world.service = Service(settings_for(world), world.disk, clock=SIM_CLOCK)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(world.service.run)
                 await world.service.ready.wait()

@@ -141,6 +141,15 @@ class Settings:
     # many distinct ranges the memory starts over.
     data_corrupt_ranges_logged_max: int = 10_000
 
+    # Streams layer: expiry and read caching.
+    # How often every stream is checked for expiry (TTL, Expires-At); requests
+    # notice an expired stream at once, the sweep deletes the ones nobody asks for.
+    expiry_sweep_interval_s: float = 10.0
+    # Cache-Control of data chunks (10.1): max-age (capped by a sooner
+    # Stream-Expires-At) and stale-while-revalidate.
+    cache_max_age_s: int = 60
+    cache_stale_while_revalidate_s: int = 300
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -162,6 +171,11 @@ class Settings:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"{field.name} must not be negative")
         self._check_connections()
+        self._check_streams_layer()
+
+    def _check_streams_layer(self) -> None:
+        if self.expiry_sweep_interval_s <= 0:
+            raise ValueError("expiry_sweep_interval_s must be positive")
 
     def _check_connections(self) -> None:
         if self.connections_max < 1:

@@ -16,6 +16,7 @@ Never: speaks HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -24,23 +25,32 @@ from pathlib import Path
 
 import trio
 
+from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .storage.fileops import REAL, FileOps
 from .storage.log import Log, StorageFailed
 from .storage.recovery import RecoveryRefused, recover
 from .protocol.state import StreamTable
 from .storage.store import Store
+from .streams.facade import Streams
 from .streams.registry import Registry
+from .streams.view import DurableView
 
 log = logging.getLogger("trio_streams")
 
 
 class Service:
-    def __init__(self, settings: Settings, ops: FileOps = REAL) -> None:
+    def __init__(self, settings: Settings, ops: FileOps = REAL, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         # Every mutating file call of this instance goes through it (tests inject faults).
         self.ops = ops
+        # Every wall-clock and interval reading of the streams layer (tests pass a mock-driven one).
+        self.clock = clock
+        # What the HTTP layer uses, once ready; the rest is for this service and tests of the layer.
+        self.streams: Streams | None = None
         self.registry: Registry | None = None
+        self.view: DurableView | None = None
+        self._store: Store | None = None
         self.failure: BaseException | None = None
         self.ready = trio.Event()
         self.finished = trio.Event()
@@ -53,7 +63,7 @@ class Service:
         when not ok, the ``storage`` section (state, since, last error) and the
         ``fenced`` streams (damaged at recovery, refused with 503)."""
         storage = self._log.health.as_dict() if self._log is not None else {"state": "starting"}
-        fenced = self.registry.fenced() if self.registry is not None else []
+        fenced = self.streams.fenced() if self.streams is not None else []
         detail: dict[str, object] = {"status": "ok", "storage": storage, "fenced": fenced}
         if self.failure is not None:
             detail.update(status="failed", reason=str(self.failure))
@@ -66,6 +76,22 @@ class Service:
         elif fenced:
             detail.update(status="degraded", reason=f"{len(fenced)} damaged stream(s) fenced")
         return detail
+
+    def statistics(self) -> dict[str, float]:
+        """Plain counters for /metrics: streams, store, and the log's (prefixed ``log_``), once ready."""
+        if self.streams is None or self._store is None or self._log is None:
+            return {}
+        stats: dict[str, float] = {**self.streams.statistics(), **self._store.statistics()}
+        stats.update({f"log_{name}": float(value) for name, value in dataclasses.asdict(self._log.statistics()).items()})
+        return stats
+
+    @property
+    def log(self) -> Log | None:
+        return self._log
+
+    @property
+    def store(self) -> Store | None:
+        return self._store
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,6 +125,7 @@ class Service:
             ops=self.ops,
             corrupt_ranges_logged_max=self.settings.data_corrupt_ranges_logged_max,
         )
+        self._store = store
         recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings, self.ops)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
         wal_log.on_failed = self._storage_failed
@@ -114,12 +141,14 @@ class Service:
 
     async def _serve(self, wal_log: Log, store: Store, table: StreamTable) -> None:
         async with trio.open_nursery() as actors:
-            registry = Registry(self.settings, table, store, wal_log, actors)
+            self.view = DurableView(table, store)
+            registry = Registry(self.settings, self.view, wal_log.submit, actors, self.clock, release=store.forget)
             wal_log.on_applied = registry.on_applied
             self.registry = registry
+            self.streams = Streams(registry)
             actors.start_soon(registry.sweep_expired_forever)
             self.ready.set()
-            log.info("ready: %d streams in %s", len(registry.table.by_id), self.settings.data_dir)
+            log.info("ready: %d streams in %s", self.view.count(), self.settings.data_dir)
             await self._stop.wait()
             actors.cancel_scope.cancel()
 

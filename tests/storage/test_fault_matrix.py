@@ -63,10 +63,10 @@ async def serving(directory: Path, ops: FileOps = REAL, **settings: Any) -> Asyn
 async def content(service: Service, path: str) -> bytes | None:
     registry = service.registry
     assert registry is not None
-    state = registry.lookup(path)
+    state = registry.visible(path)
     if state is None:
         return None
-    return await registry.store.read(registry.table, state, 0, state.tail)
+    return await registry.view.read(state, 0, state.tail)
 
 
 async def refused(request: Awaitable[Any]) -> ProtocolError:
@@ -124,7 +124,7 @@ async def test_disk_full_fails_the_batch_with_507_and_writes_resume(tmp_path: Pa
         assert ops.fired() == len(DISK_FULL_POINTS[point])
         # Undone on disk, not only hidden: no partial record, no bytes past the tail.
         assert wal_bytes(tmp_path) == wal_before
-        assert registry.store.path(registry.get("s").stream_id).stat().st_size == len(ACKED)
+        assert service.store.path(registry.addressed("s").stream_id).stat().st_size == len(ACKED)
         assert await content(service, "s") == ACKED
         health = service.health()
         assert health["status"] == "degraded" and health["storage"]["state"] == "disk_full"  # type: ignore[index]
@@ -133,7 +133,7 @@ async def test_disk_full_fails_the_batch_with_507_and_writes_resume(tmp_path: Pa
         assert service.health()["status"] == "ok"
         assert await content(service, "s") == ACKED + b"after;"
         # The index stayed sorted: the boundary of the retried append is found.
-        assert await registry.store.next_boundary(registry.table, registry.get("s"), len(ACKED)) == len(ACKED) + 6
+        assert await registry.view.next_boundary(registry.addressed("s"), len(ACKED)) == len(ACKED) + 6
     assert service.failure is None
     assert await restarted(tmp_path) == ACKED + b"after;"
 
@@ -172,7 +172,7 @@ async def test_disk_full_during_fork_leaves_no_fork_and_the_source_intact(tmp_pa
         ops.add(Fault("open", "*.dat"))
         error = await refused(registry.create("f", _create(fork=ForkSpec("s", None, 0))))
         assert error.status == 507
-        assert registry.lookup("f") is None and registry.get("s").refcount == 0
+        assert registry.visible("f") is None and registry.addressed("s").refcount == 0
         ops.clear()
         await registry.create("f", _create(fork=ForkSpec("s", None, 0)))
         await registry.append("f", _append(b"fork;"))
@@ -182,10 +182,10 @@ async def test_disk_full_during_fork_leaves_no_fork_and_the_source_intact(tmp_pa
 
 async def test_a_failed_unlink_during_delete_leaves_the_delete_durable(tmp_path: Path) -> None:
     async with acked_stream(tmp_path) as (service, registry, ops):
-        stream_file = registry.store.path(registry.get("s").stream_id)
+        stream_file = service.store.path(registry.addressed("s").stream_id)
         ops.add(Fault("unlink", "*.dat", errno=errno.EIO))
         assert (await registry.delete("s")).status == 204
-        assert registry.lookup("s") is None and stream_file.exists()
+        assert registry.visible("s") is None and stream_file.exists()
         await registry.create("t", _create(b"still writing"))  # the writer lives on
     assert service.failure is None
     assert await restarted(tmp_path) is None
@@ -203,16 +203,16 @@ async def test_a_failed_checkpoint_is_retried_and_the_writer_lives_on(tmp_path: 
         registry = service.registry
         assert registry is not None
         await registry.create("s", _create(ACKED))  # checkpointed at once (1 byte of WAL is enough)
-        await until(lambda: registry.log.statistics().checkpoints == 1)
+        await until(lambda: service.log.statistics().checkpoints == 1)
         checkpoints = sorted(os.listdir(tmp_path / "checkpoints"))
         ops.add(Fault("write", "*.snap.tmp") if point == "checkpoint write" else Fault("replace", "*.snap"))
         await registry.append("s", _append(b"one;"))  # acknowledged; its checkpoint fails
-        await until(lambda: registry.log.statistics().checkpoint_failures == 1)
-        assert ops.fired() == 1 and registry.log.statistics().checkpoints == 1
+        await until(lambda: service.log.statistics().checkpoint_failures == 1)
+        assert ops.fired() == 1 and service.log.statistics().checkpoints == 1
         assert sorted(os.listdir(tmp_path / "checkpoints"))[: len(checkpoints)] == checkpoints
         await registry.append("s", _append(b"two;"))  # the retry succeeds
-        await until(lambda: registry.log.statistics().checkpoints == 2)
-        assert registry.log.statistics().checkpoint_failures == 1
+        await until(lambda: service.log.statistics().checkpoints == 2)
+        assert service.log.statistics().checkpoint_failures == 1
         assert [n for n in os.listdir(tmp_path / "checkpoints") if n.endswith(".tmp")] == []
     assert service.failure is None
     assert await restarted(tmp_path) == ACKED + b"one;two;"
@@ -287,13 +287,13 @@ async def test_a_failure_after_fsync_before_the_answer_keeps_the_append(tmp_path
         registry = service.registry
         assert registry is not None
         await registry.create("s", _create(ACKED))
-        on_applied = registry.log.on_applied
+        on_applied = service.log.on_applied
 
         def crash_once(state: Any, event: Any) -> None:
-            registry.log.on_applied = on_applied
+            service.log.on_applied = on_applied
             raise RuntimeError("injected after fsync")
 
-        registry.log.on_applied = crash_once
+        service.log.on_applied = crash_once
         assert (await registry.append("s", _append(b"durable;"))).status == 204
         with trio.fail_after(30):
             await service.finished.wait()

@@ -149,18 +149,18 @@ async def test_a_continuity_violation_stops_the_service_and_a_restart_serves_wha
     async def write_then_break(service: Service) -> None:
         assert service.registry is not None
         await service.registry.create("s", CreateRequest("text/plain", Expiry(), False, b"acked"))
-        state = service.registry.lookup("s")
+        state = service.registry.visible("s")
         assert state is not None
         with pytest.raises(StorageFailed):  # a bug handed the log an append that overlaps the stream
-            await service.registry.log.submit([Appended(state.stream_id, 2, b"XX")])
+            await service.log.submit([Appended(state.stream_id, 2, b"XX")])
         with trio.fail_after(30):
             await service.finished.wait()  # storage_failure=exit: the service stops by itself
 
     async def read_back(service: Service) -> None:
         assert service.registry is not None
-        state = service.registry.lookup("s")
+        state = service.registry.visible("s")
         assert state is not None and state.tail == 5
-        assert await service.registry.store.read(service.registry.table, state, 0, 5) == b"acked"
+        assert await service.view.read(state, 0, 5) == b"acked"
 
     failure = (await run(write_then_break)).failure
     assert isinstance(failure, StorageFailed) and "starts at 2, but the stream's tail is 5" in str(failure)

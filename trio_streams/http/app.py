@@ -17,9 +17,11 @@ import logging
 import orjson
 import trio
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings, settings_from_env
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
+from ..streams.facade import Streams
 from . import fd_budget, handlers, hypercorn_guard, reads
 from .asgi import (
     ALLOWED_METHODS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers, error_body,
@@ -33,9 +35,10 @@ log = logging.getLogger("trio_streams.http")
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
-        self.service = Service(settings)
+        self.clock = clock
+        self.service = Service(settings, clock=clock)
         self._base = common_headers(settings.cors_allow_origin)
         self._reads: reads.Reads | None = None
         # Found through this app by the guarded Hypercorn writer (hypercorn_guard.py).
@@ -51,8 +54,8 @@ class App:
         """Begin shutdown: end live reads at once instead of holding connections open,
         and give every response write until the grace period ends, no longer."""
         self.send_deadlines.drain(self.settings.shutdown_grace_s)
-        if self._reads is not None:
-            self._reads.drain()
+        if self.service.streams is not None:
+            self.service.streams.drain()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
@@ -100,29 +103,26 @@ class App:
             await handlers.options(req, self.settings, self._base, send)
             return
         path = stream_name(req.path, self.settings)
-        registry = self.service.registry
+        streams = self.service.streams
         if self.service.failure is not None:
             raise ProtocolError(503, "STORAGE_FAILED", "the server's storage failed; it must be restarted",
                                 (("retry-after", "1"),))
-        if registry is None or not self.service.ready.is_set():
+        if streams is None or not self.service.ready.is_set():
             raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
-        registry.refuse_if_damaged(path)
-        handler = _WRITES.get(req.method)
+        streams.refuse_if_damaged(path)
+        handler = _HANDLERS.get(req.method)
         if handler is not None:
-            await handler(req, path, registry, self._base, send)
+            await handler(req, path, streams, self.settings, self._base, send)
         elif req.method == "GET":
-            await self._get(req, path, send)
+            await self._get(req, path, streams, send)
         else:
             raise ProtocolError(405, "METHOD_NOT_ALLOWED", f"method {req.method} is not allowed",
                                 (("allow", ALLOWED_METHODS),))
 
-    async def _get(self, req: Request, path: str, send: Send) -> None:
-        registry = self.service.registry
-        assert registry is not None
-        state = registry.get(path)
-        registry.touch(state)
-        if self._reads is None or self._reads.registry is not registry:
-            self._reads = reads.Reads(registry, self._base)
+    async def _get(self, req: Request, path: str, streams: Streams, send: Send) -> None:
+        state = streams.open(path)
+        if self._reads is None or self._reads.streams is not streams:
+            self._reads = reads.Reads(streams, self.settings, self.clock, self._base)
         live = req.query_one("live")
         if live is None:
             await self._reads.catch_up(req, state, send)
@@ -165,7 +165,9 @@ class App:
 OPERATIONS_METHODS = "GET, HEAD"
 # /healthz statuses that answer 503, and their error codes; the others (ok, degraded) answer 200.
 _HEALTH_ERRORS = {"failed": "FAILED", "recovering": "RECOVERING"}
-_WRITES = {"PUT": handlers.put, "POST": handlers.post, "DELETE": handlers.delete, "HEAD": handlers.head}
+# Every stream method but GET (self._get) and OPTIONS: the writes go through the
+# path's actor; HEAD only reads the stream's metadata.
+_HANDLERS = {"PUT": handlers.put, "POST": handlers.post, "DELETE": handlers.delete, "HEAD": handlers.head}
 
 
 async def _until_disconnect(receive: Receive, operation) -> None:  # type: ignore[no-untyped-def]

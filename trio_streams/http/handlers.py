@@ -1,7 +1,7 @@
-"""One small function per write/metadata operation: PUT, POST, DELETE, HEAD, OPTIONS.
+"""One small function per write or metadata operation: PUT, POST, DELETE, HEAD, OPTIONS.
 
-Owns: wiring a parsed request to the registry and a reply to the wire.
-Never: protocol decisions (protocol.rules) or storage (the actors/log).
+Owns: wiring a parsed request to the streams layer and a reply to the wire.
+Never: protocol decisions (protocol.rules, protocol.reads) or storage.
 """
 
 from __future__ import annotations
@@ -10,56 +10,37 @@ import dataclasses
 
 from ..config import Settings
 from ..protocol import headers as h
-from ..protocol.errors import ProtocolError
-from ..protocol.offsets import format_offset
+from ..protocol.reads import metadata_headers
 from ..protocol.rules import Reply
-from ..protocol.state import StreamState
-from ..streams.registry import Registry
+from ..streams.facade import Streams
 from .paths import fork_source_name, stream_url
 from .asgi import ALLOWED_METHODS, ALLOWED_REQUEST_HEADERS, Headers, Request, Send, encode_headers, respond
 
 
-async def put(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
-    body = await req.body(registry.settings.append_bytes_max)
+async def put(req: Request, path: str, streams: Streams, settings: Settings, base: Headers, send: Send) -> None:
+    body = await req.body(settings.append_bytes_max)
     request = h.parse_create(req.headers, body)
     if request.fork is not None:
-        source = fork_source_name(request.fork.source, req, registry.settings)
+        source = fork_source_name(request.fork.source, req, settings)
         request = dataclasses.replace(request, fork=dataclasses.replace(request.fork, source=source))
-    reply = await registry.create(path, request)
-    extra = [("location", stream_url(req, path, registry.settings))] if reply.status == 201 else []
+    reply = await streams.create(path, request)
+    extra = [("location", stream_url(req, path, settings))] if reply.status == 201 else []
     await _reply(send, reply, base, extra)
 
 
-async def post(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
-    body = await req.body(registry.settings.append_bytes_max)
+async def post(req: Request, path: str, streams: Streams, settings: Settings, base: Headers, send: Send) -> None:
+    body = await req.body(settings.append_bytes_max)
     request = h.parse_append(req.headers, body)
-    registry.get(path)  # cheap early 404/410 (and expiry) before queueing on an actor
-    await _reply(send, await registry.append(path, request), base)
+    await _reply(send, await streams.append(path, request), base)
 
 
-async def delete(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
-    registry.get(path)
-    await _reply(send, await registry.delete(path), base)
+async def delete(req: Request, path: str, streams: Streams, settings: Settings, base: Headers, send: Send) -> None:
+    await _reply(send, await streams.delete(path), base)
 
 
-async def head(req: Request, path: str, registry: Registry, base: Headers, send: Send) -> None:
-    state = registry.get(path)  # HEAD never resets a sliding TTL
+async def head(req: Request, path: str, streams: Streams, settings: Settings, base: Headers, send: Send) -> None:
+    state = streams.head(path)
     await respond(send, 200, base + encode_headers(metadata_headers(state)), head=True)
-
-
-def metadata_headers(state: StreamState) -> list[tuple[str, str]]:
-    pairs = [
-        ("content-type", state.content_type),
-        ("stream-next-offset", format_offset(state.tail)),
-        ("cache-control", "no-store"),
-    ]
-    if state.expiry.ttl_s is not None:
-        pairs.append(("stream-ttl", str(state.expiry.ttl_s)))
-    if state.expiry.expires_at is not None:
-        pairs.append(("stream-expires-at", state.expiry.expires_at))
-    if state.closed:
-        pairs.append(("stream-closed", "true"))
-    return pairs
 
 
 async def options(req: Request, settings: Settings, base: Headers, send: Send) -> None:

@@ -5,7 +5,6 @@ Owns: names and types of exported series. Never: collects anything itself.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from . import hypercorn_guard
@@ -18,14 +17,7 @@ def render_metrics(service: Service, http: dict[str, int]) -> str:
     ready = service.ready.is_set() and service.health()["status"] in ("ok", "degraded")
     lines = [f"trio_streams_ready {int(ready)}"]
     lines += [f"trio_streams_http_{name} {value}" for name, value in http.items()]
-    registry = service.registry
-    if registry is not None:
-        for name, value in registry.statistics().items():
-            lines.append(f"trio_streams_{name} {value}")
-        for name, value in registry.store.statistics().items():
-            lines.append(f"trio_streams_{name} {value}")
-        for name, value in dataclasses.asdict(registry.log.statistics()).items():
-            lines.append(f"trio_streams_log_{name} {float(value)}")
+    lines += [f"trio_streams_{name} {value}" for name, value in service.statistics().items()]
     lines += _storage_lines(service.health())
     for name, value in hypercorn_guard.statistics().items():
         lines.append(f"trio_streams_{name} {value}")

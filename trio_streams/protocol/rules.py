@@ -1,9 +1,12 @@
-"""Write rules: every status decision for PUT and POST, in one place.
+"""Write rules: every status decision for PUT, POST and DELETE, in one place.
 
 Owns: given a stream's current state and a parsed request, either the event
-to make durable plus the reply to send once it is, or a ProtocolError.
-Never: I/O. The caller (the stream's actor) guarantees that decisions for
-one stream are made one at a time against the state left by the previous one.
+to make durable plus the reply to send once it is, or a ProtocolError; and
+the lifecycle rules around them: which stream a path addresses (404, the
+one 410), expiry, the stream limit (507), fork sources and fork points
+(404/409/400/503). Never: I/O. The caller (the stream's actor) guarantees
+that decisions for one stream are made one at a time against the state left
+by the previous one.
 
 Precedence on append follows PROTOCOL.md 5.2: closed, then content type,
 then idempotent-producer checks, then Stream-Seq, then body validation.
@@ -14,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 
 from . import jsonmode
-from .errors import ProtocolError, conflict
-from .headers import AppendRequest, CreateRequest, Expiry, Producer, is_json, media_type
-from .offsets import START, format_offset, parse_offset
-from .state import Appended, Created, ForkOrigin, ProducerState, StreamState, event_end
+from .errors import ProtocolError, bad_request, conflict, not_found
+from .headers import AppendRequest, CreateRequest, Expiry, ForkSpec, Producer, is_json, media_type
+from .offsets import NOW, START, format_offset, parse_offset
+from .state import Appended, Created, Deleted, ForkOrigin, ProducerState, StreamState, event_end
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ def state_headers(state: StreamState) -> tuple[tuple[str, str], ...]:
 def decide_append(state: StreamState, req: AppendRequest) -> tuple[Appended | None, Reply]:
     """The Appended event (None when nothing changes) and the reply it earns."""
     if state.soft_deleted:
-        raise ProtocolError(410, "GONE", "stream has been deleted")
+        raise gone()
     if state.closed:
         return None, _append_to_closed(state, req)
     if req.body and media_type(req.content_type or "") != media_type(state.content_type):
@@ -195,3 +198,138 @@ def _gap(expected: int, received: int) -> ProtocolError:
 
 def _producer_headers(epoch: int, seq: int) -> tuple[tuple[str, str], ...]:
     return (("producer-epoch", str(epoch)), ("producer-seq", str(seq)))
+
+
+# -- lifecycle: addressing, expiry, delete, the stream limit ---------------
+
+
+def gone() -> ProtocolError:
+    """The one 410: a soft-deleted stream answers every direct operation with it (4.2)."""
+    return ProtocolError(410, "GONE", "stream has been deleted")
+
+
+def addressed(state: StreamState | None) -> StreamState:
+    """The stream a request addresses: 404 when there is none, 410 when soft-deleted."""
+    if state is None:
+        raise not_found()
+    if state.soft_deleted:
+        raise gone()
+    return state
+
+
+def damaged_error(state: StreamState) -> ProtocolError:
+    return ProtocolError(503, "STREAM_DAMAGED", f"stream data was damaged on disk and is fenced off: {state.damaged}")
+
+
+def refuse_if_damaged(state: StreamState | None) -> None:
+    """Every request to a stream recovery fenced off is refused, reads and writes alike."""
+    if state is not None and state.damaged is not None:
+        raise damaged_error(state)
+
+
+def is_expired(state: StreamState, last_access_s: float | None, now_s: float) -> bool:
+    """Expires-At passed, or a sliding TTL elapsed since the last access (creation if none)."""
+    if state.soft_deleted:
+        return False  # already deleted; kept only for its forks
+    expiry = state.expiry
+    if expiry.expires_at_s is not None and now_s >= expiry.expires_at_s:
+        return True
+    if expiry.ttl_s is not None:
+        last = state.created_at if last_access_s is None else last_access_s
+        return now_s - last >= expiry.ttl_s
+    return False
+
+
+def after_delete(state: StreamState) -> StreamState | None:
+    """What a delete leaves at the path: nothing, or the soft-deleted stream its forks still read."""
+    if state.refcount == 0:
+        return None
+    soft = state.speculative_copy()
+    soft.soft_deleted = True
+    return soft
+
+
+def decide_delete(state: StreamState | None, only_stream_id: int | None = None) -> tuple[Deleted, StreamState | None, Reply]:
+    """DELETE: 204 and what it leaves; 404 for no stream (or a newer incarnation than
+    ``only_stream_id``, which expiry names), 410 when already soft-deleted."""
+    if state is None or only_stream_id not in (None, state.stream_id):
+        raise not_found()
+    if state.soft_deleted:
+        raise gone()
+    return Deleted(state.stream_id), after_delete(state), Reply(204)
+
+
+def check_stream_limit(existing: StreamState | None, streams: int, streams_max: int) -> None:
+    """507 for a create that would hold one stream too many; re-creates are always answered."""
+    if existing is None and streams >= streams_max:
+        raise ProtocolError(507, "TOO_MANY_STREAMS", "the server's stream limit is reached")
+
+
+# -- fork sources and fork points (4.2) --------------------------------------
+
+
+def fork_source(source: StreamState | None, expired: bool) -> StreamState:
+    """The source a fork may branch from: 404 when missing, 409 when (soon) soft-deleted.
+
+    An expired source reads as what its delete will leave: nothing without
+    forks, soft-deleted with them.
+    """
+    if source is None or (expired and source.refcount == 0):
+        raise ProtocolError(404, "NOT_FOUND", "the Stream-Forked-From source stream does not exist")
+    if source.soft_deleted or expired:
+        raise conflict("the source stream has been deleted", "CONFLICT_SOFT_DELETED")
+    refuse_if_damaged(source)
+    return source
+
+
+def fork_anchor(spec: ForkSpec, source: StreamState) -> int:
+    """The position Stream-Fork-Offset names (default: the source's tail); 400 past the tail."""
+    if spec.offset is None:
+        return source.tail
+    try:
+        position = parse_offset(spec.offset)
+    except ProtocolError:
+        raise bad_request(f"malformed Stream-Fork-Offset {spec.offset[:64]!r}", "INVALID_FORK") from None
+    if position == START:
+        return 0
+    if position == NOW:
+        return source.tail
+    assert isinstance(position, int)
+    if position > source.tail:
+        raise bad_request("Stream-Fork-Offset is beyond the source stream's tail", "INVALID_FORK")
+    return position
+
+
+def require_fork_boundary(byte_before: bytes) -> None:
+    """A JSON source forks between messages: the byte before the anchor ends one."""
+    if byte_before != jsonmode.TERMINATOR:
+        raise bad_request("Stream-Fork-Offset is not at a message boundary of the JSON source", "INVALID_FORK")
+
+
+def byte_sub_position(anchor: int, sub_offset: int, append_end: int) -> int:
+    """anchor + sub_offset bytes, never past the end of the append that starts at anchor."""
+    if anchor + sub_offset > append_end:
+        raise bad_request("Stream-Fork-Sub-Offset goes past the end of the append at the anchor", "INVALID_FORK")
+    return anchor + sub_offset
+
+
+def message_sub_position(anchor: int, sub_offset: int, append: bytes) -> int:
+    """The position after ``sub_offset`` messages of the stored JSON append at anchor."""
+    cut = -1
+    for _ in range(sub_offset):
+        cut = append.find(jsonmode.TERMINATOR, cut + 1)
+        if cut < 0:
+            raise bad_request("Stream-Fork-Sub-Offset is more messages than the append at the anchor has", "INVALID_FORK")
+    return anchor + cut + 1
+
+
+def with_default_offset(spec: ForkSpec, source: StreamState | None) -> ForkSpec:
+    """``spec`` with an omitted (or ``now``) Stream-Fork-Offset spelled out: the source's tail now.
+
+    A re-create is idempotent only if it would fork at the same point (4.2),
+    so the default is resolved at the time of the repeat, not remembered
+    from the first create. Left as is when the source is not there.
+    """
+    if source is None or spec.offset not in (None, NOW):
+        return spec
+    return dataclasses.replace(spec, offset=format_offset(source.tail))

@@ -6,29 +6,29 @@ protocol.rules against a speculative copy of the stream's state (so later
 commands in the batch see earlier ones), hands all resulting events to the
 log in one submission, and answers every command once they are durable.
 
-Never: reads data, talks HTTP, or exits while commands are queued. An idle
-actor (no command for ``actor_idle_s``) unregisters and ends; the registry
-starts a new one on demand.
+Never: reads data (beyond fork resolution), talks HTTP, knows the
+registry, or exits while commands are queued. An idle actor (no command
+for ``actor_idle_s``) closes its channel and returns; the registry, which
+runs it, unregisters it in the same step and starts a new one on demand.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import trio
 
 from ..protocol.errors import ProtocolError, internal, not_found
 from ..protocol.headers import AppendRequest, CreateRequest
-from ..protocol.rules import Reply, ResolvedFork, decide_append, decide_create
+from ..protocol.rules import (
+    Reply, ResolvedFork, after_delete, check_stream_limit, decide_append, decide_create, decide_delete,
+)
 from ..protocol.state import Deleted, Event, StreamState, apply_append, state_from_created
 from ..storage.log import StorageFailed
+from .context import ActorContext
 from .forks import resolve_fork, with_default_offset
-
-if TYPE_CHECKING:
-    from .registry import Registry
 
 log = logging.getLogger("trio_streams.actor")
 
@@ -62,10 +62,10 @@ class ActorStatistics:
 
 
 class StreamActor:
-    def __init__(self, registry: Registry, path: str) -> None:
+    def __init__(self, context: ActorContext, path: str) -> None:
         self.path = path
-        self._registry = registry
-        settings = registry.settings
+        self._context = context
+        settings = context.settings
         self.send_channel, self._receive = trio.open_memory_channel[Command](settings.actor_queue_depth)
         self._idle_s = settings.actor_idle_s
         self._batch_max = settings.actor_batch_max
@@ -77,21 +77,24 @@ class StreamActor:
         return ActorStatistics(self.path, self._commands, self._batches, depth)
 
     async def run(self) -> None:
+        """Serves commands until idle (returns) or cancelled (answers what is left with 503).
+
+        The channel is closed on the way out without a checkpoint, and the
+        caller unregisters the actor before its next checkpoint, so no
+        command can slip into the channel unseen.
+        """
         batch: list[Command] = []
-        async with self._receive:
-            try:
-                while True:
-                    with trio.move_on_after(self._idle_s):
-                        first = await self._receive.receive()
-                        batch = self._drain(first)
-                        await self._process_safely(batch)
-                        continue
-                    # Idle: no checkpoint between the timeout and unregistering, so no
-                    # command can slip into the channel unseen.
-                    self._registry.actor_exited(self)
-                    return
-            finally:
-                self._abandon(batch)
+        try:
+            while True:
+                with trio.move_on_after(self._idle_s):
+                    first = await self._receive.receive()
+                    batch = self._drain(first)
+                    await self._process_safely(batch)
+                    continue
+                return
+        finally:
+            self._abandon(batch)
+            self._receive.close()
 
     def _abandon(self, batch: list[Command]) -> None:
         """Cancelled (the service stops): answer what is left, or its callers wait forever.
@@ -136,29 +139,29 @@ class StreamActor:
     async def _process(self, batch: list[Command]) -> None:
         self._commands += len(batch)
         self._batches += 1
-        view = self._registry.durable_state(self.path)
-        now = time.time()
-        expired = view is not None and self._registry.is_expired(view, now)
+        view = self._context.view.at(self.path)
+        expired = view is not None and self._context.lifetimes.is_expired(view)
         if expired or any(_changes_topology(c.request) for c in batch):
             # Forks and deletes touch two streams (source refcounts): they are
             # decided and made durable one batch at a time, server-wide.
-            async with self._registry.topology_lock:
-                await self._decide_and_commit(batch, now)
+            async with self._context.topology_lock:
+                await self._decide_and_commit(batch)
         else:
-            await self._decide_and_commit(batch, now)
+            await self._decide_and_commit(batch)
 
-    async def _decide_and_commit(self, batch: list[Command], now: float) -> None:
+    async def _decide_and_commit(self, batch: list[Command]) -> None:
         events: list[Event] = []
-        view = self._registry.durable_state(self.path)
-        if view is not None and self._registry.is_expired(view, now):
+        view = self._context.view.at(self.path)
+        if view is not None and self._context.lifetimes.is_expired(view):
             events.append(Deleted(view.stream_id))
-            view = _after_delete(view)
+            view = after_delete(view)
+        now = self._context.clock.wall()
         for command in batch:
             view = await self._decide(command, view, events, now)
         if events:
             try:
                 with trio.CancelScope(shield=True):  # answers must match what became durable
-                    await self._registry.log.submit(events)
+                    await self._context.submit(events)
             except StorageFailed as exc:
                 _fail_unanswered(batch, exc.protocol_error())
             except Exception:
@@ -174,9 +177,9 @@ class StreamActor:
             request = command.request
             if isinstance(request, CreateRequest) and request.fork is not None:
                 if view is None:
-                    fork = await resolve_fork(self._registry, request.fork, now)
+                    fork = await resolve_fork(self._context, request.fork)
                 else:
-                    request = dataclasses.replace(request, fork=with_default_offset(self._registry, request.fork))
+                    request = dataclasses.replace(request, fork=with_default_offset(self._context, request.fork))
             event, view, command.reply = self._decide_one(request, view, now, fork)
         except ProtocolError as exc:
             command.error = exc
@@ -204,34 +207,20 @@ class StreamActor:
                 apply_append(view, event)
             return event, view, reply
         if isinstance(request, CreateRequest):
-            if view is None and len(self._registry.table.by_id) >= self._registry.settings.streams_max:
-                raise ProtocolError(507, "TOO_MANY_STREAMS", "the server's stream limit is reached")
-            stream_id = self._registry.allocate_stream_id() if view is None else 0
+            check_stream_limit(view, self._context.view.count(), self._context.settings.streams_max)
+            stream_id = self._context.allocate_stream_id() if view is None else 0
             event, reply = decide_create(view, self.path, request, stream_id, now, fork)
             if event is not None:
                 view = state_from_created(event)
             return event, view, reply
         assert isinstance(request, DeleteRequest)
-        if view is None or request.only_stream_id not in (None, view.stream_id):
-            raise not_found()
-        if view.soft_deleted:
-            raise ProtocolError(410, "GONE", "stream has been deleted")
-        return Deleted(view.stream_id), _after_delete(view), Reply(204)
+        return decide_delete(view, request.only_stream_id)
 
 
 def _fail_unanswered(batch: list[Command], error: ProtocolError) -> None:
     for command in batch:
         if command.error is None:
             command.error = error
-
-
-def _after_delete(view: StreamState) -> StreamState | None:
-    """What a delete leaves at the path: nothing, or the soft-deleted stream its forks still read."""
-    if view.refcount == 0:
-        return None
-    soft = view.speculative_copy()
-    soft.soft_deleted = True
-    return soft
 
 
 def _changes_topology(request: object) -> bool:

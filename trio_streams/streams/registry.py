@@ -1,54 +1,70 @@
-"""StreamRegistry: owns the nursery of stream actors and the reader fan-out.
+"""Registry: owns the nursery of stream actors, expiry and the reader fan-out.
 
-Owns: path → actor (started on demand, gone when idle), stream expiry (TTL
-and Expires-At, evaluated at request time and by a periodic sweep), the
-sliding-TTL access clock, and per-stream subscriber channels that wake
-long-poll and SSE readers after each durable change.
+Owns: path → actor (started on demand, unregistered by the registry when
+its run ends), stream expiry (TTL and Expires-At, evaluated at request time
+and by a periodic sweep, turned into a delete), and per-stream subscriber
+channels that wake live readers after each durable change.
 
-Never: writes the WAL (the log does) or decides protocol outcomes (the
-actors do, via protocol.rules). Readers never go through an actor, so a
-read never queues behind writes.
+Path lookups, one rule each:
+* ``DurableView.at(path)``: the durable stream, exactly as the log left it
+  (actors decide against it).
+* ``visible(path)``: as clients see it now — an expired stream reads as
+  what its delete will leave (nothing, or soft-deleted), and that delete is
+  started in the background.
+* ``addressed(path)``: ``visible`` for a request: 404 for nothing, 410 for
+  soft-deleted (``protocol.rules.addressed``).
+
+Never: writes the WAL (the log does) or decides protocol outcomes (actors
+do, via protocol.rules). Readers never go through an actor, so a read never
+queues behind writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import trio
 
+from ..clock import Clock
 from ..config import Settings
+from ..protocol import rules
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import AppendRequest, CreateRequest
 from ..protocol.rules import Reply
-from ..protocol.state import Deleted, Event, StreamState, StreamTable
-from ..storage.log import Log
-from ..storage.store import Store
-from .actor import Command, DeleteRequest, StreamActor, _after_delete
-from .forks import damaged_error
+from ..protocol.state import Deleted, Event, StreamState
+from .actor import Command, DeleteRequest, StreamActor
+from .context import ActorContext
 from .framing import JsonFraming
-
-EXPIRY_SWEEP_S = 10.0
+from .lifetimes import Lifetimes
+from .view import DurableView
 
 
 class Registry:
-    def __init__(self, settings: Settings, table: StreamTable, store: Store, log: Log, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        view: DurableView,
+        submit: Callable[[Sequence[Event]], Awaitable[None]],
+        nursery: trio.Nursery,
+        clock: Clock,
+        release: Callable[[int], None] = lambda stream_id: None,
+    ) -> None:
         self.settings = settings
-        self.table = table
-        self.store = store
-        self.log = log
+        self.view = view
+        self.clock = clock
+        self.lifetimes = Lifetimes(clock, view.stream_ids())
         self._nursery = nursery
+        # Called with a stream id when no actor or reader uses it any more (drops its hot tail).
+        self._release = release
         self._actors: dict[str, StreamActor] = {}
         self._subscribers: dict[int, set[trio.MemorySendChannel[None]]] = {}
-        self._last_access: dict[int, float] = {}
         self._expiring: set[int] = set()
-        self._next_stream_id = table.next_stream_id
-        self.topology_lock = trio.Lock()
+        self._next_stream_id = view.next_stream_id
         self.framing = JsonFraming(settings)
-        now = time.time()
-        for stream_id in table.by_id:  # restart counts as an access: nothing expires early
-            self._last_access[stream_id] = now
+        self.context = ActorContext(
+            view, submit, self._allocate_stream_id, self.lifetimes, settings, trio.Lock(), clock
+        )
 
     # -- writes (through the path's actor) ------------------------------
 
@@ -68,7 +84,7 @@ class Registry:
         """A new stream's content type: as given, or inherited from a fork's source (None if unknown)."""
         if request.fork is None or request.content_type_given:
             return request.content_type
-        source = self.table.by_path.get(request.fork.source)
+        source = self.view.at(request.fork.source)
         return source.content_type if source is not None else None
 
     async def delete(self, path: str) -> Reply:
@@ -79,88 +95,76 @@ class Registry:
         while True:
             actor = self._actors.get(path)
             if actor is None:
-                actor = self._actors[path] = StreamActor(self, path)
-                self._nursery.start_soon(actor.run)
+                actor = self._actors[path] = StreamActor(self.context, path)
+                self._nursery.start_soon(self._run_actor, actor)
             try:
                 await actor.send_channel.send(command)
                 break
-            except trio.ClosedResourceError:
-                continue  # the actor went idle between lookup and send; start another
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # the actor ended between lookup and send; it is unregistered: start another
         return await command.wait()
 
-    def actor_exited(self, actor: StreamActor) -> None:
+    async def _run_actor(self, actor: StreamActor) -> None:
+        try:
+            await actor.run()
+        finally:
+            # No checkpoint between the actor closing its channel and this: no
+            # sender can find a closed actor registered.
+            self._unregister(actor)
+
+    def _unregister(self, actor: StreamActor) -> None:
         if self._actors.get(actor.path) is actor:
             del self._actors[actor.path]
-        state = self.table.by_path.get(actor.path)
+        state = self.view.at(actor.path)
         if state is not None and not self._subscribers.get(state.stream_id):
-            self.store.forget(state.stream_id)
+            self._release(state.stream_id)
 
-    def allocate_stream_id(self) -> int:
-        self._next_stream_id = max(self._next_stream_id, self.table.next_stream_id)
+    def _allocate_stream_id(self) -> int:
+        self._next_stream_id = max(self._next_stream_id, self.view.next_stream_id)
         stream_id = self._next_stream_id
         self._next_stream_id += 1
         return stream_id
 
-    def durable_state(self, path: str) -> StreamState | None:
-        return self.table.by_path.get(path)
+    # -- lookups -----------------------------------------------------------
 
-    # -- reads -----------------------------------------------------------
-
-    def lookup(self, path: str) -> StreamState | None:
+    def visible(self, path: str) -> StreamState | None:
         """The stream at ``path`` as clients see it; an expired one is deleted in the background.
 
         Expiry is a delete, so an expired stream reads as what the delete
         will leave, from the first request on: nothing (404), or, while forks
         still reference it, a soft-deleted stream (410 Gone, 4.2).
         """
-        state = self.table.by_path.get(path)
-        if state is not None and self.is_expired(state, time.time()):
+        state = self.view.at(path)
+        if state is not None and self.lifetimes.is_expired(state):
             self._start_expiry(path, state.stream_id)
-            return _after_delete(state)
+            return rules.after_delete(state)
         return state
 
-    def get(self, path: str) -> StreamState:
-        """The stream a client addresses: 404 when there is none, 410 when soft-deleted."""
-        state = self.lookup(path)
-        if state is None:
-            raise ProtocolError(404, "NOT_FOUND", "stream not found")
-        if state.soft_deleted:
-            raise ProtocolError(410, "GONE", "stream has been deleted")
-        return state
+    def addressed(self, path: str) -> StreamState:
+        """The stream a request addresses: 404 when there is none, 410 when soft-deleted."""
+        return rules.addressed(self.visible(path))
 
     def refuse_if_damaged(self, path: str) -> None:
-        """Every request to a stream recovery fenced off is refused, reads and writes alike."""
-        state = self.table.by_path.get(path)
-        if state is not None and state.damaged is not None:
-            raise damaged_error(state)
+        rules.refuse_if_damaged(self.view.at(path))
 
     def fenced(self) -> list[dict[str, object]]:
         """The streams recovery fenced off, for /healthz."""
         fenced: list[dict[str, object]] = [
-            {"path": s.path, "id": s.stream_id, "reason": s.damaged} for s in self.table.by_id.values() if s.damaged is not None
+            {"path": s.path, "id": s.stream_id, "reason": s.damaged} for s in self.view.streams() if s.damaged is not None
         ]
-        fenced += [{"path": None, "id": i, "reason": why} for i, why in self.table.fenced_ids.items()]
+        fenced += [{"path": None, "id": i, "reason": why} for i, why in self.view.fenced_ids().items()]
         return fenced
 
     def touch(self, state: StreamState) -> None:
         """A read or write resets the sliding TTL (HEAD does not call this)."""
-        self._last_access[state.stream_id] = time.time()
+        self.lifetimes.touch(state.stream_id)
 
     def _touch_path(self, path: str) -> None:
-        state = self.table.by_path.get(path)
+        state = self.view.at(path)
         if state is not None:
             self.touch(state)
 
-    def is_expired(self, state: StreamState, now: float) -> bool:
-        if state.soft_deleted:
-            return False  # already deleted; kept only for its forks
-        expiry = state.expiry
-        if expiry.expires_at_s is not None and now >= expiry.expires_at_s:
-            return True
-        if expiry.ttl_s is not None:
-            last = self._last_access.get(state.stream_id, state.created_at)
-            return now - last >= expiry.ttl_s
-        return False
+    # -- expiry ------------------------------------------------------------
 
     def _start_expiry(self, path: str, stream_id: int) -> None:
         # One delete per stream, however many requests find it expired meanwhile.
@@ -175,13 +179,16 @@ class Registry:
         finally:
             self._expiring.discard(stream_id)
 
+    def sweep_expired(self) -> None:
+        """Starts the delete of every expired stream (requests find the others as they come)."""
+        for state in self.view.streams():
+            if self.lifetimes.is_expired(state):
+                self._start_expiry(state.path, state.stream_id)
+
     async def sweep_expired_forever(self) -> None:
         while True:
-            await trio.sleep(EXPIRY_SWEEP_S)
-            now = time.time()
-            for state in list(self.table.by_id.values()):
-                if self.is_expired(state, now):
-                    self._start_expiry(state.path, state.stream_id)
+            await trio.sleep(self.settings.expiry_sweep_interval_s)
+            self.sweep_expired()
 
     # -- fan-out -----------------------------------------------------------
 
@@ -206,16 +213,16 @@ class Registry:
 
     def on_applied(self, state: StreamState | None, event: Event) -> None:
         if isinstance(event, Deleted):
-            self._last_access.pop(event.stream_id, None)
+            self.lifetimes.forget(event.stream_id)
         for send in self._subscribers.get(event.stream_id, ()):
             try:
                 send.send_nowait(None)
             except trio.WouldBlock:
                 pass
 
-    def statistics(self) -> dict[str, object]:
+    def statistics(self) -> dict[str, int]:
         return {
-            "streams": len(self.table.by_id),
+            "streams": self.view.count(),
             "actors": len(self._actors),
             "subscribed_streams": len(self._subscribers),
             "subscribers": sum(len(s) for s in self._subscribers.values()),
