@@ -43,9 +43,10 @@ the real clock (no clock fixture) threads stay real.
 pytest-trio takes the clock from the test function's own arguments only:
 a fixture that depends on ``autojump_clock`` does not put the test on it.
 
-Only trio time is virtual: ``time.time()`` (cursors, TTL, Expires-At) is
-still the wall clock, so expiry tests stay on real processes until the
-server takes an injectable clock.
+Only trio time is virtual unless the test says otherwise: by default the
+app's wall clock (cursors, TTL, Expires-At) is ``time.time()``. Pass
+``clock=trio_streams.clock.trio_driven_clock(start)`` to ``running_app``
+and the MockClock moves the wall clock too, so expiry runs in virtual time.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ import trio
 import trio.testing
 
 from conftest import SseEvent, parse_metrics
+from trio_streams.clock import SYSTEM_CLOCK, Clock
 from trio_streams.config import Settings
 from trio_streams.http.app import App
 
@@ -609,11 +611,11 @@ class _Lifespan:
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[InprocServer]:
+async def running_app(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[InprocServer]:
     """The app with its lifespan running: ready on entry, shut down cleanly on exit."""
     threads = inline_worker_threads() if on_mock_clock() else contextlib.nullcontext()
     with threads:
-        app = App(settings)
+        app = App(settings, clock)
         lifespan = _Lifespan()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan.receive, lifespan.send)

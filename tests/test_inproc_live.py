@@ -6,9 +6,10 @@ for it: pytest-trio takes the clock from the test's own arguments only): a 30 s
 long-poll timeout or a 60 s SSE connection passes in no real time, and
 "answered at once" means "before the timeout in virtual time", exactly.
 Synchronisation is by the /metrics subscriber gauge once every task has
-settled, never by sleeping. What needs real sockets (abrupt resets, an
-HTTP/1.1 connection closing under a waiting reader) and what needs the
-wall clock to pass (TTL, Expires-At) is in tests/test_http_live.py.
+settled, never by sleeping. TTL and Expires-At run here too, on a wall
+clock driven by trio's (``trio_driven_clock``). What needs real sockets
+(abrupt resets, an HTTP/1.1 connection closing under a waiting reader) is
+in tests/test_http_live.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from conftest import (
     unique,
 )
 from inproc import AsyncSseReader, InprocClient, InprocServer, Response, running_app
+from trio_streams.clock import trio_driven_clock
 
 OCTET = "application/octet-stream"
 TEXT = "text/plain"
@@ -502,3 +504,29 @@ async def test_expires_at_in_the_past_is_never_readable(autojump_clock: MockCloc
     assert (await client.head(path(name))).status_code == 404
     assert_error(await client.get(path(name)), 404)
     assert_error(await client.post(path(name), content=b"y", headers={"content-type": TEXT}), 404)
+
+
+async def test_ttl_and_expires_at_run_on_the_app_clock_over_http(autojump_clock: MockClock, tmp_path: Path) -> None:
+    """With a trio-driven wall clock, a whole TTL passes over HTTP in virtual time:
+    a read resets the sliding TTL, HEAD does not, and an absolute expiry is
+    unaffected by reads."""
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    clock = trio_driven_clock(start.timestamp())
+    expires_at = (start + datetime.timedelta(seconds=100)).isoformat().replace("+00:00", "Z")
+    async with running_app(inproc_settings_for(tmp_path), clock) as app:
+        client = app.client
+        ttl = await client.put(path("ttl"), headers={"content-type": TEXT, "stream-ttl": "10"}, content=b"t")
+        dated = await client.put(path("dated"), headers={"content-type": TEXT, "stream-expires-at": expires_at})
+        assert (ttl.status_code, dated.status_code) == (201, 201), (ttl.text, dated.text)
+        for _ in range(3):  # 24 s in all, each gap under the 10 s TTL, reads in between
+            await trio.sleep(8)
+            assert (await client.get(path("ttl"))).content == b"t"
+            assert (await client.get(path("dated"))).status_code == 200
+        await trio.sleep(8)
+        assert (await client.head(path("ttl"))).status_code == 200  # HEAD does not reset it
+        await trio.sleep(8)  # 16 s since the last read
+        assert_error(await client.get(path("ttl")), 404)
+        await trio.sleep(100 - trio.current_time() - 0.5)
+        assert (await client.get(path("dated"))).status_code == 200
+        await trio.sleep(1)
+        assert_error(await client.get(path("dated")), 404)
