@@ -17,115 +17,38 @@ The refusal paths, each tested below against a hashed copy of the tree:
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
-import trio
 
-from trio_streams.config import Settings
-from trio_streams.protocol.headers import Expiry
-from trio_streams.protocol.state import Appended, Created, Deleted, Event
-from trio_streams.storage.events import encode_event
-from trio_streams.storage.log import Log
+from datadirs import append_to_wal, build, created, record, settings_of, store_of, stream_file, tree
+from trio_streams.protocol.state import Appended, Deleted, Event
 from trio_streams.storage.recovery import RecoveryRefused, recover
-from trio_streams.storage.store import Store
 from trio_streams.storage.wal import encode_record, list_segments, segment_name
 
-# Tiny segments and a checkpoint at every clean close, so that after three
-# sessions the WAL before the older checkpoint is gone and only checkpoints can start.
-SEGMENT_BYTES = 1
 MODES = ("tolerate_corrupted_tail", "absolute_consistency", "point_in_time", "fence_damaged_streams")
-
-
-def _created(stream_id: int, path: str, data: bytes = b"") -> Created:
-    return Created(stream_id, path, "text/plain", Expiry(), 0.0, False, data)
-
-
-def _store(directory: Path) -> Store:
-    return Store(directory / "streams", open_files_max=8, hot_tail_bytes_max=0, corrupt_ranges_logged_max=10)
-
-
-def _settings(directory: Path, mode: str = "tolerate_corrupted_tail") -> Settings:
-    return Settings(data_dir=str(directory), fsync="always", wal_segment_bytes_max=SEGMENT_BYTES, wal_recovery_mode=mode)
-
-
-async def _session(directory: Path, batches: Sequence[Sequence[Event]]) -> None:
-    """One run of the log writer that ends cleanly: with a checkpoint of everything."""
-    store = _store(directory)
-    recovered = recover(directory, store, _settings(directory))
-    log = Log(_settings(directory), directory, recovered.wal, store, recovered.table)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(log.run)
-        for batch in batches:
-            await log.submit(list(batch))
-        log.close_intake()
-    store.close_sync()
-    recovered.wal.close()
-
-
-def _build(directory: Path) -> None:
-    """Streams a (id 1) and b (id 2), three clean sessions: checkpoints at the end of
-    the last two, the WAL from the older one on. a = "abcdefgh", b = "0123"."""
-    trio.run(_session, directory, [[_created(1, "a", b"abc"), _created(2, "b", b"01")]])
-    trio.run(_session, directory, [[Appended(1, 3, b"de")], [Appended(2, 2, b"23")]])
-    trio.run(_session, directory, [[Appended(1, 5, b"fgh")]])
-    assert len(list((directory / "checkpoints").iterdir())) == 2
-
-
-def _tree(directory: Path) -> dict[str, str]:
-    """Every file and directory under directory: its hash, or "dir"."""
-    found = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(root, name), directory)] = "dir"
-        for name in files:
-            path = Path(root) / name
-            found[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 def _refused_unchanged(directory: Path, mode: str) -> str:
     """Recovers in mode, which must refuse; the tree must be exactly as before. Returns the refusal."""
-    before = _tree(directory)
-    store = _store(directory)
+    before = tree(directory)
+    store = store_of(directory)
     try:
         with pytest.raises(RecoveryRefused) as refused:
-            recover(directory, store, _settings(directory, mode))
+            recover(directory, store, settings_of(directory, mode))
     finally:
         store.close_sync()
-    assert _tree(directory) == before
+    assert tree(directory) == before
     return str(refused.value)
 
 
 def _recovered(directory: Path, mode: str) -> dict[str, tuple[int, str | None]]:
-    store = _store(directory)
-    recovered = recover(directory, store, _settings(directory, mode))
+    store = store_of(directory)
+    recovered = recover(directory, store, settings_of(directory, mode))
     store.close_sync()
     recovered.wal.close()
     return {path: (s.tail, s.damaged) for path, s in recovered.table.by_path.items()}
-
-
-def _append_to_wal(directory: Path, records: Sequence[bytes]) -> int:
-    """Appends raw records to the last segment, as a writer that got them wrong would; returns
-    the log position of the first one."""
-    start = list_segments(directory / "wal")[-1]
-    path = directory / "wal" / segment_name(start)
-    position = start + path.stat().st_size
-    with open(path, "ab") as f:
-        f.write(b"".join(records))
-    return position
-
-
-def _record(event: Event) -> bytes:
-    return encode_record(*encode_event(event))
-
-
-def _stream_file(directory: Path, stream_id: int, kind: str = "dat") -> Path:
-    return directory / "streams" / f"{stream_id:016x}.{kind}"
 
 
 # ---------------------------------------------------------------- the late refusal
@@ -135,15 +58,15 @@ def test_a_position_jump_after_a_torn_tail_write_refuses_before_anything_is_cut(
     """The writer put b's next bytes into its file and c's into a new one, the WAL
     holds a's append at a wrong position, then a torn record: today's order cut b
     back to its checkpoint and rewrote c before it found a's jump."""
-    _build(tmp_path)
-    _append_to_wal(tmp_path, [
-        _record(_created(3, "c", b"xy")),
-        _record(Appended(1, 9, b"!")),  # a ends at 8: a gap
-        _record(Appended(2, 4, b"45"))[:-1],  # torn: its data is in b's file, its record is not whole
+    build(tmp_path)
+    append_to_wal(tmp_path, [
+        record(created(3, "c", b"xy")),
+        record(Appended(1, 9, b"!")),  # a ends at 8: a gap
+        record(Appended(2, 4, b"45"))[:-1],  # torn: its data is in b's file, its record is not whole
     ])
-    with open(_stream_file(tmp_path, 2), "ab") as f:
+    with open(stream_file(tmp_path, 2), "ab") as f:
         f.write(b"45")
-    with open(_stream_file(tmp_path, 3), "wb") as f:
+    with open(stream_file(tmp_path, 3), "wb") as f:
         f.write(b"xyz")  # c's next write reached its file, never the WAL
     for mode in ("tolerate_corrupted_tail", "point_in_time"):
         refusal = _refused_unchanged(tmp_path, mode)
@@ -160,7 +83,7 @@ def test_a_position_jump_after_a_torn_tail_write_refuses_before_anything_is_cut(
 
 
 def test_no_usable_start_leaves_the_tree_and_makes_no_wal_directory(tmp_path: Path) -> None:
-    _build(tmp_path)
+    build(tmp_path)
     newest = max((tmp_path / "checkpoints").iterdir())
     newest.write_bytes(newest.read_bytes()[:-1])  # damaged, and the older one needs WAL that is gone
     for segment in (tmp_path / "wal").iterdir():
@@ -171,36 +94,36 @@ def test_no_usable_start_leaves_the_tree_and_makes_no_wal_directory(tmp_path: Pa
 
 
 def test_damage_followed_by_valid_records_is_refused_unchanged(tmp_path: Path) -> None:
-    _build(tmp_path)
+    build(tmp_path)
     first = list_segments(tmp_path / "wal")[-1]
-    _append_to_wal(tmp_path, [_record(Appended(1, 8, b"ij")), _record(Appended(2, 4, b"45"))])
+    append_to_wal(tmp_path, [record(Appended(1, 8, b"ij")), record(Appended(2, 4, b"45"))])
     segment = tmp_path / "wal" / segment_name(first)
     raw = bytearray(segment.read_bytes())
-    raw[-len(_record(Appended(2, 4, b"45"))) - 1] ^= 0x01  # the last byte of a's record
+    raw[-len(record(Appended(2, 4, b"45"))) - 1] ^= 0x01  # the last byte of a's record
     segment.write_bytes(bytes(raw))
     for mode in ("tolerate_corrupted_tail", "absolute_consistency"):
         assert "valid records resume" in _refused_unchanged(tmp_path, mode)
 
 
 def test_a_torn_tail_is_refused_unchanged_in_absolute_consistency(tmp_path: Path) -> None:
-    _build(tmp_path)
-    _append_to_wal(tmp_path, [_record(Appended(1, 8, b"ij"))[:-1]])
+    build(tmp_path)
+    append_to_wal(tmp_path, [record(Appended(1, 8, b"ij"))[:-1]])
     assert "torn tail" in _refused_unchanged(tmp_path, "absolute_consistency")
 
 
 def test_a_short_stream_file_is_refused_unchanged(tmp_path: Path) -> None:
-    _build(tmp_path)
-    dat = _stream_file(tmp_path, 1)
+    build(tmp_path)
+    dat = stream_file(tmp_path, 1)
     dat.write_bytes(dat.read_bytes()[:2])  # both checkpoints need more of a
     for mode in ("tolerate_corrupted_tail", "absolute_consistency", "point_in_time"):
         assert "its data file" in _refused_unchanged(tmp_path, mode)
 
 
 def test_a_wal_ending_before_its_checkpoint_with_later_writes_is_refused_unchanged(tmp_path: Path) -> None:
-    _build(tmp_path)
+    build(tmp_path)
     last = list_segments(tmp_path / "wal")[-1]
     (tmp_path / "wal" / segment_name(last)).write_bytes(b"")  # the log ends before the newest checkpoint
-    with open(_stream_file(tmp_path, 2), "ab") as f:
+    with open(stream_file(tmp_path, 2), "ab") as f:
         f.write(b"45")  # and b's file shows a write after it: records were lost
     assert "log position" in _refused_unchanged(tmp_path, "point_in_time")
 
@@ -210,29 +133,29 @@ def test_a_wal_ending_before_its_checkpoint_with_later_writes_is_refused_unchang
     ([Appended(9, 0, b"!")], "stream id 9, which does not exist"),
     ([Appended(1, 8, b"!", close=True), Appended(1, 9, b"?")], "closed"),
     ([Deleted(1), Appended(1, 8, b"?")], "stream id 1, which does not exist"),
-    ([_created(3, "b", b"x")], "'b' is taken"),
+    ([created(3, "b", b"x")], "'b' is taken"),
 ], ids=["overlap", "unknown stream", "closed", "deleted", "taken path"])
 def test_a_record_the_table_cannot_apply_is_refused_unchanged(tmp_path: Path, events: list[Event], why: str) -> None:
-    _build(tmp_path)
-    _append_to_wal(tmp_path, [_record(event) for event in events])
+    build(tmp_path)
+    append_to_wal(tmp_path, [record(event) for event in events])
     for mode in ("tolerate_corrupted_tail", "absolute_consistency", "point_in_time"):
         assert why in _refused_unchanged(tmp_path, mode)
 
 
 def test_an_undecodable_record_is_refused_unchanged_in_every_mode(tmp_path: Path) -> None:
-    _build(tmp_path)
+    build(tmp_path)
     meta = orjson.dumps({"path": "no id"})
-    _append_to_wal(tmp_path, [encode_record(2, len(meta).to_bytes(4, "little") + meta), _record(Appended(1, 8, b"ij"))])
+    append_to_wal(tmp_path, [encode_record(2, len(meta).to_bytes(4, "little") + meta), record(Appended(1, 8, b"ij"))])
     for mode in MODES:
         assert "cannot be decoded" in _refused_unchanged(tmp_path, mode)
 
 
 def test_the_fence_mode_fences_what_the_other_modes_refuse(tmp_path: Path) -> None:
-    _build(tmp_path)
-    _append_to_wal(tmp_path, [_record(Appended(1, 8, b"!", close=True)), _record(Appended(1, 9, b"?")),
-                              _record(Appended(2, 4, b"45"))])
+    build(tmp_path)
+    append_to_wal(tmp_path, [record(Appended(1, 8, b"!", close=True)), record(Appended(1, 9, b"?")),
+                              record(Appended(2, 4, b"45"))])
     recovered = _recovered(tmp_path, "fence_damaged_streams")
     assert recovered["b"] == (6, None)
     tail, damaged = recovered["a"]
     assert tail == 9 and damaged is not None and "closed" in damaged
-    assert _stream_file(tmp_path, 1).read_bytes() == b"abcdefgh!"
+    assert stream_file(tmp_path, 1).read_bytes() == b"abcdefgh!"

@@ -301,12 +301,11 @@ class _Replayer:
             self._table.apply(event)
 
     def _decoded(self, record: Record) -> Event:
-        try:
-            return decode_event(record.rtype, record.payload)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error) as exc:
-            raise RecoveryRefused(
-                f"refusing to start: the record at {self._where(record)} has a valid checksum but cannot be "
-                f"decoded ({type(exc).__name__}: {exc}); restore the files from a backup") from exc
+        event = decoded(record)
+        if isinstance(event, str):
+            raise RecoveryRefused(f"refusing to start: the record at {self._where(record)} {event}; "
+                                  "restore the files from a backup")
+        return event
 
     def _where(self, record: Record) -> str:
         return describe_position(segment_of(self._starts, record.position), record.position)
@@ -437,6 +436,14 @@ def _last_boundary(store: Store, stream_id: int) -> int | None:
     except DataCorrupt:
         return None
     return 0 if entry is None else entry.end
+
+
+def decoded(record: Record) -> Event | str:
+    """The record's event, or why it cannot be decoded (its checksum holds, so a bug wrote it)."""
+    try:
+        return decode_event(record.rtype, record.payload)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error) as exc:
+        return f"has a valid checksum but cannot be decoded ({type(exc).__name__}: {exc})"
 
 
 def unappliable(table: StreamTable, event: Event) -> str | None:

@@ -482,7 +482,7 @@ class SegmentedLog:
         if not starts:
             return [], from_position
         walk = self._walk(starts, from_position, [resync_checksum_bytes_max])
-        damages = []
+        damages: list[Damage] = []
         while True:
             try:
                 item = next(walk)
