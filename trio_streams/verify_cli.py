@@ -2,7 +2,9 @@
 
 Owns: the progress display (a tqdm bar on a terminal, plain lines
 otherwise), the report's text and the exit status: 0 when nothing is
-damaged, 1 when anything is, 2 when the directory cannot be read.
+damaged, 1 when anything is, 2 when the directory cannot be read, 3 when
+nothing is damaged but the WAL holds valid records the table cannot apply
+(a log written wrong: recovery refuses it, or fences in the fence mode).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from typing import Any, TextIO
 from .storage.verify import Report, total_bytes, verify_directory
 
 PLAIN_PROGRESS_INTERVAL_S = 5.0
+EXIT_OK = 0
+EXIT_DAMAGED = 1
+EXIT_UNREADABLE = 2
+EXIT_UNAPPLIED_RECORDS = 3
 
 
 def add_command(commands: Any) -> None:
@@ -27,12 +33,19 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     directory = Path(args.data_dir)
     if not directory.is_dir():
         print(f"trio-streams verify: {directory} is not a directory", file=err)
-        return 2
+        return EXIT_UNREADABLE
     total = total_bytes(directory)
     with _progress(total, err) as progress:
         report = verify_directory(directory, progress)
     print_report(report, out)
-    return 1 if report.damaged else 0
+    return exit_status(report)
+
+
+def exit_status(report: Report) -> int:
+    # Damage usually explains the records after it that cannot be applied: it is named first.
+    if report.damaged:
+        return EXIT_DAMAGED
+    return EXIT_UNAPPLIED_RECORDS if report.unapplied else EXIT_OK
 
 
 class _PlainProgress:
@@ -83,6 +96,7 @@ def print_report(report: Report, out: TextIO) -> None:
             print("  (none)", file=out)
         for f in findings:
             print(f"  {f.file}: {f.status}{': ' + f.detail if f.detail else ''}", file=out)
+    _print_unapplied(report, out)
     print("streams:", file=out)
     if not report.streams:
         print("  (none)", file=out)
@@ -95,6 +109,16 @@ def print_report(report: Report, out: TextIO) -> None:
             print(f"{label}: damaged [{start}, {end}): {reason}{note}", file=out)
     damaged = sum(1 for s in report.streams if s.damaged)
     files = sum(1 for f in (*report.wal, *report.checkpoints) if f.damaged)
-    verdict = "DAMAGED" if report.damaged else "OK"
-    print(f"{verdict}: {damaged} of {len(report.streams)} streams damaged, {files} damaged log/checkpoint files",
-          file=out)
+    verdict = {EXIT_OK: "OK", EXIT_DAMAGED: "DAMAGED", EXIT_UNAPPLIED_RECORDS: "INCONSISTENT"}[exit_status(report)]
+    print(f"{verdict}: {damaged} of {len(report.streams)} streams damaged, {files} damaged log/checkpoint files, "
+          f"{len(report.unapplied)} WAL records not applied", file=out)
+
+
+def _print_unapplied(report: Report, out: TextIO) -> None:
+    """Every valid record replay left out, where it is and why: never dropped silently."""
+    if not report.unapplied:
+        return
+    print("WAL records not applied:", file=out)
+    for u in report.unapplied:
+        stream = "stream id unknown" if u.stream_id is None else f"stream id {u.stream_id} ({u.stream_id:016x})"
+        print(f"  {u.where}, {stream}: {u.why}", file=out)

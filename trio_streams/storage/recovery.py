@@ -6,9 +6,17 @@ recovery modes (``Settings.wal_recovery_mode``: refuse, fence, cut), and
 working out which streams a damage touched, so that in the fence mode only
 those are fenced off and every other stream serves.
 
-Never: runs in the Trio thread, or changes a file before the decision to
-start has been made (a refusal leaves the directory exactly as it found it,
-for the operator to inspect or restore).
+Recovery runs in two phases. Deciding reads only: it chooses the start,
+applies the mode to the damage found, and replays every record into the
+table (``_Replayer``), which is where a record that does not continue its
+stream is found. Only then, the decision to start made, are files changed:
+stream files cut back to the checkpoint, the replayed records' data
+rewritten (``_Replayer.rewrite``), the torn tail cut, orphans removed.
+
+Never: runs in the Trio thread, or changes a file (or creates a directory)
+before the decision to start has been made: every refusal leaves the
+directory exactly as it found it, for the operator to copy away and try
+another mode on.
 """
 
 from __future__ import annotations
@@ -17,19 +25,21 @@ import bisect
 import dataclasses
 import logging
 import os
+import struct
 import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 from ..config import Settings
-from ..protocol.state import Appended, Created, Deleted, StreamState, StreamTable
+from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable
 from .blocksums import DataCorrupt, last_entry
-from .checkpoint import Recovered, decode_table, replay_event
-from .events import DELETED, decode_event
+from .checkpoint import Recovered, decode_table
+from .events import DELETED, decode_event, positioned
 from .fileops import REAL, FileOps
 from .snapshot import SnapshotCorrupt, decode_snapshot, list_snapshots, snapshot_name
 from .store import Store
-from .wal import Damage, Record, SegmentedLog, WalError, list_segments
+from .wal import Damage, Record, SegmentedLog, WalError, describe_position, list_segments, segment_of
 
 log = logging.getLogger("trio_streams.recovery")
 
@@ -53,39 +63,64 @@ class _Start:
 
 def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = REAL) -> Recovered:
     started = time.monotonic()
-    wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
-    start = _choose_start(directory, wal, store, settings.wal_resync_checksum_bytes_max)
+    mode, budget = settings.wal_recovery_mode, settings.wal_resync_checksum_bytes_max
+    reader = SegmentedLog.for_survey(directory / "wal")  # reads only, creates nothing
+    start = _choose_start(directory, reader, store, budget)
     gaps = _real_gaps(start, store)
-    _refuse_unless_allowed(settings.wal_recovery_mode, start, gaps)
-    fence = settings.wal_recovery_mode == "fence_damaged_streams"
-    evidence = _evidence(store) if gaps else {}  # read before any file changes
-    replayer = _Replayer(start.table, store, [d.position for d in gaps] if fence else [], fence)
-    for stream_id, why in start.short.items():
-        start.table.by_id[stream_id].damaged = why
-    for state in start.table.by_id.values():
-        if state.damaged is None:
-            store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)
-    for torn in (d for d in start.damages if d.torn_tail):
-        # Indistinguishable from the end of the log losing whole records to damage: say so.
-        log.warning("cutting a torn tail (an incomplete last write, or damage at the end of the log) at %s", torn.describe())
-    if gaps and not fence:  # point_in_time: say exactly what is dropped
-        log.error("WAL damaged: cutting the log at log position %d, dropping every later record: %s",
-                  gaps[0].position, "; ".join(d.describe() for d in gaps))
+    _refuse_unless_allowed(mode, start, gaps)
+    fence = mode == "fence_damaged_streams"
     # A WAL ending before a checkpoint that holds everything is skipped over in every mode.
     skip = fence or bool(start.gaps and not gaps)
-    for record in wal.recover(start.position, skip_damage=skip,
-                              resync_checksum_bytes_max=settings.wal_resync_checksum_bytes_max):
-        replayer.replay(record)
-    if fence and gaps:
-        replayer.fence_unverified(evidence)
-    _fence_forks_of_damaged(start.table)
-    start.table.removed.clear()  # their files are orphans now, removed just below
+    replayer = _plan(start, gaps, fence, skip, reader, store, budget)
+    # Decided: everything below changes files.
+    _log_cuts(start, gaps, fence)
+    wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
+    replayer.rewrite(store, wal.recover(start.position, skip_damage=skip, resync_checksum_bytes_max=budget))
     store.remove_orphans_sync(set(start.table.by_id) | set(start.table.fenced_ids))
     _report(start.table)
     seconds = time.monotonic() - started
     log.info("recovered %d streams: checkpoint at %d, %d events replayed in %.3fs",
              len(start.table.by_id), start.position, replayer.replayed, seconds)
     return Recovered(start.table, wal, start.position, replayer.replayed, seconds)
+
+
+def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: SegmentedLog,
+          store: Store, budget: int) -> _Replayer:
+    """Replays the WAL into the table without writing anything: every refusal left
+    (a record that does not continue its stream, or cannot be read) comes from here."""
+    if gaps and not skip and gaps[0].before_start:
+        raise RecoveryRefused(
+            f"refusing to start (wal_recovery_mode=point_in_time): records the checkpoint at log position "
+            f"{start.position} relies on are missing, and stream files show writes after it: {gaps[0].describe()}. "
+            "Restore the files from a backup, or start with wal_recovery_mode=fence_damaged_streams")
+    evidence = _evidence(store) if gaps else {}  # as the crash left the files
+    for stream_id, why in start.short.items():
+        start.table.by_id[stream_id].damaged = why
+    starts = list_segments(reader.directory) if reader.directory.is_dir() else []
+    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence)
+    replay: Callable[[Record], None] = replayer.replay
+    if gaps and not skip:  # point_in_time: the log is cut at the first damage
+        replay = partial(_replay_before, gaps[0].position, replayer.replay)
+    reader.survey(start.position, resync_checksum_bytes_max=budget, on_record=replay)
+    if fence and gaps:
+        replayer.fence_unverified(evidence)
+    _fence_forks_of_damaged(start.table)
+    start.table.removed.clear()  # their files are orphans, removed after the rewrite
+    return replayer
+
+
+def _replay_before(end: int, replay: Callable[[Record], None], record: Record) -> None:
+    if record.position < end:
+        replay(record)
+
+
+def _log_cuts(start: _Start, gaps: list[Damage], fence: bool) -> None:
+    for torn in (d for d in start.damages if d.torn_tail):
+        # Indistinguishable from the end of the log losing whole records to damage: say so.
+        log.warning("cutting a torn tail (an incomplete last write, or damage at the end of the log) at %s", torn.describe())
+    if gaps and not fence:  # point_in_time: say exactly what is dropped
+        log.error("WAL damaged: cutting the log at log position %d, dropping every later record: %s",
+                  gaps[0].position, "; ".join(d.describe() for d in gaps))
 
 
 # ---------------------------------------------------------------- choosing a start
@@ -99,7 +134,7 @@ def _choose_start(directory: Path, wal: SegmentedLog, store: Store, budget: int)
     # Every checkpoint ever written covered the log up to its name: recovery
     # must reach at least the newest name, valid or not.
     required_end = positions[-1] if positions else 0
-    has_segments = bool(list_segments(wal.directory))
+    has_segments = wal.directory.is_dir() and bool(list_segments(wal.directory))
     reasons: list[str] = []
     fallback: _Start | None = None
     for position in [*reversed(positions), None]:
@@ -225,54 +260,83 @@ def _refuse_unless_allowed(mode: str, start: _Start, gaps: list[Damage]) -> None
 
 
 class _Replayer:
-    """Replays records, checking that each append's position continues its stream
-    exactly where its recovered history ends. After a gap a mismatch is what the
-    gap lost: the stream is fenced off. Anywhere else it is a log that was written
-    wrong: fenced in the fence mode, else recovery refuses."""
+    """Replays records into the table, checking that each append's position continues
+    its stream exactly where its recovered history ends. After a gap a mismatch is what
+    the gap lost: the stream is fenced off. Anywhere else a record the table cannot
+    apply is a log that was written wrong: fenced in the fence mode, else refused.
 
-    def __init__(self, table: StreamTable, store: Store, gaps: list[int], fence: bool) -> None:
+    It writes nothing: ``rewrite`` later puts the data of exactly the records it
+    applied into the stream files, so that deciding never changes a file."""
+
+    def __init__(self, table: StreamTable, starts: list[int], gaps: list[int], fence: bool) -> None:
         self._table = table
-        self._store = store
+        self._starts = starts
         self._gaps = gaps
         self._fence = fence
         # Stream id → how many gaps lay before its last verified record.
         self._checked: dict[int, int] = {}
         self._seen_deleted: set[int] = set()
+        # Stream id → log position from which its records are not applied (fenced there);
+        # 0 for streams fenced before replay, whose files are left as they are.
+        self._unapplied_from = {s.stream_id: 0 for s in table.by_id.values() if s.damaged is not None}
+        # Tails as checkpointed, of the checkpointed streams replay moves; streams it creates.
+        self._checkpointed: dict[int, int] = {}
+        self._created: set[int] = set()
+        # Log position → where an append written before records kept ``pos`` was placed.
+        self._legacy: dict[int, int] = {}
         self.replayed = 0
 
     def replay(self, record: Record) -> None:
-        event = decode_event(record.rtype, record.payload)
+        event = self._decoded(record)
         gap = bisect.bisect_left(self._gaps, record.position)
         self.replayed += 1
         if isinstance(event, Created):
-            self._created(event, gap)
+            self._created_event(event, gap, record)
         elif event.stream_id not in self._table.by_id:
-            self._unknown(event, record.position)
+            self._unknown(event, record)
         elif isinstance(event, Appended):
-            self._appended(event, gap, record.position)
+            self._appended(event, gap, record)
         else:
             self._seen_deleted.add(event.stream_id)
             self._table.apply(event)
 
-    def _created(self, event: Created, gap: int) -> None:
+    def _decoded(self, record: Record) -> Event:
+        event = decoded(record)
+        if isinstance(event, str):
+            raise RecoveryRefused(f"refusing to start: the record at {self._where(record)} {event}; "
+                                  "restore the files from a backup")
+        return event
+
+    def _where(self, record: Record) -> str:
+        return describe_position(segment_of(self._starts, record.position), record.position)
+
+    def _created_event(self, event: Created, gap: int, record: Record) -> None:
+        why = unappliable(self._table, event)
+        if why is not None and not self._fence:
+            self._wrong(record, event, why, None)
         old = self._table.by_path.get(event.path)
         if old is not None:  # a create at a taken path: the old stream's Deleted was in a gap
             self._seen_deleted.add(old.stream_id)
             self._table.apply(Deleted(old.stream_id))
-        if event.path in self._table.by_path or (event.fork is not None and event.fork.source_id not in self._table.by_id):
+        if unappliable(self._table, event) is not None:
             self._table.fenced_ids[event.stream_id] = "created on a stream whose history was lost in WAL damage"
             self._table.next_stream_id = max(self._table.next_stream_id, event.stream_id + 1)
             return
-        replay_event(self._table, self._store, event)
+        self._table.apply(event)
+        self._created.add(event.stream_id)
         self._checked[event.stream_id] = gap
 
-    def _unknown(self, event: Appended | Deleted, position: int) -> None:
+    def _unknown(self, event: Appended | Deleted, record: Record) -> None:
+        if isinstance(event, Deleted):
+            return  # deleting what is not there loses nothing
+        if not self._fence:
+            self._wrong(record, event, unappliable(self._table, event) or "", None)
         self._table.next_stream_id = max(self._table.next_stream_id, event.stream_id + 1)
-        if isinstance(event, Appended) and event.stream_id not in self._seen_deleted:
+        if event.stream_id not in self._seen_deleted:
             self._table.fenced_ids.setdefault(
-                event.stream_id, f"its record at log position {position} follows WAL damage that held its creation")
+                event.stream_id, f"its record at log position {record.position} follows WAL damage that held its creation")
 
-    def _appended(self, event: Appended, gap: int, log_position: int) -> None:
+    def _appended(self, event: Appended, gap: int, record: Record) -> None:
         state = self._table.by_id[event.stream_id]
         if state.damaged is not None:
             return
@@ -282,21 +346,46 @@ class _Replayer:
                 where = "an unknown stream position" if event.position is None else f"stream position {event.position}"
                 state.damaged = (f"its first record after the WAL damage at log position {self._gaps[gap - 1]} "
                                  f"was written at {where}, but its recovered history ends at {state.tail}")
+                self._unapplied_from[state.stream_id] = record.position
                 return
-        elif event.position is not None and event.position != state.tail:
-            self._discontinuous(state, event.position, log_position)
+        why = unappliable(self._table, event)
+        if why is not None:
+            self._wrong(record, event, why, state)
             return
-        replay_event(self._table, self._store, event)  # an old record without a position goes at the tail
+        self._checkpointed.setdefault(state.stream_id, state.tail)
+        placed = positioned(self._table, event)  # an old record without a position goes at the tail
+        if event.position is None:
+            self._legacy[record.position] = state.tail
+        self._table.apply(placed)
 
-    def _discontinuous(self, state: StreamState, position: int, log_position: int) -> None:
-        """A valid record that does not continue its stream, with no damage before it."""
-        kind = "a gap" if position > state.tail else "an overlap"
-        why = (f"its record at log position {log_position} was written at stream position {position}, "
-               f"but its history before it ends at {state.tail} ({kind} in the log's positions)")
+    def _wrong(self, record: Record, event: Event, why: str, state: StreamState | None) -> None:
+        """A valid record the table cannot apply, with no damage before it."""
+        what = f"its record at {self._where(record)} {why}"
         if not self._fence:
-            raise RecoveryRefused(f"refusing to start: stream {state.path!r} (id {state.stream_id}): {why}. "
+            name = f"stream id {event.stream_id}" if state is None else f"stream {state.path!r} (id {state.stream_id})"
+            raise RecoveryRefused(f"refusing to start: {name}: {what}. "
                                   "Start with wal_recovery_mode=fence_damaged_streams to serve every other stream")
-        state.damaged = why
+        assert state is not None, "the fence mode fences unknown streams by id"
+        state.damaged = what
+        self._unapplied_from[state.stream_id] = record.position
+
+    def rewrite(self, store: Store, records: Iterator[Record]) -> None:
+        """Cuts the stream files back to the checkpoint, then writes the data of every
+        record replay applied, in log order, as the running server wrote it."""
+        for state in self._table.by_id.values():
+            if state.stream_id not in self._created and self._unapplied_from.get(state.stream_id) != 0:
+                tail = self._checkpointed.get(state.stream_id, state.tail)
+                store.truncate_sync(state.stream_id, tail - state.base, tail)
+        for record in records:
+            event = decode_event(record.rtype, record.payload)
+            if isinstance(event, Deleted):
+                continue
+            owner = self._table.by_id.get(event.stream_id)
+            if owner is None or record.position >= self._unapplied_from.get(owner.stream_id, record.position + 1):
+                continue  # deleted since, fenced, or never applied: its files are not served
+            if event.position is None:
+                event = dataclasses.replace(event, position=self._legacy.pop(record.position))
+            store.write_event_sync(event, owner.base)
 
     def fence_unverified(self, evidence: dict[int, tuple[int, int | None] | None]) -> None:
         """Streams with no record after the last gap: fenced unless their files
@@ -347,6 +436,45 @@ def _last_boundary(store: Store, stream_id: int) -> int | None:
     except DataCorrupt:
         return None
     return 0 if entry is None else entry.end
+
+
+def decoded(record: Record) -> Event | str:
+    """The record's event, or why it cannot be decoded (its checksum holds, so a bug wrote it)."""
+    try:
+        return decode_event(record.rtype, record.payload)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error) as exc:
+        return f"has a valid checksum but cannot be decoded ({type(exc).__name__}: {exc})"
+
+
+def unappliable(table: StreamTable, event: Event) -> str | None:
+    """Why ``table.apply`` must not take ``event`` as the table stands (None: it may).
+    Said of the event's record: "its record at <where> <why>"."""
+    if isinstance(event, Created):
+        return _uncreatable(table, event)
+    state = table.by_id.get(event.stream_id)
+    if state is None:
+        verb = "appends to" if isinstance(event, Appended) else "deletes"
+        return f"{verb} stream id {event.stream_id}, which does not exist"
+    if isinstance(event, Deleted):
+        return None
+    if state.soft_deleted or state.closed:
+        return f"appends to the stream after it was {'deleted' if state.soft_deleted else 'closed'}"
+    if event.position is not None and event.position != state.tail:
+        kind = "a gap" if event.position > state.tail else "an overlap"
+        return (f"was written at stream position {event.position}, but its history before it ends "
+                f"at {state.tail} ({kind} in the log's positions)")
+    return None
+
+
+def _uncreatable(table: StreamTable, event: Created) -> str | None:
+    taken = table.by_path.get(event.path)
+    if taken is not None:
+        return f"creates {event.path!r}, but {event.path!r} is taken by stream id {taken.stream_id}"
+    if event.stream_id < table.next_stream_id:
+        return f"creates stream id {event.stream_id}, but ids below {table.next_stream_id} are used already"
+    if event.fork is not None and event.fork.source_id not in table.by_id:
+        return f"forks stream id {event.fork.source_id}, which does not exist"
+    return None
 
 
 # ---------------------------------------------------------------- after replay

@@ -3,7 +3,9 @@
 Owns: a read-only scan of WAL segments (record crcs; where a scan stops and
 whether valid records follow, by recovery's own ``SegmentedLog.survey``), checkpoints (header and crc) and
 stream files (data blocks against ``.sum``, index entries against their own
-crc and the data they cover), and the report of what it found.
+crc and the data they cover), and the report of what it found — including
+every valid WAL record the table cannot apply (by recovery's own rule,
+``recovery.unappliable``), which is reported, never skipped silently.
 
 Never: writes, truncates or locks anything, so it may run beside a live
 server; files that grow while it reads are read up to the size they had,
@@ -23,9 +25,12 @@ from ..protocol.state import StreamTable
 from . import blocksums
 from .blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM
 from .checkpoint import decode_table
-from .events import decode_event, positioned
+from .events import positioned
+from .recovery import decoded, unappliable
 from .snapshot import SnapshotCorrupt, decode_snapshot, list_snapshots, snapshot_name
-from .wal import HEADER_BYTES, Damage, Record, SegmentedLog, WalError, list_segments, segment_name
+from .wal import (
+    HEADER_BYTES, Damage, Record, SegmentedLog, WalError, describe_position, list_segments, segment_name, segment_of,
+)
 
 
 Progress = Callable[[int], None]  # called with bytes just checked
@@ -55,15 +60,31 @@ class StreamFinding:
         return bool(self.damage)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unapplied:
+    """A valid WAL record (its checksum holds) that the table cannot apply: a log written wrong."""
+
+    segment: str
+    offset: int  # in the segment
+    position: int  # log position
+    stream_id: int | None  # None when the record cannot even be decoded
+    why: str
+
+    @property
+    def where(self) -> str:
+        return describe_position(self.position - self.offset, self.position)
+
+
 @dataclasses.dataclass(slots=True)
 class Report:
     wal: list[Finding] = dataclasses.field(default_factory=list)
     checkpoints: list[Finding] = dataclasses.field(default_factory=list)
     streams: list[StreamFinding] = dataclasses.field(default_factory=list)
+    unapplied: list[Unapplied] = dataclasses.field(default_factory=list)
 
     @property
     def damaged(self) -> bool:
-        return any(f.damaged for f in (*self.wal, *self.checkpoints, *self.streams))
+        return any(f.damaged for f in (*self.wal, *self.checkpoints)) or any(s.damaged for s in self.streams)
 
 
 def total_bytes(directory: Path) -> int:
@@ -140,7 +161,7 @@ def _wal(folder: Path, from_position: int, table: StreamTable, report: Report, p
     def on_record(record: Record) -> None:
         progress(HEADER_BYTES + len(record.payload))
         if record.position >= from_position:
-            _replay(table, record.rtype, record.payload)
+            _replay(table, record, starts, report)
 
     try:
         damages, end = SegmentedLog.for_survey(folder).survey(starts[0], on_record=on_record)
@@ -176,12 +197,21 @@ def _explain(damage: Damage) -> str:
     return f"{where}; no valid record found after it, and it is not the end of the last segment"
 
 
-def _replay(table: StreamTable, rtype: int, payload: bytes) -> None:
-    try:
-        table.apply(positioned(table, decode_event(rtype, payload)))
-    except Exception:  # noqa: BLE001 - a record the table cannot apply is reported by the stream check
-        pass
-    table.removed.clear()
+def _replay(table: StreamTable, record: Record, starts: list[int], report: Report) -> None:
+    """Applies one record, or reports why it cannot be applied (and leaves it out)."""
+    event = decoded(record)
+    if isinstance(event, str):
+        _unapplied(report, starts, record, None, event)
+    elif (why := unappliable(table, event)) is not None:
+        _unapplied(report, starts, record, event.stream_id, why)
+    else:
+        table.apply(positioned(table, event))
+        table.removed.clear()
+
+
+def _unapplied(report: Report, starts: list[int], record: Record, stream_id: int | None, why: str) -> None:
+    start = segment_of(starts, record.position)
+    report.unapplied.append(Unapplied(segment_name(start), record.position - start, record.position, stream_id, why))
 
 
 def _wal_grew(folder: Path, scanned_end: int) -> bool:

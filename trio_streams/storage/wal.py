@@ -98,9 +98,19 @@ class Damage:
         return segment_name(self.segment_start)
 
     def describe(self) -> str:
-        where = f"{self.segment} byte {self.position - self.segment_start} (log position {self.position})"
+        where = describe_position(self.segment_start, self.position)
         after = "no valid record follows" if self.resumes_at is None else f"valid records resume at log position {self.resumes_at}"
         return f"{where}: {self.what}; {after}"
+
+
+def describe_position(segment_start: int, position: int) -> str:
+    """Where a log position is on disk, as every report names it."""
+    return f"{segment_name(segment_start)} byte {position - segment_start} (log position {position})"
+
+
+def segment_of(starts: Sequence[int], position: int) -> int:
+    """The start of the segment (of ``starts``, ascending) that holds ``position``."""
+    return starts[max(0, bisect.bisect_right(starts, position) - 1)]
 
 
 # ---------------------------------------------------------------- codec
@@ -468,11 +478,11 @@ class SegmentedLog:
         """Every damage from from_position on, in log order, and the end of the
         last valid record (the log end recovery would find); reads only.
         ``on_record`` sees each valid record on the way (one pass, no replay)."""
-        starts = list_segments(self._directory)
+        starts = list_segments(self._directory) if self._directory.is_dir() else []
         if not starts:
             return [], from_position
         walk = self._walk(starts, from_position, [resync_checksum_bytes_max])
-        damages = []
+        damages: list[Damage] = []
         while True:
             try:
                 item = next(walk)
