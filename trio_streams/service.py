@@ -27,6 +27,7 @@ import trio
 
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
+from .storage import lastaccess
 from .storage.fileops import REAL, FileOps
 from .storage.log import Log, StorageFailed
 from .storage.recovery import RecoveryRefused, recover
@@ -127,23 +128,40 @@ class Service:
         )
         self._store = store
         recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings, self.ops)
+        last_access = await trio.to_thread.run_sync(
+            lastaccess.take, directory, recovered.checkpoint_position, recovered.replayed_events, self.ops)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
         wal_log.on_failed = self._storage_failed
         self._log = wal_log
         try:
             async with trio.open_nursery() as log_nursery:
                 log_nursery.start_soon(wal_log.run)
-                await self._serve(wal_log, store, recovered.table)
+                await self._serve(wal_log, store, recovered.table, last_access)
                 wal_log.close_intake()
+            if wal_log.failed is None:
+                await self._save_last_access(directory, recovered.wal.end_position)
         finally:
             await trio.to_thread.run_sync(partial(store.close_sync, sync=wal_log.failed is None))
             await trio.to_thread.run_sync(recovered.wal.close)
 
-    async def _serve(self, wal_log: Log, store: Store, table: StreamTable) -> None:
+    async def _save_last_access(self, directory: Path, position: int) -> None:
+        """A clean shutdown keeps the sliding-TTL clock (storage/lastaccess.py)."""
+        assert self.registry is not None and self.view is not None
+        view = self.view
+        saved = {i: at for i, at in self.registry.lifetimes.last_access().items()
+                 if (state := view.by_id(i)) is not None and state.expiry.ttl_s is not None}
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lastaccess.save, directory, position, saved, self.ops)
+        except OSError as error:  # only the TTL clock is lost: the restart counts as an access
+            log.error("saving last-access times failed: %s", error)
+
+    async def _serve(self, wal_log: Log, store: Store, table: StreamTable, last_access: dict[int, float]) -> None:
         async with trio.open_nursery() as actors:
             self.view = DurableView(table, store)
             registry = Registry(self.settings, self.view, wal_log.submit, actors, self.clock, release=store.forget)
             wal_log.on_applied = registry.on_applied
+            registry.lifetimes.restore(last_access)
             self.registry = registry
             self.streams = Streams(registry)
             actors.start_soon(registry.sweep_expired_forever)

@@ -39,4 +39,5 @@ class Lifetimes:
         return dict(self._last_access)
 
     def restore(self, last_access: Mapping[int, float]) -> None:
+        """Takes saved times back (a clean restart: storage/lastaccess.py)."""
         self._last_access.update(last_access)
