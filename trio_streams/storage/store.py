@@ -31,6 +31,7 @@ from ..protocol.state import StreamState, StreamTable
 from . import blocksums
 from .blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM, DataCorrupt, IndexEntry, StreamFds
 from .fileops import REAL, FileOps
+from .wal import pwrite_all
 
 _DATA = ".dat"
 _INDEX = ".idx"
@@ -120,19 +121,14 @@ class Store:
             return
         partial = self._partial_crc_sync(stream_id, file_position, end_position - len(data))
         full, entry_crc, partial = blocksums.extend(file_position, partial, data)
-        self._pwrite_all(self._fd(stream_id, _DATA), data, file_position)
+        pwrite_all(self._fd(stream_id, _DATA), data, file_position, self.ops)
         if full:
             sums = b"".join(SUM.pack(c) for c in full)
-            self._pwrite_all(self._fd(stream_id, _SUMS), sums, file_position // BLOCK_BYTES * SUM.size)
+            pwrite_all(self._fd(stream_id, _SUMS), sums, file_position // BLOCK_BYTES * SUM.size, self.ops)
         self._write_all(self._fd(stream_id, _INDEX), IndexEntry(end_position, entry_crc).pack())
         self._partial[stream_id] = (file_position + len(data), partial)
         for kind in KINDS:
             self._dirty.add((stream_id, kind))
-
-    def _pwrite_all(self, fd: int, data: bytes, offset: int) -> None:
-        written = self.ops.pwrite(fd, data, offset)
-        while written < len(data):  # short writes are legal; finish them
-            written += self.ops.pwrite(fd, data[written:], offset + written)
 
     def _write_all(self, fd: int, data: bytes) -> None:
         """Appends all of ``data`` (the index is O_APPEND): a torn entry left in the
