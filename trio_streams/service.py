@@ -17,6 +17,7 @@ Never: speaks HTTP.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 from functools import partial
@@ -100,6 +101,10 @@ class Service:
             corrupt_ranges_logged_max=self.settings.data_corrupt_ranges_logged_max,
         )
         recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings, self.ops)
+        # The recovered table lives as long as the process: keep the cyclic
+        # collector from walking it (a full collection over 1 M streams stalls
+        # the event loop for most of a second; docs/storage.md, "Checkpoints").
+        gc.freeze()
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
         wal_log.on_failed = self._storage_failed
         self._log = wal_log
