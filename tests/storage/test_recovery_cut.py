@@ -1,0 +1,68 @@
+"""Recovery's cut back of stream files to their checkpointed length
+(``Store.truncate_sync``): files already there are left untouched, which is
+what keeps restart time independent of the data stored; anything past the
+checkpoint is still cut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trio_streams.storage.blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM
+from trio_streams.storage.fileops import FaultyFileOps
+from trio_streams.storage.store import Store
+
+SID = 7
+DATA = bytes(range(256)) * (BLOCK_BYTES // 256) + b"partial block"  # one full block and a partial one
+
+
+def _store(tmp_path: Path, ops: FaultyFileOps) -> Store:
+    return Store(tmp_path, open_files_max=8, hot_tail_bytes_max=0, corrupt_ranges_logged_max=10, ops=ops)
+
+
+def _written(tmp_path: Path, *appends: bytes) -> Store:
+    store = _store(tmp_path, FaultyFileOps())
+    store.create_sync(SID)
+    end = 0
+    for data in appends:
+        store.append_sync(SID, end, data, end + len(data))
+        end += len(data)
+    store.close_sync()
+    return store
+
+
+def _sizes(store: Store) -> tuple[int, int, int]:
+    return tuple(store.path(SID, kind).stat().st_size for kind in (".dat", ".idx", ".sum"))  # type: ignore[return-value]
+
+
+def test_files_at_their_checkpointed_length_are_not_touched(tmp_path: Path) -> None:
+    _written(tmp_path, DATA[:100], DATA[100:])
+    ops = FaultyFileOps()
+    store = _store(tmp_path, ops)
+    assert store.truncate_sync(SID, len(DATA), len(DATA))
+    assert [call for call in ops.calls if call[0] in ("open", "ftruncate")] == []
+    assert _sizes(store) == (len(DATA), 2 * INDEX_ENTRY.size, SUM.size)
+
+
+def test_an_index_entry_past_the_tail_is_cut_even_when_the_data_file_is_exact(tmp_path: Path) -> None:
+    """A disk-full undo cuts the data file first; a crash before it cut the
+    index leaves an entry past the durable tail over a data file of the right length."""
+    store = _written(tmp_path, DATA[:100], DATA[100:])
+    with open(store.path(SID), "r+b") as data_file:
+        data_file.truncate(100)
+    store = _store(tmp_path, FaultyFileOps())
+    assert store.truncate_sync(SID, 100, 100)
+    assert _sizes(store) == (100, INDEX_ENTRY.size, 0)
+
+
+def test_bytes_and_checksums_past_the_checkpoint_are_cut(tmp_path: Path) -> None:
+    store = _written(tmp_path, DATA[:100], DATA[100:])
+    store = _store(tmp_path, FaultyFileOps())
+    assert store.truncate_sync(SID, 100, 100)
+    assert _sizes(store) == (100, INDEX_ENTRY.size, 0)
+
+
+def test_a_data_file_shorter_than_the_checkpoint_is_refused_untouched(tmp_path: Path) -> None:
+    store = _written(tmp_path, DATA[:100])
+    store = _store(tmp_path, FaultyFileOps())
+    assert not store.truncate_sync(SID, 200, 200)
+    assert _sizes(store) == (100, INDEX_ENTRY.size, 0)
