@@ -1,16 +1,16 @@
 """Restart time: process start to ``/healthz`` 200, by stream count, total data
 and WAL written since the last checkpoint.
 
-Each data directory is built by the storage engine itself, in-process in a
-child process (``Service`` and its registry: the same actors, log writer,
-stream files and checkpoints as the server, without HTTP): ``--streams``
-streams, each created with its share of ``--data-mib`` as initial content
-(written with ``fsync=never``; the clean stop that ends the build fsyncs
-everything and writes a checkpoint, so the WAL since it is empty). For the
-WAL axis, another child appends (in 64 KiB appends spread over the streams)
-until that much WAL has been written since the checkpoint and then dies
-with ``os._exit`` (kill -9: no final checkpoint, the page cache keeps the
-bytes), so the next start replays exactly that WAL.
+Each data directory is what a clean stop leaves, written offline through
+the storage API (``Store`` writes each stream's data, index and checksum
+files; a checkpoint holds the table; no WAL since it): ``--streams`` streams
+sharing ``--data-mib`` equally, one append each. For the WAL axis, a child
+process runs the storage engine itself (``Service`` and its registry: the
+server's actors, log writer and stream files, without HTTP), appends in
+64 KiB appends spread over the streams until that much WAL has been written
+since the checkpoint, and dies with ``os._exit`` (kill -9: no final
+checkpoint, the page cache keeps the bytes), so the next start replays
+exactly that WAL.
 
 Each point starts a real ``trio-streams serve`` ``--rounds`` times (SIGTERM
 in between; a start that replayed WAL does not checkpoint it at its stop,
@@ -41,16 +41,20 @@ import trio
 
 from serverproc import ServerProcess
 from trio_streams.config import Settings
-from trio_streams.protocol.headers import AppendRequest, CreateRequest, Expiry
+from trio_streams.protocol.headers import AppendRequest, Expiry
+from trio_streams.protocol.state import StreamState, StreamTable
 from trio_streams.service import Service
+from trio_streams.storage.checkpoint import encode_table
+from trio_streams.storage.snapshot import write_snapshot
+from trio_streams.storage.store import Store
 
 CT = "application/octet-stream"
-CREATORS = 256  # concurrent creates: the log writer commits them in large batches
+BUILD_BATCH_STREAMS = 1000
 APPEND_BYTES = 64 * 1024
 
 
-def _names(streams: int) -> list[str]:
-    return [f"s/{i:07d}" for i in range(streams)]
+def _name(number: int) -> str:
+    return f"s/{number:07d}"
 
 
 async def _in_service(data: Path, settings: dict[str, object], work: object) -> None:
@@ -63,32 +67,35 @@ async def _in_service(data: Path, settings: dict[str, object], work: object) -> 
 
 
 def build(data: Path, streams: int, data_bytes: int) -> None:
-    """Child process: creates the streams with their content, stops cleanly (a checkpoint)."""
+    """What a clean stop leaves (stream files, a checkpoint, no WAL since it),
+    written through the storage API: ``Store`` for the stream files (data,
+    index, checksums), ``encode_table`` and ``write_snapshot`` for the checkpoint.
+    Nothing is fsynced: the page cache serves the restart either way."""
+    started = time.monotonic()
     share = data_bytes // max(1, streams)
-    body = bytes(range(256)) * (share // 256 + 1)
-
-    async def create_all(registry: object) -> None:
-        names = _names(streams)
-
-        async def creator(first: int) -> None:
-            for name in names[first::CREATORS]:
-                await registry.create(name, CreateRequest(CT, Expiry(), False, body[:share]))  # type: ignore[attr-defined]
-
-        async with trio.open_nursery() as nursery:
-            for first in range(CREATORS):
-                nursery.start_soon(creator, first)
-
-    trio.run(_in_service, data, {}, create_all)
+    body = (bytes(range(256)) * (share // 256 + 1))[:share]
+    table = StreamTable()
+    for first in range(0, streams, BUILD_BATCH_STREAMS):
+        # A store per batch, closed without fsync: its descriptor cache would fsync what it evicts.
+        store = Store(data / "streams", open_files_max=3 * BUILD_BATCH_STREAMS, hot_tail_bytes_max=0,
+                      corrupt_ranges_logged_max=1)
+        for number in range(first, min(streams, first + BUILD_BATCH_STREAMS)):
+            stream_id = number + 1
+            store.create_sync(stream_id)
+            store.append_sync(stream_id, 0, body, share)
+            table.add(StreamState(stream_id, _name(number), CT, Expiry(), time.time(), tail=share))
+        store.close_sync(sync=False)
+    write_snapshot(data / "checkpoints", 0, encode_table(table))
+    print(f"  (built {streams} streams, {data_bytes / 2**20:.0f} MiB in {time.monotonic() - started:.0f} s)", flush=True)
 
 
 def grow_wal(data: Path, streams: int, wal_bytes: int) -> None:
     """Child process: appends about ``wal_bytes`` of WAL, then dies like kill -9."""
-    names = _names(streams)
     chunk = b"w" * APPEND_BYTES
 
     async def append_all(registry: object) -> None:
         for i in range(max(1, wal_bytes // APPEND_BYTES)):
-            await registry.append(names[i * 7919 % streams], AppendRequest(CT, chunk, None, None, False))  # type: ignore[attr-defined]
+            await registry.append(_name(i * 7919 % streams), AppendRequest(CT, chunk, None, None, False))  # type: ignore[attr-defined]
         os._exit(0)  # no final checkpoint: the next start replays all of it
 
     never = {"checkpoint_wal_bytes": 1 << 62, "checkpoint_interval_s": 1e9}
@@ -130,7 +137,7 @@ def run(args: argparse.Namespace, root: Path) -> list[dict[str, object]]:
             continue
         seen.add((streams, mib))
         data = root / f"d-{streams}-{mib}" / "data"
-        _child("_build", data, streams, mib * 2**20)
+        build(data, streams, mib * 2**20)
         point(f"{streams:>7} streams, {mib:>5} MiB, WAL since checkpoint 0", data, args, results,
               streams=streams, data_mib=mib, wal_mib=0)
         if (streams, mib) == base:
@@ -145,9 +152,8 @@ def run(args: argparse.Namespace, root: Path) -> list[dict[str, object]]:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("_build", "_grow"):
-        data, streams, size = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-        (build if sys.argv[1] == "_build" else grow_wal)(data, streams, size)
+    if len(sys.argv) > 1 and sys.argv[1] == "_grow":
+        grow_wal(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731

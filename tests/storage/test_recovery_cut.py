@@ -1,14 +1,23 @@
 """Recovery's cut back of stream files to their checkpointed length
 (``Store.truncate_sync``): files already there are left untouched, which is
 what keeps restart time independent of the data stored; anything past the
-checkpoint is still cut."""
+checkpoint is still cut, the data file last."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+import pytest
+
+from trio_streams.config import Settings
+from trio_streams.protocol.headers import Expiry
+from trio_streams.protocol.state import StreamState, StreamTable
 from trio_streams.storage.blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM
-from trio_streams.storage.fileops import FaultyFileOps
+from trio_streams.storage.checkpoint import encode_table
+from trio_streams.storage.fileops import Fault, FaultyFileOps
+from trio_streams.storage.recovery import recover
+from trio_streams.storage.snapshot import write_snapshot
 from trio_streams.storage.store import Store
 
 SID = 7
@@ -34,13 +43,31 @@ def _sizes(store: Store) -> tuple[int, int, int]:
     return tuple(store.path(SID, kind).stat().st_size for kind in (".dat", ".idx", ".sum"))  # type: ignore[return-value]
 
 
-def test_files_at_their_checkpointed_length_are_not_touched(tmp_path: Path) -> None:
-    _written(tmp_path, DATA[:100], DATA[100:])
+def test_recovery_leaves_stream_files_at_their_checkpointed_length_untouched(tmp_path: Path) -> None:
+    """Restart time must not grow with the data stored: a stream with nothing
+    written after the checkpoint costs one stat, not a read of its index and
+    three truncates."""
+    _written(tmp_path / "streams", DATA[:100], DATA[100:])
+    table = StreamTable()
+    table.add(StreamState(SID, "s", "application/octet-stream", Expiry(), 1.5e9, tail=len(DATA)))
+    write_snapshot(tmp_path / "checkpoints", 0, encode_table(table))
     ops = FaultyFileOps()
-    store = _store(tmp_path, ops)
-    assert store.truncate_sync(SID, len(DATA), len(DATA))
-    assert [call for call in ops.calls if call[0] in ("open", "ftruncate")] == []
-    assert _sizes(store) == (len(DATA), 2 * INDEX_ENTRY.size, SUM.size)
+    recovered = recover(tmp_path, _store(tmp_path / "streams", ops), Settings(data_dir=str(tmp_path)), ops)
+    recovered.wal.close()
+    assert recovered.table.by_id[SID].tail == len(DATA)
+    assert [call for call in ops.calls if "streams" in call[1]] == []
+    assert _sizes(_store(tmp_path / "streams", ops)) == (len(DATA), 2 * INDEX_ENTRY.size, SUM.size)
+
+
+def test_a_cut_back_cuts_the_data_file_last(tmp_path: Path) -> None:
+    """So that a crash in the middle never leaves the data file at its
+    checkpointed length over an index or checksums that are not."""
+    _written(tmp_path, DATA, b"more")
+    ops = FaultyFileOps()
+    ops.add(Fault("ftruncate", "*.dat", errno=errno.EIO))
+    with pytest.raises(OSError):
+        _store(tmp_path, ops).truncate_sync(SID, 100, 100)
+    assert _sizes(_store(tmp_path, FaultyFileOps())) == (len(DATA) + 4, 0, 0)
 
 
 def test_an_index_entry_past_the_tail_is_cut_even_when_the_data_file_is_exact(tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ class _Start:
     damages: list[Damage]
     # Streams whose data file is shorter than the checkpoint says: id → why.
     short: dict[int, str]
+    # Data file sizes of the checkpoint's streams, as the crash left them (-1: missing).
+    sizes: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def gaps(self) -> list[Damage]:
@@ -63,7 +65,12 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
     for stream_id, why in start.short.items():
         start.table.by_id[stream_id].damaged = why
     for state in start.table.by_id.values():
-        if state.damaged is None:
+        # A data file at its checkpointed length had nothing written past the
+        # checkpoint, or had it all cut (data files are extended first and cut
+        # last): its index and checksums are exact too. Skipping them keeps
+        # restart time independent of the data stored (docs/storage.md, "Recovery").
+        exact = start.sizes.get(state.stream_id) == state.tail - state.base
+        if state.damaged is None and not exact:
             store.truncate_sync(state.stream_id, state.tail - state.base, state.tail)
     for torn in (d for d in start.damages if d.torn_tail):
         # Indistinguishable from the end of the log losing whole records to damage: say so.
@@ -137,7 +144,8 @@ def _candidate(folder: Path, wal: SegmentedLog, store: Store, position: int | No
         if position is None and _stream_files_exist(store):
             reasons.append("stream files exist but there is neither a checkpoint nor a WAL to describe them")
             return None
-        return _Start(start, table, [], _short_files(store, table, set()))
+        sizes = _data_sizes(store, table)
+        return _Start(start, table, [], _short_files(store, table, set(), sizes), sizes)
     deleted: set[int] = set()
     try:
         damages, end = wal.survey(start, resync_checksum_bytes_max=budget, on_record=partial(_note_deleted, deleted))
@@ -148,7 +156,8 @@ def _candidate(folder: Path, wal: SegmentedLog, store: Store, position: int | No
         reasons.append(f"{_start_name(position)}: the WAL ends at log position {end}, "
                        f"before the newest checkpoint's {required_end}")
         return None
-    return _Start(start, table, damages, _short_files(store, table, deleted))
+    sizes = _data_sizes(store, table)
+    return _Start(start, table, damages, _short_files(store, table, deleted, sizes), sizes)
 
 
 def _note_deleted(deleted: set[int], record: Record) -> None:
@@ -156,7 +165,17 @@ def _note_deleted(deleted: set[int], record: Record) -> None:
         deleted.add(decode_event(record.rtype, record.payload).stream_id)
 
 
-def _short_files(store: Store, table: StreamTable, deleted: set[int]) -> dict[int, str]:
+def _data_sizes(store: Store, table: StreamTable) -> dict[int, int]:
+    sizes = {}
+    for stream_id in table.by_id:
+        try:
+            sizes[stream_id] = os.stat(store.file(stream_id)).st_size
+        except FileNotFoundError:
+            sizes[stream_id] = -1
+    return sizes
+
+
+def _short_files(store: Store, table: StreamTable, deleted: set[int], sizes: dict[int, int]) -> dict[int, str]:
     """Streams whose data file is shorter than the checkpoint says. A stream the
     WAL deletes later is not among them: its files went with that delete."""
     short = {}
@@ -164,10 +183,7 @@ def _short_files(store: Store, table: StreamTable, deleted: set[int]) -> dict[in
         if state.stream_id in deleted:
             continue
         length = state.tail - state.base
-        try:
-            size = store.path(state.stream_id).stat().st_size
-        except FileNotFoundError:
-            size = -1
+        size = sizes[state.stream_id]
         if size < length:
             have = "is missing" if size < 0 else f"has {size} bytes"
             short[state.stream_id] = (f"its data file {store.path(state.stream_id).name} {have}; the checkpoint "

@@ -61,6 +61,7 @@ class Store:
     def __init__(self, directory: Path, *, open_files_max: int, hot_tail_bytes_max: int,
                  corrupt_ranges_logged_max: int, ops: FileOps = REAL) -> None:
         self.directory = directory
+        self._directory_text = os.fspath(directory)
         self.ops = ops
         self.directory.mkdir(parents=True, exist_ok=True)
         self._fds: collections.OrderedDict[tuple[int, str], int] = collections.OrderedDict()
@@ -78,6 +79,11 @@ class Store:
 
     def path(self, stream_id: int, kind: str = _DATA) -> Path:
         return self.directory / _file_name(stream_id, kind)
+
+    def file(self, stream_id: int, kind: str = _DATA) -> str:
+        """``path`` as a plain string: recovery stats every stream's data file,
+        and building a ``Path`` costs more than the ``stat`` itself."""
+        return f"{self._directory_text}{os.sep}{_file_name(stream_id, kind)}"
 
     # -- writer thread -------------------------------------------------
     #
@@ -181,37 +187,22 @@ class Store:
 
     def truncate_sync(self, stream_id: int, file_length: int, tail: int) -> bool:
         """Cuts a stream's files back to a checkpointed state (recovery); False,
-        touching nothing, when the data file is shorter than that state."""
+        touching nothing, when the data file is shorter than that state.
+
+        The data file is cut last: recovery leaves alone every stream whose
+        data file already has its checkpointed length (docs/storage.md,
+        "Recovery"), which holds only if no cut can leave the data file cut
+        and the index or checksums not. (Writes extend the data file first.)
+        """
         self._partial.pop(stream_id, None)
-        if self._exact_sync(stream_id, file_length, tail):
-            return True
-        fd = self._fd(stream_id, _DATA)
-        if os.fstat(fd).st_size < file_length:
+        if os.fstat(self._fd(stream_id, _DATA)).st_size < file_length:
             return False
-        self.ops.ftruncate(fd, file_length)
         self.ops.ftruncate(self._fd(stream_id, _INDEX),
                            _kept_entries(self._entries_sync(stream_id), tail) * INDEX_ENTRY.size)
         sums_fd = self._fd(stream_id, _SUMS)
         self.ops.ftruncate(sums_fd, _kept_sums_bytes(os.fstat(sums_fd).st_size, file_length))
+        self.ops.ftruncate(self._fd(stream_id, _DATA), file_length)
         return True
-
-    def _exact_sync(self, stream_id: int, file_length: int, tail: int) -> bool:
-        """True if the files already end where a cut back would leave them.
-
-        Recovery asks this of every stream, and almost all of them were not
-        written after the checkpoint: three stats and one 16-byte read (the
-        last index entry; entries ascend) instead of opening, reading the
-        whole index and truncating three files, so restart time does not grow
-        with the data stored.
-        """
-        try:
-            sizes = [os.stat(self.path(stream_id, kind)).st_size for kind in KINDS]
-            last = blocksums.last_entry(self.path(stream_id, _INDEX), stream_id)
-        except (FileNotFoundError, DataCorrupt):
-            return False  # the full cut back decides, and creates missing files
-        data, index, sums = sizes
-        return (data == file_length and index % INDEX_ENTRY.size == 0 and (last is None or last.end <= tail)
-                and sums == _kept_sums_bytes(sums, file_length))
 
     def sync_dirty_sync(self) -> int:
         synced = 0
@@ -325,7 +316,7 @@ class Store:
         fds: list[int] = []
         try:
             for kind in KINDS:
-                fds.append(os.open(self.path(stream_id, kind), os.O_RDONLY))
+                fds.append(os.open(self.file(stream_id, kind), os.O_RDONLY))
             return blocksums.read_verified(StreamFds(data=fds[0], index=fds[1], sums=fds[2]), stream_id, base, start, end)
         except FileNotFoundError:
             if not self.path(stream_id).exists():
