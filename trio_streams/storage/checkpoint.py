@@ -14,7 +14,9 @@ reads the live table; everything else here blocks (callers use
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import functools
+import gc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,24 @@ def _encode_stream(s: StreamState) -> dict[str, Any]:
     }
 
 
+def _collector_paused(decode: Callable[[bytes], StreamTable]) -> Callable[[bytes], StreamTable]:
+    """Runs ``decode`` with the cyclic garbage collector off: building a table of
+    millions of objects, none of them garbage, otherwise triggers full
+    collections over the growing heap again and again (a third of the load
+    time at 100,000 streams)."""
+    @functools.wraps(decode)
+    def paused(payload: bytes) -> StreamTable:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return decode(payload)
+        finally:
+            if enabled:
+                gc.enable()
+    return paused
+
+
+@_collector_paused
 def decode_table(payload: bytes) -> StreamTable:
     doc = orjson.loads(payload)
     if doc.get("version") != FORMAT_VERSION:
