@@ -93,3 +93,18 @@ def test_a_data_file_shorter_than_the_checkpoint_is_refused_untouched(tmp_path: 
     store = _store(tmp_path, FaultyFileOps())
     assert not store.truncate_sync(SID, 200, 200)
     assert _sizes(store) == (100, INDEX_ENTRY.size, 0)
+
+
+def test_a_file_evicted_from_the_descriptor_cache_is_synced_by_the_next_checkpoint_not_before(tmp_path: Path) -> None:
+    """Evictions must not fsync (a batch or a replay touching many streams
+    would pay one fsync per file), yet the checkpoint must sync every file
+    written since the last one, open or not."""
+    ops = FaultyFileOps()
+    store = Store(tmp_path, open_files_max=1, hot_tail_bytes_max=0, corrupt_ranges_logged_max=10, ops=ops)
+    for stream_id in (1, 2):
+        store.create_sync(stream_id)
+        store.append_sync(stream_id, 0, b"data", 4)
+    assert [call for call in ops.calls if call[0] == "fsync"] == []
+    assert store.sync_dirty_sync() == 6
+    synced = {Path(path).name for operation, path in ops.calls if operation == "fsync"}
+    assert synced == {store.path(i, kind).name for i in (1, 2) for kind in (".dat", ".idx", ".sum")}
