@@ -147,9 +147,12 @@ def decode_table(payload: bytes) -> StreamTable:
     if doc.get("version") != FORMAT_VERSION:
         raise ValueError(f"unsupported checkpoint version {doc.get('version')!r}")
     table = StreamTable()
+    no_expiry = Expiry()  # frozen, so the many streams without one can share it
     for s in doc["streams"]:
+        ttl, exp, exp_s = s["ttl"], s["exp"], s["exp_s"]
         table.add(StreamState(
-            s["id"], s["path"], s["ct"], Expiry(s["ttl"], s["exp"], s["exp_s"]), s["at"],
+            s["id"], s["path"], s["ct"],
+            no_expiry if ttl is None and exp is None and exp_s is None else Expiry(ttl, exp, exp_s), s["at"],
             tail=s["tail"], closed=s["closed"],
             closed_by=Producer(*s["closed_by"]) if s["closed_by"] else None,
             last_seq=s["seq"],
