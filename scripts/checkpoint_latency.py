@@ -142,13 +142,15 @@ def main() -> None:
     parser.add_argument("--trickle-interval-ms", type=float, default=50.0)
     parser.add_argument("--start-timeout-s", type=float, default=1800.0)
     parser.add_argument("--before", metavar="REF", help="also run this git ref's code first (e.g. main)")
+    parser.add_argument("--no-after", action="store_true", help="with --before: run only the old code")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="checkpoint-latency-") as tmp:
         work = Path(tmp)
         build(work / "template", args.streams)
         if args.before:
             measure(f"before ({args.before})", work / "template", work, export(args.before, work / "before-code"), args)
-        measure("after (this tree)", work / "template", work, None, args)
+        if not args.no_after:
+            measure("after (this tree)", work / "template", work, None, args)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ class ServerProcess:
                    "--port", str(self.port), "--log-level", "warning"]
         self.started = time.monotonic()
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, env=environ, stdout=self._log, stderr=subprocess.STDOUT)
+        # Not the repository's directory: ``-m`` puts the working directory first
+        # on the path, and its trio_streams would shadow ``code``.
+        self.process = subprocess.Popen(command, env=environ, cwd=data_dir.parent, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
 
     def wait_healthy(self, timeout_s: float) -> float:
         """Seconds from process start to the first ``/healthz`` 200."""
