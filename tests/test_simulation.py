@@ -460,6 +460,10 @@ def settings_for(world: World) -> Settings:
         hot_tail_bytes_max=rng.choice((0, 64, 256 * 1024)),
         actor_batch_max=rng.choice((1, 4, 64)),
         storage_failure="exit",
+        # Small slices and writes spread a checkpoint over many scheduling
+        # points, so batches commit (and crashes land) while it is written.
+        checkpoint_slice_streams=rng.choice((1, 2, 1000)),
+        checkpoint_write_bytes=rng.choice((1, 64, 1 << 20)),
     )
 
 

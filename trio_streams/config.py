@@ -54,6 +54,14 @@ class Settings:
     # A checkpoint that failed (disk full) is tried again after this long.
     checkpoint_retry_interval_s: float = 10.0
 
+    # Checkpoints (docs/storage.md, "Checkpoints"): encoded on the event loop in
+    # slices while writes go on. A slice covers this many stream ids (a few ms
+    # of work at 1000); between slices every other task runs.
+    checkpoint_slice_streams: int = 1000
+    # Encoded checkpoint bytes gathered before one write to the snapshot file
+    # (from a worker thread): the payload is never held whole.
+    checkpoint_write_bytes: int = 1024 * 1024
+
     # Recovery.
     # tolerate_corrupted_tail (default): a torn last write is cut off; any other
     # damage refuses to start, naming the file, byte offset and log position.
@@ -166,6 +174,7 @@ class Settings:
         self._validate_json()
         self._validate_storage_faults()
         self._validate_log_writer()
+        self._validate_checkpoints()
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -184,6 +193,10 @@ class Settings:
             raise ValueError("request_read_timeout_s and keep_alive_timeout_s must be positive")
         if self.request_header_bytes_max < REQUEST_HEADER_BYTES_MIN:
             raise ValueError(f"request_header_bytes_max must be at least {REQUEST_HEADER_BYTES_MIN}")
+
+    def _validate_checkpoints(self) -> None:
+        if self.checkpoint_slice_streams < 1 or self.checkpoint_write_bytes < 1:
+            raise ValueError("checkpoint_slice_streams and checkpoint_write_bytes must be at least 1")
 
     def _validate_storage_faults(self) -> None:
         if self.storage_failure not in STORAGE_FAILURE_MODES:

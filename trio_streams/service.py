@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import logging
 import os
 from functools import partial
@@ -128,6 +129,10 @@ class Service:
         )
         self._store = store
         recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings, self.ops)
+        # The recovered table lives as long as the process: keep the cyclic
+        # collector from walking it (a full collection over 1 M streams stalls
+        # the event loop for most of a second; docs/storage.md, "Checkpoints").
+        gc.freeze()
         last_access = await trio.to_thread.run_sync(
             lastaccess.take, directory, recovered.checkpoint_position, recovered.replayed_events, self.ops)
         wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)

@@ -17,7 +17,7 @@ Never: I/O, clocks, trio.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Union
 
 from .headers import Expiry, Producer, is_json
@@ -140,16 +140,25 @@ class StreamTable:
         # Stream ids recovery found records of but no stream for (their Created
         # was in a damaged part of the log): never reused, reported as fenced.
         self.fenced_ids: dict[int, str] = {}
+        # Called with a stream's state right before ``apply`` changes or removes
+        # it: a checkpoint being encoded in slices keeps the state as of its
+        # position this way (storage/checkpoint.py, ``TableSnapshot``).
+        self.before_change: Callable[[StreamState], None] | None = None
+
+    def _changing(self, state: StreamState) -> StreamState:
+        if self.before_change is not None:
+            self.before_change(state)
+        return state
 
     def apply(self, event: Event) -> StreamState | None:
         """Applies one durable event; returns the stream it touched (None once deleted)."""
         if isinstance(event, Appended):
-            state = self.by_id[event.stream_id]
+            state = self._changing(self.by_id[event.stream_id])
             apply_append(state, event)
             return state
         if isinstance(event, Created):
             return self._create(event)
-        return self._delete(self.by_id[event.stream_id])
+        return self._delete(self._changing(self.by_id[event.stream_id]))
 
     def _delete(self, state: StreamState) -> StreamState | None:
         """Soft-deletes a stream that forks still read; otherwise removes it and
@@ -163,7 +172,7 @@ class StreamTable:
             self.removed.append(state.stream_id)
             if state.fork is None:
                 return None
-            state = self.by_id[state.fork.source_id]
+            state = self._changing(self.by_id[state.fork.source_id])
             state.refcount -= 1
             assert state.refcount >= 0
             if not (state.soft_deleted and state.refcount == 0):
@@ -174,7 +183,7 @@ class StreamTable:
         assert event.stream_id >= self.next_stream_id, event.stream_id
         state = state_from_created(event)
         if event.fork is not None:
-            self.by_id[event.fork.source_id].refcount += 1
+            self._changing(self.by_id[event.fork.source_id]).refcount += 1
         self.by_id[state.stream_id] = state
         self.by_path[state.path] = state
         self.next_stream_id = event.stream_id + 1

@@ -35,6 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -149,6 +150,11 @@ class Log:
         self._last_sync = time.monotonic()
         self._checkpoint_position = wal.end_position
         self._checkpoint_time = time.monotonic()
+        # The checkpoint being written in the background (its cancel scope), if any.
+        self._checkpointing: trio.CancelScope | None = None
+        # Held around every worker-thread call that touches the WAL: a background
+        # checkpoint deletes segments while the writer may be appending.
+        self._wal_lock = trio.Lock()
         self._stats = dict(batches=0, events=0, syncs=0, checkpoints=0, last_batch_events=0)
         self._last_sync_s = 0.0
 
@@ -198,17 +204,19 @@ class Log:
         settles every submission, in flight, queued or future, with an error."""
         async with self._receive:
             try:
-                await self._write_until_closed()
+                async with trio.open_nursery() as nursery:
+                    await self._write_until_closed(nursery)
+                    self._abandon_checkpoint()
                 with trio.CancelScope(shield=True):
                     await self._final_flush()
             except Exception as error:
-                self._fail(error)
+                self._fail(_single(error))
             finally:
                 # Cancelled (the service is torn down): submitters wait shielded, so
                 # whatever is still queued must be answered or they wait forever.
                 self._refuse_queued(StorageFailed("the log writer stopped"))
 
-    async def _write_until_closed(self) -> None:
+    async def _write_until_closed(self, nursery: trio.Nursery) -> None:
         while True:
             batch = await self._next_batch()
             if batch is None:
@@ -216,7 +224,7 @@ class Log:
             if batch:
                 await self._commit(batch)
             await self._maybe_interval_sync()
-            await self._maybe_checkpoint()
+            await self._maybe_checkpoint(nursery)
 
     def _fail(self, error: BaseException) -> None:
         log.error("storage failed; refusing every write until a restart replays the WAL: %s: %s",
@@ -264,7 +272,8 @@ class Log:
         bases = check_batch(self._table, events)
         try:
             with trio.CancelScope(shield=True):  # a write already started must finish
-                await trio.to_thread.run_sync(self._write_sync, events, bases)
+                async with self._wal_lock:
+                    await trio.to_thread.run_sync(self._write_sync, events, bases)
         except OSError as error:
             if not is_disk_full(error) or self._wal.failed:
                 raise
@@ -364,18 +373,38 @@ class Log:
             return
         if time.monotonic() - self._last_sync >= self._settings.fsync_interval_ms / 1000:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._sync_wal_sync)
+                async with self._wal_lock:
+                    await trio.to_thread.run_sync(self._sync_wal_sync)
 
-    async def _maybe_checkpoint(self) -> None:
-        if time.monotonic() < self._checkpoint_retry_at:
+    async def _maybe_checkpoint(self, nursery: trio.Nursery) -> None:
+        if self._checkpointing is not None or time.monotonic() < self._checkpoint_retry_at:
             return
         grown = self._wal.end_position - self._checkpoint_position
         aged = time.monotonic() - self._checkpoint_time >= self._settings.checkpoint_interval_s
         if grown >= self._settings.checkpoint_wal_bytes or (grown > 0 and aged):
             try:
-                await self.checkpoint()
+                begun = await self._begin_checkpoint()
             except OSError as error:
                 self._checkpoint_failed(error)
+                return
+            self._checkpointing = trio.CancelScope()
+            nursery.start_soon(self._checkpoint_in_background, self._checkpointing, *begun)
+
+    async def _checkpoint_in_background(self, scope: trio.CancelScope, position: int,
+                                        snapshot: checkpoint.TableSnapshot) -> None:
+        try:
+            with scope:
+                await self._finish_checkpoint(position, snapshot)
+        except OSError as error:
+            self._checkpoint_failed(error)
+        finally:
+            self._checkpointing = None
+
+    def _abandon_checkpoint(self) -> None:
+        """At shutdown: the final checkpoint covers more; the abandoned one's temp
+        file is pruned by it, and the previous checkpoint stays valid meanwhile."""
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
 
     def _checkpoint_failed(self, error: OSError) -> None:
         """A checkpoint that could not be written changes nothing: the previous one
@@ -390,20 +419,64 @@ class Log:
 
     async def checkpoint(self) -> None:
         """Snapshot the table at the WAL's end and drop the segments it covers."""
-        payload = checkpoint.encode_table(self._table)
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._checkpoint_sync, payload)
+        await self._finish_checkpoint(*await self._begin_checkpoint())
 
-    def _checkpoint_sync(self, payload: bytes) -> None:
+    async def _begin_checkpoint(self) -> tuple[int, checkpoint.TableSnapshot]:
+        """Between batches, where the table is exactly the log up to its end P:
+        make everything up to P durable and fix the snapshot's contents at P.
+        The rest (``_finish_checkpoint``) may run while later batches commit."""
         position = self._wal.end_position
+        with trio.CancelScope(shield=True):
+            async with self._wal_lock:
+                await trio.to_thread.run_sync(self._sync_for_checkpoint_sync)
+        # Nothing changed the table during that await: only this task applies events.
+        assert self._wal.end_position == position
+        return position, checkpoint.TableSnapshot(self._table, slice_streams=self._settings.checkpoint_slice_streams)
+
+    def _sync_for_checkpoint_sync(self) -> None:
+        """The WAL up to P and every stream file written before P: a checkpoint
+        at P is the only copy of what its stream files hold once the WAL before
+        it is deleted. Files written after this are synced by the next one."""
         self._sync_wal_sync()
         self._store.sync_dirty_sync()
-        previous = checkpoint.write(self._directory, position, payload, self._store.ops)
+
+    async def _finish_checkpoint(self, position: int, snapshot: checkpoint.TableSnapshot) -> None:
+        """Encodes the snapshot slice by slice on the event loop (each slice is a
+        few milliseconds of work, then other tasks run) and writes it in pieces
+        from a worker thread; once it is durable, drops the WAL it covers."""
+        try:
+            previous = await self._write_snapshot(position, snapshot)
+        finally:
+            snapshot.release()
         if previous is not None:  # the WAL from the previous checkpoint on is its fallback
-            self._wal.delete_before(previous)
+            with trio.CancelScope(shield=True):
+                async with self._wal_lock:
+                    await trio.to_thread.run_sync(self._wal.delete_before, previous)
         self._checkpoint_position = position
         self._checkpoint_time = time.monotonic()
         self._stats["checkpoints"] += 1
+
+    async def _write_snapshot(self, position: int, snapshot: checkpoint.TableSnapshot) -> int | None:
+        """Streams the snapshot to its file in pieces of about ``checkpoint_write_bytes``;
+        returns the previous checkpoint's position (kept as the fallback)."""
+        writer, previous = await trio.to_thread.run_sync(checkpoint.open_writer, self._directory, position, self._store.ops)
+        try:
+            pending: list[bytes] = []
+            pending_bytes = 0
+            for piece in snapshot.pieces():
+                pending.append(piece)
+                pending_bytes += len(piece)
+                if pending_bytes >= self._settings.checkpoint_write_bytes:
+                    await trio.to_thread.run_sync(writer.write, b"".join(pending))
+                    pending, pending_bytes = [], 0
+                else:
+                    await trio.lowlevel.checkpoint()  # let the loop serve others between slices
+            await trio.to_thread.run_sync(writer.write, b"".join(pending))
+            with trio.CancelScope(shield=True):  # once durable, the rename must be too
+                await trio.to_thread.run_sync(partial(writer.commit, prune_before=previous))
+        finally:
+            writer.abandon()
+        return previous
 
     async def _final_flush(self) -> None:
         if self._wal.end_position != self._checkpoint_position:
@@ -413,6 +486,13 @@ class Log:
             except OSError as error:
                 self._checkpoint_failed(error)  # the WAL, synced below, is enough to restart
         await trio.to_thread.run_sync(self._sync_wal_sync)
+
+
+def _single(error: Exception) -> Exception:
+    """The one error inside the groups a nursery wraps it in."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _settle(submission: _Submission, error: BaseException) -> None:

@@ -22,7 +22,7 @@ from typing import Final
 import crc32c as _crc32c
 
 from .fileops import REAL, FileOps
-from .wal import fsync_directory, write_all
+from .wal import fsync_directory, pwrite_all, write_all
 
 MAGIC: Final = b"TSCK"
 VERSION: Final = 1
@@ -85,25 +85,72 @@ def write_snapshot(
     A crash at any point leaves either the old or the new checkpoint valid,
     plus at most a temp file that loading ignores.
     """
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    data = encode_snapshot(position, payload)
     # Check the bytes right before they go to disk, not just the inputs.
-    assert decode_snapshot(data, position) == payload
-    final = folder / snapshot_name(position)
-    temp = folder / (final.name + TEMP_SUFFIX)
-    fd = ops.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    assert decode_snapshot(encode_snapshot(position, payload), position) == payload
+    writer = SnapshotWriter(directory, position, ops)
     try:
-        write_all(fd, data, ops)
-        # The contents must be durable before the rename makes them visible,
-        # or a crash could leave a valid name over a torn file.
-        ops.fsync(fd)
-    finally:
-        ops.close(fd)
-    ops.replace(temp, final)
-    fsync_directory(folder, ops)
-    _prune(folder, position if prune_before is None else min(prune_before, position), ops)
-    return final
+        writer.write(payload)
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.commit(prune_before=prune_before)
+
+
+class SnapshotWriter:
+    """Writes one snapshot file piece by piece, so a large payload is never
+    held whole: the header's length and crc are filled in once it is complete.
+
+    ``commit`` makes it the checkpoint exactly as ``write_snapshot`` does;
+    ``abandon`` leaves a temp file that loading ignores and the next commit prunes.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], position: int, ops: FileOps = REAL) -> None:
+        if position < 0:
+            raise ValueError("position must not be negative")
+        self._folder = Path(directory)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._position = position
+        self._ops = ops
+        self._final = self._folder / snapshot_name(position)
+        self._temp = self._folder / (self._final.name + TEMP_SUFFIX)
+        self._length = 0
+        self._crc = 0
+        self._fd: int | None = ops.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(self._fd, bytes(HEADER_BYTES), ops)  # the real header comes last
+        except BaseException:
+            self.abandon()
+            raise
+
+    def write(self, piece: bytes) -> None:
+        assert self._fd is not None, "written after commit or abandon"
+        if self._length + len(piece) > SNAPSHOT_PAYLOAD_BYTES_MAX:
+            raise ValueError(f"snapshot payload of over {self._length + len(piece)} bytes exceeds the maximum")
+        write_all(self._fd, piece, self._ops)
+        self._crc = _crc32c.crc32c(piece, self._crc)
+        self._length += len(piece)
+
+    def commit(self, *, prune_before: int | None = None) -> Path:
+        fd = self._fd
+        assert fd is not None, "committed twice or after abandon"
+        try:
+            header = HEADER.pack(MAGIC, VERSION, 0, self._position, self._length, self._crc)
+            pwrite_all(fd, header, 0, self._ops)
+            # The contents must be durable before the rename makes them visible,
+            # or a crash could leave a valid name over a torn file.
+            self._ops.fsync(fd)
+        finally:
+            self.abandon()
+        self._ops.replace(self._temp, self._final)
+        fsync_directory(self._folder, self._ops)
+        position = self._position
+        _prune(self._folder, position if prune_before is None else min(prune_before, position), self._ops)
+        return self._final
+
+    def abandon(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            self._ops.close(fd)
 
 
 def _prune(folder: Path, kept_position: int, ops: FileOps = REAL) -> None:

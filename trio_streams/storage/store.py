@@ -31,6 +31,7 @@ from ..protocol.state import Appended, Created, StreamState, StreamTable, event_
 from . import blocksums
 from .blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM, DataCorrupt, IndexEntry, StreamFds
 from .fileops import REAL, FileOps
+from .wal import pwrite_all
 
 _DATA = ".dat"
 _INDEX = ".idx"
@@ -60,6 +61,7 @@ class Store:
     def __init__(self, directory: Path, *, open_files_max: int, hot_tail_bytes_max: int,
                  corrupt_ranges_logged_max: int, ops: FileOps = REAL) -> None:
         self.directory = directory
+        self._directory_text = os.fspath(directory)
         self.ops = ops
         self.directory.mkdir(parents=True, exist_ok=True)
         self._fds: collections.OrderedDict[tuple[int, str], int] = collections.OrderedDict()
@@ -77,6 +79,11 @@ class Store:
 
     def path(self, stream_id: int, kind: str = _DATA) -> Path:
         return self.directory / _file_name(stream_id, kind)
+
+    def file(self, stream_id: int, kind: str = _DATA) -> str:
+        """``path`` as a plain string: recovery stats every stream's data file,
+        and building a ``Path`` costs more than the ``stat`` itself."""
+        return f"{self._directory_text}{os.sep}{_file_name(stream_id, kind)}"
 
     # -- writer thread -------------------------------------------------
     #
@@ -96,9 +103,10 @@ class Store:
         self._fds[key] = fd
         while len(self._fds) > self._open_files_max:
             old_key, old_fd = self._fds.popitem(last=False)
-            if old_key in self._dirty:
-                self.ops.fsync(old_fd)  # the next checkpoint counts on this file being synced
-                self._dirty.discard(old_key)
+            # Closed unsynced: it stays dirty, and the next checkpoint reopens it to
+            # sync it. An fsync here would cost every batch that touches more
+            # streams than there are cached descriptors (and recovery's replay) one
+            # fsync per eviction.
             self.ops.close(old_fd)
             if old_key[1] == _DATA:
                 self._partial.pop(old_key[0], None)
@@ -127,19 +135,14 @@ class Store:
             return
         partial = self._partial_crc_sync(stream_id, file_position, end_position - len(data))
         full, entry_crc, partial = blocksums.extend(file_position, partial, data)
-        self._pwrite_all(self._fd(stream_id, _DATA), data, file_position)
+        pwrite_all(self._fd(stream_id, _DATA), data, file_position, self.ops)
         if full:
             sums = b"".join(SUM.pack(c) for c in full)
-            self._pwrite_all(self._fd(stream_id, _SUMS), sums, file_position // BLOCK_BYTES * SUM.size)
+            pwrite_all(self._fd(stream_id, _SUMS), sums, file_position // BLOCK_BYTES * SUM.size, self.ops)
         self._write_all(self._fd(stream_id, _INDEX), IndexEntry(end_position, entry_crc).pack())
         self._partial[stream_id] = (file_position + len(data), partial)
         for kind in KINDS:
             self._dirty.add((stream_id, kind))
-
-    def _pwrite_all(self, fd: int, data: bytes, offset: int) -> None:
-        written = self.ops.pwrite(fd, data, offset)
-        while written < len(data):  # short writes are legal; finish them
-            written += self.ops.pwrite(fd, data[written:], offset + written)
 
     def _write_all(self, fd: int, data: bytes) -> None:
         """Appends all of ``data`` (the index is O_APPEND): a torn entry left in the
@@ -192,38 +195,63 @@ class Store:
 
     def truncate_sync(self, stream_id: int, file_length: int, tail: int) -> bool:
         """Cuts a stream's files back to a checkpointed state (recovery); False,
-        touching nothing, when the data file is shorter than that state."""
-        fd = self._fd(stream_id, _DATA)
-        if os.fstat(fd).st_size < file_length:
+        touching nothing, when the data file is shorter than that state.
+
+        The data file is cut last: recovery leaves alone every stream whose
+        data file already has its checkpointed length (docs/storage.md,
+        "Recovery"), which holds only if no cut can leave the data file cut
+        and the index or checksums not. (Writes extend the data file first.)
+        """
+        self._partial.pop(stream_id, None)
+        if os.fstat(self._fd(stream_id, _DATA)).st_size < file_length:
             return False
-        self.ops.ftruncate(fd, file_length)
         self.ops.ftruncate(self._fd(stream_id, _INDEX),
                            _kept_entries(self._entries_sync(stream_id), tail) * INDEX_ENTRY.size)
         sums_fd = self._fd(stream_id, _SUMS)
-        self.ops.ftruncate(sums_fd, min(os.fstat(sums_fd).st_size // SUM.size, file_length // BLOCK_BYTES) * SUM.size)
-        self._partial.pop(stream_id, None)
+        self.ops.ftruncate(sums_fd, _kept_sums_bytes(os.fstat(sums_fd).st_size, file_length))
+        self.ops.ftruncate(self._fd(stream_id, _DATA), file_length)
         return True
 
     def sync_dirty_sync(self) -> int:
-        synced = 0
+        """Fsyncs every file written since the last call, open or not.
+
+        A closed file is reopened to sync it. Linux reports a writeback error
+        to the first fsync after it on any descriptor of the file, even one
+        opened after the error (since 4.16; PostgreSQL's checkpointer relies on
+        the same), and nothing else here fsyncs these files, so no error is lost.
+        """
         for key in list(self._dirty):
             fd = self._fds.get(key)
             if fd is not None:
                 self.ops.fsync(fd)
-                synced += 1
+            else:
+                self._sync_closed(*key)
+        synced = len(self._dirty)
         self._dirty.clear()
         return synced
 
+    def _sync_closed(self, stream_id: int, kind: str) -> None:
+        try:
+            fd = self.ops.open(self.path(stream_id, kind), os.O_RDONLY)
+        except FileNotFoundError:
+            return  # removed by recovery's orphan sweep or a delete: nothing to keep
+        try:
+            self.ops.fsync(fd)
+        finally:
+            self.ops.close(fd)
+
     def remove_orphans_sync(self, live_ids: set[int]) -> int:
+        """Removes the files of streams not in ``live_ids``. Start-up runs this over
+        three files per stream, so it works on names (no stat, no per-name parsing
+        of the live ones)."""
+        live = {_file_name(stream_id, "") for stream_id in live_ids}
+        named = {name[:16] for name in os.listdir(self.directory) if name[16:] in KINDS}
         orphans = set()
-        for entry in os.scandir(self.directory):
-            name, _, kind = entry.name.partition(".")
+        for name in named - live:
             try:
-                stream_id = int(name, 16)
+                orphans.add(int(name, 16))
             except ValueError:
                 continue
-            if "." + kind in KINDS and stream_id not in live_ids:
-                orphans.add(stream_id)
         for stream_id in orphans:
             self.remove_sync(stream_id)
         return len(orphans)
@@ -316,7 +344,7 @@ class Store:
         fds: list[int] = []
         try:
             for kind in KINDS:
-                fds.append(os.open(self.path(stream_id, kind), os.O_RDONLY))
+                fds.append(os.open(self.file(stream_id, kind), os.O_RDONLY))
             return blocksums.read_verified(StreamFds(data=fds[0], index=fds[1], sums=fds[2]), stream_id, base, start, end)
         except FileNotFoundError:
             if not self.path(stream_id).exists():
@@ -376,6 +404,11 @@ def _kept_entries(entries: list[IndexEntry | None], tail: int) -> int:
     while kept and (entries[kept - 1] is None or entries[kept - 1].end > tail):  # type: ignore[union-attr]
         kept -= 1
     return kept
+
+
+def _kept_sums_bytes(sums_bytes: int, file_length: int) -> int:
+    """The checksum file cut to the full blocks of a data file of ``file_length`` bytes."""
+    return min(sums_bytes // SUM.size, file_length // BLOCK_BYTES) * SUM.size
 
 
 def _segments(table: StreamTable, state: StreamState, start: int, end: int) -> list[tuple[int, int, int, int]]:

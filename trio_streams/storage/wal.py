@@ -296,6 +296,14 @@ def write_all(fd: int, data: bytes | bytearray | memoryview, ops: FileOps = REAL
             written += ops.write(fd, view[written:])
 
 
+def pwrite_all(fd: int, data: Buffer, offset: int, ops: FileOps = REAL) -> None:
+    """Writes all of ``data`` at ``offset``: short writes are legal, so finish them."""
+    with memoryview(data) as view:
+        written = ops.pwrite(fd, view, offset)
+        while written < len(view):
+            written += ops.pwrite(fd, view[written:], offset + written)
+
+
 def write_all_parts(fd: int, parts: Sequence[Buffer], ops: FileOps = REAL) -> None:
     """Writes the parts in order, as ``write_all`` of their concatenation would."""
     views = [memoryview(part) for part in parts if len(part)]
