@@ -16,8 +16,7 @@ runs its function on the event loop after a seeded yield; trio's scheduler
 shuffles each batch of runnable tasks with its module-level ``_r``, which we
 seed, in the deterministic mode trio provides for Hypothesis; the service
 gets a clock driven by the mock (``trio_driven_clock``: TTL, idle, expiry
-sweeps), and the log's own ``time.time``/``time.monotonic`` reads (fsync and
-checkpoint intervals) are patched to it until the log takes the clock too.
+sweeps, and the log's fsync and checkpoint intervals).
 No workload stream has a TTL.
 
 Invariants, checked as the run goes and after every restart:
@@ -42,7 +41,6 @@ import json
 import os
 import random
 import re
-import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -61,7 +59,6 @@ from trio_streams.protocol.offsets import parse_offset
 from trio_streams.protocol.rules import Reply
 from trio_streams.service import Service
 from trio_streams.clock import trio_driven_clock
-from trio_streams.storage import log as log_module
 
 BYTES = "application/octet-stream"
 JSON = "application/json"
@@ -561,12 +558,8 @@ def task_tree(task: trio.lowlevel.Task, depth: int = 0) -> list[str]:
     return lines
 
 
-# The streams layer reads time through its injected clock; the log (for now) through its module.
+# The service reads every time through its injected clock.
 SIM_CLOCK = trio_driven_clock(EPOCH_UNIX_S)
-
-
-def clock_module(clock: trio.testing.MockClock) -> types.SimpleNamespace:
-    return types.SimpleNamespace(time=lambda: EPOCH_UNIX_S + clock.current_time(), monotonic=clock.current_time)
 
 
 def simulate(seed: int, root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -580,7 +573,6 @@ def simulate(seed: int, root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str
     with monkeypatch.context() as patch:
         patch.setattr(trio.to_thread, "run_sync", run_sync_on_loop)
         patch.setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)
-        patch.setattr(log_module, "time", clock_module(clock))
         trio_run._r.seed(seed)
 
         async def main() -> None:

@@ -260,6 +260,20 @@ async def test_expiry_sweep_deletes_streams_nobody_asks_for(tmp_path: Path, auto
         assert trio.current_time() - started >= 30
 
 
+async def test_expiry_sweep_in_slices_finds_every_expired_stream(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, mock_time: Clock) -> None:
+    settings = Settings(data_dir=str(tmp_path), expiry_sweep_interval_s=30.0, expiry_sweep_slice_streams=2)
+    async with run_service(settings, mock_time) as service:
+        streams = service.streams
+        assert streams is not None
+        for i in range(7):  # four slices: 2 + 2 + 2 + 1, with a lasting stream in the middle
+            expiry = Expiry() if i == 3 else Expiry(ttl_s=10)
+            await streams.create(f"s{i}", _create(expiry=expiry))
+        view = _view(service)
+        await _until(lambda: all(view.at(f"s{i}") is None for i in range(7) if i != 3), "the sweep to delete them")
+        assert view.at("s3") is not None
+
+
 async def test_state_survives_restart(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path))
     async with run_service(settings) as service:

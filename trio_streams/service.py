@@ -135,7 +135,7 @@ class Service:
         gc.freeze()
         last_access = await trio.to_thread.run_sync(
             lastaccess.take, directory, recovered.checkpoint_position, recovered.replayed_events, self.ops)
-        wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table)
+        wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table, self.clock)
         wal_log.on_failed = self._storage_failed
         self._log = wal_log
         try:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import trio
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..config import EVENT_DATA_BYTES_MAX, Settings
 from ..protocol.errors import ProtocolError
 from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, check_batch, event_start
@@ -82,19 +83,19 @@ class RecordTooLarge(StorageFailed):
 class StorageHealth:
     """What /healthz and /metrics say about the disk: ``ok``, ``disk_full`` or ``failed``."""
 
+    since: float  # UNIX seconds (the log's clock) the current state began
     state: str = "ok"
-    since: float = dataclasses.field(default_factory=time.time)
     last_error: str | None = None
     disk_full_episodes: int = 0
     refused_batches: int = 0
     checkpoint_failures: int = 0
 
-    def enter(self, state: str, error: BaseException) -> bool:
+    def enter(self, state: str, error: BaseException, now: float) -> bool:
         """Records the error; True if this starts a new episode of ``state``."""
         self.last_error = f"{type(error).__name__}: {error}"
         if self.state == state:
             return False
-        self.state, self.since = state, time.time()
+        self.state, self.since = state, now
         return True
 
     def as_dict(self) -> dict[str, object]:
@@ -131,8 +132,12 @@ class Log:
         wal: SegmentedLog,
         store: Store,
         table: StreamTable,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._settings = settings
+        # Intervals (fsync, checkpoints, retries) on its monotonic reading, which
+        # is trio's: read on the event loop only, never in a worker thread.
+        self._clock = clock
         self._directory = directory
         self._wal = wal
         self._store = store
@@ -141,15 +146,17 @@ class Log:
         self.on_applied: Callable[[StreamState | None, Event], None] = lambda state, event: None
         # Set by the service: called once if the writer stops for good.
         self.on_failed: Callable[[BaseException], None] = lambda error: None
-        self.health = StorageHealth()
+        self.health = StorageHealth(since=clock.wall())
         self._in_flight: list[_Submission] = []
         self._checkpoint_retry_at = -math.inf
         self._send, self._receive = trio.open_memory_channel[_Submission](settings.log_queue_depth)
         self._failed: BaseException | None = None
         self._unsynced = False
-        self._last_sync = time.monotonic()
+        # When the interval sync last ran. Other syncs (checkpoints, deletes) do
+        # not move it: the next interval sync then only comes earlier, never later.
+        self._last_sync = clock.monotonic()
         self._checkpoint_position = wal.end_position
-        self._checkpoint_time = time.monotonic()
+        self._checkpoint_time = clock.monotonic()
         # The checkpoint being written in the background (its cancel scope), if any.
         self._checkpointing: trio.CancelScope | None = None
         # Held around every worker-thread call that touches the WAL: a background
@@ -230,7 +237,7 @@ class Log:
         log.error("storage failed; refusing every write until a restart replays the WAL: %s: %s",
                   type(error).__name__, error, exc_info=error)
         self._failed = error
-        self.health.enter("failed", error)
+        self.health.enter("failed", error, self._clock.wall())
         refusal = StorageFailed(f"{type(error).__name__}: {error}")
         self._refuse_queued(refusal)
         self.on_failed(error)
@@ -249,7 +256,7 @@ class Log:
     async def _next_batch(self) -> list[_Submission] | None:
         timeout = math.inf
         if self._settings.fsync == "interval" and self._unsynced:
-            timeout = max(0.0, self._last_sync + self._settings.fsync_interval_ms / 1000 - time.monotonic())
+            timeout = max(0.0, self._last_sync + self._settings.fsync_interval_ms / 1000 - self._clock.monotonic())
         with trio.move_on_after(timeout):
             try:
                 first = await self._receive.receive()
@@ -292,7 +299,7 @@ class Log:
         (they may hold this batch's bytes past the durable tails) and refuse the batch."""
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._undo_data_sync, events)
-        if self.health.enter("disk_full", error):
+        if self.health.enter("disk_full", error, self._clock.wall()):
             self.health.disk_full_episodes += 1
             log.error("disk full: refusing writes with 507 until space is available (%s)", error)
         self.health.refused_batches += 1
@@ -310,8 +317,8 @@ class Log:
 
     def _resumed(self) -> None:
         if self.health.state == "disk_full":
-            log.info("disk space available again: writes resumed after %.1f s", time.time() - self.health.since)
-            self.health.state, self.health.since = "ok", time.time()
+            log.info("disk space available again: writes resumed after %.1f s", self._clock.wall() - self.health.since)
+            self.health.state, self.health.since = "ok", self._clock.wall()
 
     async def _remove_files(self) -> None:
         """Deletes the files of streams that left the table (their records are fsynced)."""
@@ -349,10 +356,9 @@ class Log:
             self._sync_wal_sync()
 
     def _sync_wal_sync(self) -> None:
-        started = time.monotonic()
+        started = time.perf_counter()  # a measurement, in a worker thread: not the clock
         self._wal.sync()
-        self._last_sync_s = time.monotonic() - started
-        self._last_sync = time.monotonic()
+        self._last_sync_s = time.perf_counter() - started
         self._unsynced = False
         self._stats["syncs"] += 1
 
@@ -371,16 +377,17 @@ class Log:
     async def _maybe_interval_sync(self) -> None:
         if self._settings.fsync != "interval" or not self._unsynced or self._failed is not None:
             return
-        if time.monotonic() - self._last_sync >= self._settings.fsync_interval_ms / 1000:
+        if self._clock.monotonic() - self._last_sync >= self._settings.fsync_interval_ms / 1000:
             with trio.CancelScope(shield=True):
                 async with self._wal_lock:
                     await trio.to_thread.run_sync(self._sync_wal_sync)
+            self._last_sync = self._clock.monotonic()
 
     async def _maybe_checkpoint(self, nursery: trio.Nursery) -> None:
-        if self._checkpointing is not None or time.monotonic() < self._checkpoint_retry_at:
+        if self._checkpointing is not None or self._clock.monotonic() < self._checkpoint_retry_at:
             return
         grown = self._wal.end_position - self._checkpoint_position
-        aged = time.monotonic() - self._checkpoint_time >= self._settings.checkpoint_interval_s
+        aged = self._clock.monotonic() - self._checkpoint_time >= self._settings.checkpoint_interval_s
         if grown >= self._settings.checkpoint_wal_bytes or (grown > 0 and aged):
             try:
                 begun = await self._begin_checkpoint()
@@ -413,7 +420,7 @@ class Log:
             raise error
         self.health.checkpoint_failures += 1
         self.health.last_error = f"checkpoint: {type(error).__name__}: {error}"
-        self._checkpoint_retry_at = time.monotonic() + self._settings.checkpoint_retry_interval_s
+        self._checkpoint_retry_at = self._clock.monotonic() + self._settings.checkpoint_retry_interval_s
         log.error("checkpoint failed, the previous one and the WAL stay in use; retrying in %g s: %s",
                   self._settings.checkpoint_retry_interval_s, error)
 
@@ -453,7 +460,7 @@ class Log:
                 async with self._wal_lock:
                     await trio.to_thread.run_sync(self._wal.delete_before, previous)
         self._checkpoint_position = position
-        self._checkpoint_time = time.monotonic()
+        self._checkpoint_time = self._clock.monotonic()
         self._stats["checkpoints"] += 1
 
     async def _write_snapshot(self, position: int, snapshot: checkpoint.TableSnapshot) -> int | None:

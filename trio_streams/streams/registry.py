@@ -179,16 +179,27 @@ class Registry:
         finally:
             self._expiring.discard(stream_id)
 
-    def sweep_expired(self) -> None:
-        """Starts the delete of every expired stream (requests find the others as they come)."""
-        for state in self.view.streams():
-            if self.lifetimes.is_expired(state):
-                self._start_expiry(state.path, state.stream_id)
+    async def sweep_expired(self) -> None:
+        """Starts the delete of every expired stream (requests find the others as they come).
+
+        In slices of ``expiry_sweep_slice_streams``, letting other tasks run in
+        between: one pass over a million streams would stall the event loop for
+        a few hundred milliseconds. A stream deleted meanwhile is harmless: its
+        expiry deletes only the incarnation it found.
+        """
+        streams = self.view.streams()
+        step = self.settings.expiry_sweep_slice_streams
+        for first in range(0, len(streams), step):
+            if first:
+                await trio.lowlevel.checkpoint()
+            for state in streams[first : first + step]:
+                if self.lifetimes.is_expired(state):
+                    self._start_expiry(state.path, state.stream_id)
 
     async def sweep_expired_forever(self) -> None:
         while True:
             await trio.sleep(self.settings.expiry_sweep_interval_s)
-            self.sweep_expired()
+            await self.sweep_expired()
 
     # -- fan-out -----------------------------------------------------------
 

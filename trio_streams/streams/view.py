@@ -31,7 +31,7 @@ class DurableView:
     def count(self) -> int:
         return len(self._table.by_id)
 
-    def streams(self) -> Iterable[StreamState]:
+    def streams(self) -> list[StreamState]:
         """Every stream, as a snapshot: safe to iterate across checkpoints."""
         return list(self._table.by_id.values())
 
