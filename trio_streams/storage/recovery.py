@@ -32,13 +32,13 @@ from functools import partial
 from pathlib import Path
 
 from ..config import Settings
-from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable
+from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, event_end
 from .blocksums import DataCorrupt, last_entry
 from .checkpoint import Recovered, decode_table
 from .events import DELETED, decode_event, positioned
 from .fileops import REAL, FileOps
 from .snapshot import SnapshotCorrupt, decode_snapshot, list_snapshots, snapshot_name
-from .store import Store
+from .store import Store, WrittenChecks
 from .wal import Damage, Record, SegmentedLog, WalError, describe_position, list_segments, segment_of
 
 log = logging.getLogger("trio_streams.recovery")
@@ -99,7 +99,8 @@ def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: Se
     for stream_id, why in start.short.items():
         start.table.by_id[stream_id].damaged = why
     starts = list_segments(reader.directory) if reader.directory.is_dir() else []
-    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence)
+    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence,
+                         WrittenChecks(store, store.open_files_max))
     replay: Callable[[Record], None] = replayer.replay
     if gaps and not skip:  # point_in_time: the log is cut at the first damage
         replay = partial(_replay_before, gaps[0].position, replayer.replay)
@@ -279,7 +280,8 @@ class _Replayer:
     It writes nothing: ``rewrite`` later puts the data of exactly the records it
     applied into the stream files, so that deciding never changes a file."""
 
-    def __init__(self, table: StreamTable, starts: list[int], gaps: list[int], fence: bool) -> None:
+    def __init__(self, table: StreamTable, starts: list[int], gaps: list[int], fence: bool,
+                 written: WrittenChecks) -> None:
         self._table = table
         self._starts = starts
         self._gaps = gaps
@@ -295,6 +297,8 @@ class _Replayer:
         self._created: set[int] = set()
         # Log position → where an append written before records kept ``pos`` was placed.
         self._legacy: dict[int, int] = {}
+        # Whether each replayed stream's files hold its replayed data already.
+        self._written = written
         self.replayed = 0
 
     def replay(self, record: Record) -> None:
@@ -336,6 +340,8 @@ class _Replayer:
         self._table.apply(event)
         self._created.add(event.stream_id)
         self._checked[event.stream_id] = gap
+        self._written.start(event.stream_id, 0, event.position, created=True)
+        self._written.add(event.stream_id, 0, event.data, event_end(event))
 
     def _unknown(self, event: Appended | Deleted, record: Record) -> None:
         if isinstance(event, Deleted):
@@ -367,6 +373,9 @@ class _Replayer:
         placed = positioned(self._table, event)  # an old record without a position goes at the tail
         if event.position is None:
             self._legacy[record.position] = state.tail
+        if not self._written.started(state.stream_id):
+            self._written.start(state.stream_id, state.tail - state.base, state.tail, created=False)
+        self._written.add(state.stream_id, state.tail - state.base, placed.data, event_end(placed))
         self._table.apply(placed)
 
     def _wrong(self, record: Record, event: Event, why: str, state: StreamState | None) -> None:
@@ -388,10 +397,16 @@ class _Replayer:
         left them) had nothing written past the checkpoint, or had it all cut
         (data files are extended first and cut last), so its index and
         checksums are exact too: it is left alone, which keeps restart time
-        independent of the data stored (docs/storage.md, "Recovery").
+        independent of the data stored (docs/storage.md, "Recovery"). So are
+        the files of a stream that hold exactly what this would write
+        (``WrittenChecks``), which keeps a restart after a process crash from
+        cutting and rewriting everything written since the checkpoint.
         """
+        held = self._written.held(lambda stream_id: stream_id in self._table.by_id and stream_id not in self._unapplied_from)
         for state in self._table.by_id.values():
-            if state.stream_id not in self._created and self._unapplied_from.get(state.stream_id) != 0:
+            if state.stream_id in held:
+                store.adopt_sync(state.stream_id)
+            elif state.stream_id not in self._created and self._unapplied_from.get(state.stream_id) != 0:
                 tail = self._checkpointed.get(state.stream_id, state.tail)
                 if sizes.get(state.stream_id) != tail - state.base:
                     store.truncate_sync(state.stream_id, tail - state.base, tail)
@@ -400,8 +415,9 @@ class _Replayer:
             if isinstance(event, Deleted):
                 continue
             owner = self._table.by_id.get(event.stream_id)
-            if owner is None or record.position >= self._unapplied_from.get(owner.stream_id, record.position + 1):
-                continue  # deleted since, fenced, or never applied: its files are not served
+            if owner is None or owner.stream_id in held or \
+                    record.position >= self._unapplied_from.get(owner.stream_id, record.position + 1):
+                continue  # deleted since, fenced, never applied, or on disk already
             if event.position is None:
                 event = dataclasses.replace(event, position=self._legacy.pop(record.position))
             store.write_event_sync(event, owner.base)
