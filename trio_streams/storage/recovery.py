@@ -55,8 +55,9 @@ class _Start:
     damages: list[Damage]
     # Streams whose data file is shorter than the checkpoint says: id → why.
     short: dict[int, str]
-    # Data file sizes of the checkpoint's streams, as the crash left them (-1: missing).
-    sizes: dict[int, int] = dataclasses.field(default_factory=dict)
+    # Data file sizes (-1: missing) of the checkpoint's streams whose data file
+    # is not at its checkpointed length, as the crash left them.
+    resized: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def gaps(self) -> list[Damage]:
@@ -77,7 +78,7 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
     # Decided: everything below changes files.
     _log_cuts(start, gaps, fence)
     wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
-    replayer.rewrite(store, start.sizes, wal.recover(start.position, skip_damage=skip, resync_checksum_bytes_max=budget))
+    replayer.rewrite(store, start.resized, wal.recover(start.position, skip_damage=skip, resync_checksum_bytes_max=budget))
     store.remove_orphans_sync(set(start.table.by_id) | set(start.table.fenced_ids))
     _report(start.table)
     seconds = time.monotonic() - started
@@ -175,8 +176,8 @@ def _candidate(folder: Path, wal: SegmentedLog, store: Store, position: int | No
         if position is None and _stream_files_exist(store):
             reasons.append("stream files exist but there is neither a checkpoint nor a WAL to describe them")
             return None
-        sizes = _data_sizes(store, table)
-        return _Start(start, table, [], _short_files(store, table, set(), sizes), sizes)
+        resized = _resized(store, table)
+        return _Start(start, table, [], _short_files(store, table, set(), resized), resized)
     deleted: set[int] = set()
     try:
         damages, end = wal.survey(start, resync_checksum_bytes_max=budget, on_record=partial(_note_deleted, deleted))
@@ -187,8 +188,8 @@ def _candidate(folder: Path, wal: SegmentedLog, store: Store, position: int | No
         reasons.append(f"{_start_name(position)}: the WAL ends at log position {end}, "
                        f"before the newest checkpoint's {required_end}")
         return None
-    sizes = _data_sizes(store, table)
-    return _Start(start, table, damages, _short_files(store, table, deleted, sizes), sizes)
+    resized = _resized(store, table)
+    return _Start(start, table, damages, _short_files(store, table, deleted, resized), resized)
 
 
 def _note_deleted(deleted: set[int], record: Record) -> None:
@@ -196,26 +197,28 @@ def _note_deleted(deleted: set[int], record: Record) -> None:
         deleted.add(decode_event(record.rtype, record.payload).stream_id)
 
 
-def _data_sizes(store: Store, table: StreamTable) -> dict[int, int]:
-    sizes = {}
-    for stream_id in table.by_id:
+def _resized(store: Store, table: StreamTable) -> dict[int, int]:
+    """The data file sizes (-1: missing) that differ from the checkpointed lengths:
+    one ``stat`` per stream, and only these are looked at again."""
+    resized = {}
+    for state in table.by_id.values():
         try:
-            sizes[stream_id] = os.stat(store.file(stream_id)).st_size
+            size = os.stat(store.file(state.stream_id)).st_size
         except FileNotFoundError:
-            sizes[stream_id] = -1
-    return sizes
+            size = -1
+        if size != state.tail - state.base:
+            resized[state.stream_id] = size
+    return resized
 
 
-def _short_files(store: Store, table: StreamTable, deleted: set[int], sizes: dict[int, int]) -> dict[int, str]:
+def _short_files(store: Store, table: StreamTable, deleted: set[int], resized: dict[int, int]) -> dict[int, str]:
     """Streams whose data file is shorter than the checkpoint says. A stream the
     WAL deletes later is not among them: its files went with that delete."""
     short = {}
-    for state in table.by_id.values():
-        if state.stream_id in deleted:
-            continue
+    for stream_id, size in resized.items():
+        state = table.by_id[stream_id]
         length = state.tail - state.base
-        size = sizes[state.stream_id]
-        if size < length:
+        if stream_id not in deleted and size < length:
             have = "is missing" if size < 0 else f"has {size} bytes"
             short[state.stream_id] = (f"its data file {store.path(state.stream_id).name} {have}; the checkpoint "
                                       f"needs {length} (stream positions {state.base + max(size, 0)}..{state.tail} are lost)")
@@ -389,12 +392,12 @@ class _Replayer:
         state.damaged = what
         self._unapplied_from[state.stream_id] = record.position
 
-    def rewrite(self, store: Store, sizes: dict[int, int], records: Iterator[Record]) -> None:
+    def rewrite(self, store: Store, resized: dict[int, int], records: Iterator[Record]) -> None:
         """Cuts the stream files back to the checkpoint, then writes the data of every
         record replay applied, in log order, as the running server wrote it.
 
-        A data file already at its checkpointed length (``sizes``: as the crash
-        left them) had nothing written past the checkpoint, or had it all cut
+        A data file already at its checkpointed length (not in ``resized``:
+        the sizes the crash left that differ) had nothing written past the checkpoint, or had it all cut
         (data files are extended first and cut last), so its index and
         checksums are exact too: it is left alone, which keeps restart time
         independent of the data stored (docs/storage.md, "Recovery"). So are
@@ -403,13 +406,13 @@ class _Replayer:
         cutting and rewriting everything written since the checkpoint.
         """
         held = self._written.held(lambda stream_id: stream_id in self._table.by_id and stream_id not in self._unapplied_from)
-        for state in self._table.by_id.values():
-            if state.stream_id in held:
-                store.adopt_sync(state.stream_id)
-            elif state.stream_id not in self._created and self._unapplied_from.get(state.stream_id) != 0:
-                tail = self._checkpointed.get(state.stream_id, state.tail)
-                if sizes.get(state.stream_id) != tail - state.base:
-                    store.truncate_sync(state.stream_id, tail - state.base, tail)
+        for stream_id in held:
+            store.adopt_sync(stream_id)
+        for stream_id in resized.keys() - held - self._created:
+            state = self._table.by_id.get(stream_id)
+            if state is not None and self._unapplied_from.get(stream_id) != 0:
+                tail = self._checkpointed.get(stream_id, state.tail)
+                store.truncate_sync(stream_id, tail - state.base, tail)
         for record in records:
             event = decode_event(record.rtype, record.payload)
             if isinstance(event, Deleted):
