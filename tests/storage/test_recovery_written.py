@@ -173,3 +173,24 @@ def test_a_stream_whose_data_file_ends_at_the_checkpoint_is_rewritten(tmp_path: 
     store.close_sync()
     _recover(root)
     assert _files(root / "streams") == expected
+
+
+def test_data_of_a_torn_last_record_is_cut_off(tmp_path: Path) -> None:
+    """The writer puts an append's data in its stream file before its WAL record:
+    a crash in between leaves data that no durable record covers."""
+    root = tmp_path / "data"
+    _crashed(root)
+    (segment,) = (root / "wal").iterdir()
+    with open(segment, "r+b") as wal_file:
+        wal_file.truncate(segment.stat().st_size - 3)  # the last record is torn
+    ops = FaultyFileOps()
+    recovered = recover(root, _store(root / "streams", ops), Settings(data_dir=str(root)), ops)
+    recovered.wal.close()
+    assert recovered.table.by_id[SID].tail == len(CHECKPOINTED) + len(REPLAYED[0])
+    reference = _store(tmp_path / "reference", FaultyFileOps())
+    reference.create_sync(SID)
+    reference.append_sync(SID, 0, CHECKPOINTED, len(CHECKPOINTED))
+    reference.append_sync(SID, len(CHECKPOINTED), REPLAYED[0], len(CHECKPOINTED) + len(REPLAYED[0]))
+    reference.close_sync()
+    stream_files = {name: data for name, data in _files(root / "streams").items() if name.startswith(f"{SID:016x}")}
+    assert stream_files == _files(tmp_path / "reference")

@@ -343,7 +343,7 @@ class _Replayer:
         self._table.apply(event)
         self._created.add(event.stream_id)
         self._checked[event.stream_id] = gap
-        self._written.start(event.stream_id, 0, event.position, created=True)
+        self._written.start_created(event.stream_id)
         self._written.add(event.stream_id, 0, event.data, event_end(event))
 
     def _unknown(self, event: Appended | Deleted, record: Record) -> None:
@@ -377,7 +377,7 @@ class _Replayer:
         if event.position is None:
             self._legacy[record.position] = state.tail
         if not self._written.started(state.stream_id):
-            self._written.start(state.stream_id, state.tail - state.base, state.tail, created=False)
+            self._written.start(state.stream_id, state.tail - state.base, state.tail)
         self._written.add(state.stream_id, state.tail - state.base, placed.data, event_end(placed))
         self._table.apply(placed)
 

@@ -441,12 +441,12 @@ class WrittenChecks:
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._open_files_max = max(1, open_files_max)
 
-    def start(self, stream_id: int, file_start: int, tail: int, *, created: bool) -> None:
-        """Begins a stream whose replayed data starts at ``file_start`` (its position: ``tail``);
-        a created stream's files are made afresh by writing, so they must hold nothing else."""
-        if created:
-            self._streams[stream_id] = _Written(0, 0, 0, 0, bytearray(), bytearray()) if file_start == 0 else None
-            return
+    def start_created(self, stream_id: int) -> None:
+        """Begins a stream replay creates: writing makes its files afresh, so they must hold nothing else."""
+        self._streams[stream_id] = _Written(0, 0, 0, 0, bytearray(), bytearray())
+
+    def start(self, stream_id: int, file_start: int, tail: int) -> None:
+        """Begins a checkpointed stream whose replayed data starts at ``file_start`` (position ``tail``)."""
         try:
             self._streams[stream_id] = self._cut_back(stream_id, file_start, tail)
         except (FileNotFoundError, DataCorrupt):
