@@ -51,7 +51,7 @@ def _random_event(table: StreamTable, data: st.DataObject) -> Event:
     if kind == "append":
         state = data.draw(st.sampled_from(appendable))
         producer = data.draw(st.sampled_from([None, Producer("w", 1, len(state.producers))]))
-        return Appended(state.stream_id, data.draw(st.binary(max_size=8)),
+        return Appended(state.stream_id, state.tail, data.draw(st.binary(max_size=8)),
                         data.draw(st.sampled_from([None, f"{state.tail:08d}"])), producer, data.draw(st.booleans()))
     return Deleted(data.draw(st.sampled_from(live)).stream_id)
 
@@ -91,8 +91,8 @@ def test_a_snapshot_copies_only_streams_changed_before_their_slice() -> None:
     snapshot = TableSnapshot(table, slice_streams=2)
     pieces = snapshot.pieces()
     first = [next(pieces), next(pieces)]  # the head, then ids 0 and 1
-    table.apply(Appended(1, b"already encoded"))
-    table.apply(Appended(5, b"not yet"))
+    table.apply(Appended(1, 1, b"already encoded"))
+    table.apply(Appended(5, 1, b"not yet"))
     table.apply(Deleted(6))
     table.apply(Created(7, "p/7", CT, Expiry(), 1.5e9, False, b"after the snapshot"))
     assert snapshot.saved_streams == 2  # 5 and 6; never 1 (encoded) nor 7 (newer)
@@ -151,7 +151,7 @@ async def _crash_while_appending(directory: Path, streams: int, rounds: int) -> 
     config = Settings(data_dir=str(directory), checkpoint_wal_bytes=1, checkpoint_slice_streams=1,
                       checkpoint_write_bytes=1, wal_segment_bytes_max=4096)
     async with trio.open_nursery() as nursery:
-        _, registry = await _started(nursery, config)
+        service, registry = await _started(nursery, config)
         for name in acked:
             await registry.create(name, CreateRequest(CT, Expiry(), False, b""))
 
@@ -164,7 +164,7 @@ async def _crash_while_appending(directory: Path, streams: int, rounds: int) -> 
         async with trio.open_nursery() as writers:
             for name in acked:
                 writers.start_soon(writer, name)
-        assert registry.log.statistics().checkpoints >= 2
+        assert service.statistics()["log_checkpoints"] >= 2
         nursery.cancel_scope.cancel()  # a crash: the log writer never writes its final checkpoint
     return acked
 
@@ -180,9 +180,10 @@ async def test_a_checkpoint_written_while_appends_continue_is_exact_and_recovery
     expected = _wal_table(tmp_path, previous, newest, _checkpoint_table(tmp_path, previous))
     assert encode_table(_checkpoint_table(tmp_path, newest)) == encode_table(expected)
     async with trio.open_nursery() as nursery:
-        service, registry = await _started(nursery, Settings(data_dir=str(tmp_path)))
+        service, _ = await _started(nursery, Settings(data_dir=str(tmp_path)))
+        assert service.view is not None
         for name, content in acked.items():
-            state = registry.lookup(name)
+            state = service.view.at(name)
             assert state is not None and state.tail == len(content), name
-            assert await registry.store.read(registry.table, state, 0, state.tail) == content
+            assert await service.view.read(state, 0, state.tail) == content
         service.stop()
