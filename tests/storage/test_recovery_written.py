@@ -7,6 +7,7 @@ difference at all falls back to the cut back and rewrite."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from trio_streams.storage.blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM
 from trio_streams.storage.checkpoint import encode_table
 from trio_streams.storage.events import encode_event
 from trio_streams.storage.fileops import FaultyFileOps
-from trio_streams.storage.recovery import recover
+from trio_streams.storage.recovery import RecoveryRefused, recover
 from trio_streams.storage.snapshot import write_snapshot
 from trio_streams.storage.store import Store
 from trio_streams.storage.wal import SegmentedLog, encode_record
@@ -194,3 +195,18 @@ def test_data_of_a_torn_last_record_is_cut_off(tmp_path: Path) -> None:
     reference.close_sync()
     stream_files = {name: data for name, data in _files(root / "streams").items() if name.startswith(f"{SID:016x}")}
     assert stream_files == _files(tmp_path / "reference")
+
+
+def test_a_refused_start_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """Replay reads the stream files while deciding; a refusal during replay must not leak them."""
+    root = tmp_path / "data"
+    _crashed(root)
+    with SegmentedLog.open(root / "wal", 1 << 26) as wal:  # an append that does not continue its stream
+        for _ in wal.recover(0):
+            pass
+        wal.append(encode_record(*encode_event(Appended(SID, 1, b"overlap"))))
+        wal.sync()
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(RecoveryRefused):
+        recover(root, _store(root / "streams", FaultyFileOps()), Settings(data_dir=str(root)))
+    assert set(os.listdir("/proc/self/fd")) == before

@@ -74,11 +74,12 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
     fence = mode == "fence_damaged_streams"
     # A WAL ending before a checkpoint that holds everything is skipped over in every mode.
     skip = fence or bool(start.gaps and not gaps)
-    replayer = _plan(start, gaps, fence, skip, reader, store, budget)
-    # Decided: everything below changes files.
-    _log_cuts(start, gaps, fence)
-    wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
-    replayer.rewrite(store, start.resized, wal.recover(start.position, skip_damage=skip, resync_checksum_bytes_max=budget))
+    with WrittenChecks(store, store.open_files_max) as written:  # closes its descriptors on a refusal too
+        replayer = _plan(start, gaps, fence, skip, reader, store, budget, written)
+        # Decided: everything below changes files.
+        _log_cuts(start, gaps, fence)
+        wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
+        replayer.rewrite(store, start.resized, wal.recover(start.position, skip_damage=skip, resync_checksum_bytes_max=budget))
     store.remove_orphans_sync(set(start.table.by_id) | set(start.table.fenced_ids))
     _report(start.table)
     seconds = time.monotonic() - started
@@ -88,7 +89,7 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
 
 
 def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: SegmentedLog,
-          store: Store, budget: int) -> _Replayer:
+          store: Store, budget: int, written: WrittenChecks) -> _Replayer:
     """Replays the WAL into the table without writing anything: every refusal left
     (a record that does not continue its stream, or cannot be read) comes from here."""
     if gaps and not skip and gaps[0].before_start:
@@ -100,8 +101,7 @@ def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: Se
     for stream_id, why in start.short.items():
         start.table.by_id[stream_id].damaged = why
     starts = list_segments(reader.directory) if reader.directory.is_dir() else []
-    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence,
-                         WrittenChecks(store, store.open_files_max))
+    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence, written)
     replay: Callable[[Record], None] = replayer.replay
     if gaps and not skip:  # point_in_time: the log is cut at the first damage
         replay = partial(_replay_before, gaps[0].position, replayer.replay)

@@ -517,6 +517,12 @@ class WrittenChecks:
         while self._fds:
             os.close(self._fds.popitem()[1])
 
+    def __enter__(self) -> WrittenChecks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def _tail_is(path: str, offset: int, expected: bytes | bytearray, size: int) -> bool:
     """Whether the file is ``size`` bytes long and holds ``expected`` from ``offset`` on."""
