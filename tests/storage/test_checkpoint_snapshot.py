@@ -164,7 +164,7 @@ async def _crash_while_appending(directory: Path, streams: int, rounds: int) -> 
         async with trio.open_nursery() as writers:
             for name in acked:
                 writers.start_soon(writer, name)
-        assert service.statistics()["log_checkpoints"] >= 2
+        assert service.log is not None and service.log.statistics().checkpoints >= 2
         nursery.cancel_scope.cancel()  # a crash: the log writer never writes its final checkpoint
     return acked
 
@@ -180,10 +180,10 @@ async def test_a_checkpoint_written_while_appends_continue_is_exact_and_recovery
     expected = _wal_table(tmp_path, previous, newest, _checkpoint_table(tmp_path, previous))
     assert encode_table(_checkpoint_table(tmp_path, newest)) == encode_table(expected)
     async with trio.open_nursery() as nursery:
-        service, _ = await _started(nursery, Settings(data_dir=str(tmp_path)))
-        assert service.view is not None
+        service, registry = await _started(nursery, Settings(data_dir=str(tmp_path)))
         for name, content in acked.items():
-            state = service.view.at(name)
+            state = registry.visible(name)
             assert state is not None and state.tail == len(content), name
+            assert service.view is not None
             assert await service.view.read(state, 0, state.tail) == content
         service.stop()
