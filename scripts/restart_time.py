@@ -21,7 +21,8 @@ and system calls, not cold reads from the disk.
     .venv/bin/python scripts/restart_time.py                 # the matrix in docs/benchmarks.md
     .venv/bin/python scripts/restart_time.py --streams 100000 --data-mib 1024 --wal-mib 0,64,256 --rounds 5
 
-Writes nothing into the repository (a temporary directory, ``--dir`` to choose one).
+Writes nothing into the repository (a temporary directory, ``--dir`` to choose one;
+``--keep`` leaves the data directories there, as the last point left them).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace, root: Path) -> list[dict[str, object]]:
                 grown = wal_mib
                 point(f"{streams:>7} streams, {mib:>5} MiB, WAL since checkpoint {wal_mib}", data, args, results,
                       streams=streams, data_mib=mib, wal_mib=wal_mib)
-        shutil.rmtree(data.parent)
+        if not args.keep:
+            shutil.rmtree(data.parent)
     return results
 
 
@@ -167,12 +169,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the data directories under --dir (for scripts/recovery_profile.py)")
     args = parser.parse_args()
     args.streams.sort()
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="restart-time-", dir=args.dir) as tmp:
-        results = run(args, Path(tmp))
+    if args.keep:
+        assert args.dir, "--keep needs --dir"
+        results = run(args, Path(tempfile.mkdtemp(prefix="restart-time-", dir=args.dir)))
+    else:
+        with tempfile.TemporaryDirectory(prefix="restart-time-", dir=args.dir) as tmp:
+            results = run(args, Path(tmp))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -156,6 +156,12 @@ class StreamFds:
 def first_entry_at_or_past(fd: int, stream_id: int, position: int) -> IndexEntry | None:
     """Binary search of an index file for the first entry whose end is ≥ ``position``."""
     count = os.fstat(fd).st_size // INDEX_ENTRY.size
+    slot = first_slot_at_or_past(fd, stream_id, position, count)
+    return None if slot == count else read_entry(fd, stream_id, slot)
+
+
+def first_slot_at_or_past(fd: int, stream_id: int, position: int, count: int) -> int:
+    """The number of the first of ``count`` entries whose end is ≥ ``position`` (``count``: none)."""
     lo, hi = 0, count
     while lo < hi:
         mid = (lo + hi) // 2
@@ -163,7 +169,7 @@ def first_entry_at_or_past(fd: int, stream_id: int, position: int) -> IndexEntry
             lo = mid + 1
         else:
             hi = mid
-    return None if lo == count else read_entry(fd, stream_id, lo)
+    return lo
 
 
 def last_entry(path: str | os.PathLike[str], stream_id: int) -> IndexEntry | None:

@@ -1,6 +1,7 @@
 """Checkpoints: the StreamTable as of one WAL position, and recovery from it.
 
-Owns: the snapshot payload (every stream's state, as JSON), taking it at one
+Owns: the snapshot payload (every stream's state, as JSON; version 2, one
+array per stream, and version 1 still read), taking it at one
 log position while the table moves on (``TableSnapshot``, copy-on-write,
 encoded in slices), writing it, and loading it back (recovery.py replays
 the WAL after it).
@@ -27,7 +28,7 @@ from .fileops import REAL, FileOps
 from .snapshot import SnapshotWriter, list_snapshots
 from .wal import SegmentedLog
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def encode_table(table: StreamTable) -> bytes:
@@ -63,7 +64,7 @@ class TableSnapshot:
         self._slice_streams = slice_streams
         self._ids_end = table.next_stream_id
         self._next_id = 0  # every id below this is encoded (or needs no saving)
-        self._saved: dict[int, dict[str, Any]] = {}
+        self._saved: dict[int, list[Any]] = {}
         self._head = orjson.dumps({"version": FORMAT_VERSION, "next_stream_id": table.next_stream_id})[:-1]
         self._fenced = orjson.dumps([[k, v] for k, v in table.fenced_ids.items()])
         table.before_change = self._before_change
@@ -108,18 +109,34 @@ class TableSnapshot:
         return orjson.dumps(streams)[1:-1]
 
 
-def _encode_stream(s: StreamState) -> dict[str, Any]:
-    return {
-        "id": s.stream_id, "path": s.path, "ct": s.content_type,
-        "ttl": s.expiry.ttl_s, "exp": s.expiry.expires_at, "exp_s": s.expiry.expires_at_s,
-        "at": s.created_at, "tail": s.tail, "closed": s.closed,
-        "closed_by": dataclasses.astuple(s.closed_by) if s.closed_by else None,
-        "seq": s.last_seq,
-        "producers": {k: [v.epoch, v.last_seq] for k, v in s.producers.items()},
-        "fork": dataclasses.astuple(s.fork) if s.fork else None,
-        "refcount": s.refcount, "soft_deleted": s.soft_deleted,
-        **({"damaged": s.damaged} if s.damaged is not None else {}),
-    }
+# Version 2 stores each stream as an array: the five fields every stream has,
+# then the optional ones in this order, the trailing ones that hold their
+# default left out, so that the usual stream (no TTL, open, no producer, not
+# a fork) is five values. Version 1 (still read) was one object per stream,
+# field names and all: four times the bytes and twice the load time.
+_REQUIRED = 5  # id, path, content type, created at, tail
+# ttl, expires at, expires at (seconds form), closed, closed by, last seq,
+# producers, fork, refcount, soft deleted, damaged
+_OPTIONAL_DEFAULTS: tuple[Any, ...] = (None, None, None, False, None, None, {}, None, 0, False, None)
+
+
+def _encode_stream(s: StreamState) -> list[Any]:
+    required = [s.stream_id, s.path, s.content_type, s.created_at, s.tail]
+    expiry = s.expiry
+    if expiry.ttl_s is None and expiry.expires_at is None and expiry.expires_at_s is None and not s.closed \
+            and s.last_seq is None and not s.producers and s.fork is None and not s.refcount \
+            and not s.soft_deleted and s.damaged is None:
+        return required
+    optional = [
+        expiry.ttl_s, expiry.expires_at, expiry.expires_at_s, s.closed,
+        dataclasses.astuple(s.closed_by) if s.closed_by else None, s.last_seq,
+        {k: [v.epoch, v.last_seq] for k, v in s.producers.items()},
+        dataclasses.astuple(s.fork) if s.fork else None, s.refcount, s.soft_deleted, s.damaged,
+    ]
+    kept = len(optional)
+    while kept and optional[kept - 1] == _OPTIONAL_DEFAULTS[kept - 1]:
+        kept -= 1
+    return required + optional[:kept]
 
 
 def _collector_paused(decode: Callable[[bytes], StreamTable]) -> Callable[[bytes], StreamTable]:
@@ -142,25 +159,52 @@ def _collector_paused(decode: Callable[[bytes], StreamTable]) -> Callable[[bytes
 @_collector_paused
 def decode_table(payload: bytes) -> StreamTable:
     doc = orjson.loads(payload)
-    if doc.get("version") != FORMAT_VERSION:
-        raise ValueError(f"unsupported checkpoint version {doc.get('version')!r}")
+    version = doc.get("version")
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"unsupported checkpoint version {version!r}")
     table = StreamTable()
     no_expiry = Expiry()  # frozen, so the many streams without one can share it
-    for s in doc["streams"]:
-        ttl, exp, exp_s = s["ttl"], s["exp"], s["exp_s"]
-        table.add(StreamState(
-            s["id"], s["path"], s["ct"],
-            no_expiry if ttl is None and exp is None and exp_s is None else Expiry(ttl, exp, exp_s), s["at"],
-            tail=s["tail"], closed=s["closed"],
-            closed_by=Producer(*s["closed_by"]) if s["closed_by"] else None,
-            last_seq=s["seq"],
-            producers={k: ProducerState(*v) for k, v in s["producers"].items()},
-            fork=ForkOrigin(*s["fork"]) if s["fork"] else None,
-            refcount=s["refcount"], soft_deleted=s["soft_deleted"], damaged=s.get("damaged"),
-        ))
+    if version == 1:
+        for s in doc["streams"]:
+            table.add(_stream_v1(s, no_expiry))
+    else:
+        for s in doc["streams"]:
+            # The usual stream inline: a call per stream is a tenth of the load time.
+            table.add(StreamState(s[0], s[1], s[2], no_expiry, s[3], s[4]) if len(s) == _REQUIRED
+                      else _stream(s, no_expiry))
     table.fenced_ids = {k: v for k, v in doc.get("fenced_ids", [])}
     table.next_stream_id = max(table.next_stream_id, doc["next_stream_id"], *(k + 1 for k in table.fenced_ids))
     return table
+
+
+def _stream(s: list[Any], no_expiry: Expiry) -> StreamState:
+    """A version 2 stream with optional fields."""
+    if not _REQUIRED <= len(s) <= _REQUIRED + len(_OPTIONAL_DEFAULTS):
+        raise ValueError(f"a checkpointed stream has {len(s)} fields")
+    (stream_id, path, ct, at, tail, ttl, exp, exp_s, closed, closed_by, seq, producers, fork, refcount,
+     soft_deleted, damaged) = [*s, *_OPTIONAL_DEFAULTS[len(s) - _REQUIRED:]]
+    return _state(stream_id, path, ct, at, tail, no_expiry if ttl is None and exp is None and exp_s is None
+                  else Expiry(ttl, exp, exp_s), closed, closed_by, seq, producers, fork, refcount, soft_deleted, damaged)
+
+
+def _stream_v1(s: dict[str, Any], no_expiry: Expiry) -> StreamState:
+    ttl, exp, exp_s = s["ttl"], s["exp"], s["exp_s"]
+    return _state(s["id"], s["path"], s["ct"], s["at"], s["tail"],
+                  no_expiry if ttl is None and exp is None and exp_s is None else Expiry(ttl, exp, exp_s),
+                  s["closed"], s["closed_by"], s["seq"], s["producers"], s["fork"], s["refcount"],
+                  s["soft_deleted"], s.get("damaged"))
+
+
+def _state(stream_id: int, path: str, ct: str, at: float, tail: int, expiry: Expiry, closed: bool,
+           closed_by: list[Any] | None, seq: str | None, producers: dict[str, list[int]], fork: list[Any] | None,
+           refcount: int, soft_deleted: bool, damaged: str | None) -> StreamState:
+    return StreamState(
+        stream_id, path, ct, expiry, at, tail=tail, closed=closed,
+        closed_by=Producer(*closed_by) if closed_by else None, last_seq=seq,
+        producers={k: ProducerState(*v) for k, v in producers.items()},
+        fork=ForkOrigin(*fork) if fork else None,
+        refcount=refcount, soft_deleted=soft_deleted, damaged=damaged,
+    )
 
 
 def open_writer(directory: Path, position: int, ops: FileOps = REAL) -> tuple[SnapshotWriter, int | None]:

@@ -32,13 +32,13 @@ from functools import partial
 from pathlib import Path
 
 from ..config import Settings
-from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable
+from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, event_end
 from .blocksums import DataCorrupt, last_entry
 from .checkpoint import Recovered, decode_table
 from .events import DELETED, decode_event, positioned
 from .fileops import REAL, FileOps
 from .snapshot import SnapshotCorrupt, decode_snapshot, list_snapshots, snapshot_name
-from .store import Store
+from .store import Store, WrittenChecks
 from .wal import Damage, Record, SegmentedLog, WalError, describe_position, list_segments, segment_of
 
 log = logging.getLogger("trio_streams.recovery")
@@ -55,8 +55,9 @@ class _Start:
     damages: list[Damage]
     # Streams whose data file is shorter than the checkpoint says: id → why.
     short: dict[int, str]
-    # Data file sizes of the checkpoint's streams, as the crash left them (-1: missing).
-    sizes: dict[int, int] = dataclasses.field(default_factory=dict)
+    # Data file sizes (-1: missing) of the checkpoint's streams whose data file
+    # is not at its checkpointed length, as the crash left them.
+    resized: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def gaps(self) -> list[Damage]:
@@ -73,11 +74,12 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
     fence = mode == "fence_damaged_streams"
     # A WAL ending before a checkpoint that holds everything is skipped over in every mode.
     skip = fence or bool(start.gaps and not gaps)
-    replayer = _plan(start, gaps, fence, skip, reader, store, budget)
-    # Decided: everything below changes files.
-    _log_cuts(start, gaps, fence)
-    wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
-    replayer.rewrite(store, start.sizes, wal.recover(start.position, skip_damage=skip, resync_checksum_bytes_max=budget))
+    with WrittenChecks(store, store.open_files_max) as written:  # closes its descriptors on a refusal too
+        replayer = _plan(start, gaps, fence, skip, reader, store, budget, written)
+        # Decided: everything below changes files.
+        _log_cuts(start, gaps, fence)
+        wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
+        replayer.rewrite(store, start.resized, wal.recover(start.position, skip_damage=skip, resync_checksum_bytes_max=budget))
     store.remove_orphans_sync(set(start.table.by_id) | set(start.table.fenced_ids))
     _report(start.table)
     seconds = time.monotonic() - started
@@ -87,7 +89,7 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
 
 
 def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: SegmentedLog,
-          store: Store, budget: int) -> _Replayer:
+          store: Store, budget: int, written: WrittenChecks) -> _Replayer:
     """Replays the WAL into the table without writing anything: every refusal left
     (a record that does not continue its stream, or cannot be read) comes from here."""
     if gaps and not skip and gaps[0].before_start:
@@ -99,7 +101,7 @@ def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: Se
     for stream_id, why in start.short.items():
         start.table.by_id[stream_id].damaged = why
     starts = list_segments(reader.directory) if reader.directory.is_dir() else []
-    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence)
+    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence, written)
     replay: Callable[[Record], None] = replayer.replay
     if gaps and not skip:  # point_in_time: the log is cut at the first damage
         replay = partial(_replay_before, gaps[0].position, replayer.replay)
@@ -174,8 +176,8 @@ def _candidate(folder: Path, wal: SegmentedLog, store: Store, position: int | No
         if position is None and _stream_files_exist(store):
             reasons.append("stream files exist but there is neither a checkpoint nor a WAL to describe them")
             return None
-        sizes = _data_sizes(store, table)
-        return _Start(start, table, [], _short_files(store, table, set(), sizes), sizes)
+        resized = _resized(store, table)
+        return _Start(start, table, [], _short_files(store, table, set(), resized), resized)
     deleted: set[int] = set()
     try:
         damages, end = wal.survey(start, resync_checksum_bytes_max=budget, on_record=partial(_note_deleted, deleted))
@@ -186,8 +188,8 @@ def _candidate(folder: Path, wal: SegmentedLog, store: Store, position: int | No
         reasons.append(f"{_start_name(position)}: the WAL ends at log position {end}, "
                        f"before the newest checkpoint's {required_end}")
         return None
-    sizes = _data_sizes(store, table)
-    return _Start(start, table, damages, _short_files(store, table, deleted, sizes), sizes)
+    resized = _resized(store, table)
+    return _Start(start, table, damages, _short_files(store, table, deleted, resized), resized)
 
 
 def _note_deleted(deleted: set[int], record: Record) -> None:
@@ -195,26 +197,28 @@ def _note_deleted(deleted: set[int], record: Record) -> None:
         deleted.add(decode_event(record.rtype, record.payload).stream_id)
 
 
-def _data_sizes(store: Store, table: StreamTable) -> dict[int, int]:
-    sizes = {}
-    for stream_id in table.by_id:
+def _resized(store: Store, table: StreamTable) -> dict[int, int]:
+    """The data file sizes (-1: missing) that differ from the checkpointed lengths:
+    one ``stat`` per stream, and only these are looked at again."""
+    resized = {}
+    for state in table.by_id.values():
         try:
-            sizes[stream_id] = os.stat(store.file(stream_id)).st_size
+            size = os.stat(store.file(state.stream_id)).st_size
         except FileNotFoundError:
-            sizes[stream_id] = -1
-    return sizes
+            size = -1
+        if size != state.tail - state.base:
+            resized[state.stream_id] = size
+    return resized
 
 
-def _short_files(store: Store, table: StreamTable, deleted: set[int], sizes: dict[int, int]) -> dict[int, str]:
+def _short_files(store: Store, table: StreamTable, deleted: set[int], resized: dict[int, int]) -> dict[int, str]:
     """Streams whose data file is shorter than the checkpoint says. A stream the
     WAL deletes later is not among them: its files went with that delete."""
     short = {}
-    for state in table.by_id.values():
-        if state.stream_id in deleted:
-            continue
+    for stream_id, size in resized.items():
+        state = table.by_id[stream_id]
         length = state.tail - state.base
-        size = sizes[state.stream_id]
-        if size < length:
+        if stream_id not in deleted and size < length:
             have = "is missing" if size < 0 else f"has {size} bytes"
             short[state.stream_id] = (f"its data file {store.path(state.stream_id).name} {have}; the checkpoint "
                                       f"needs {length} (stream positions {state.base + max(size, 0)}..{state.tail} are lost)")
@@ -279,7 +283,8 @@ class _Replayer:
     It writes nothing: ``rewrite`` later puts the data of exactly the records it
     applied into the stream files, so that deciding never changes a file."""
 
-    def __init__(self, table: StreamTable, starts: list[int], gaps: list[int], fence: bool) -> None:
+    def __init__(self, table: StreamTable, starts: list[int], gaps: list[int], fence: bool,
+                 written: WrittenChecks) -> None:
         self._table = table
         self._starts = starts
         self._gaps = gaps
@@ -295,6 +300,8 @@ class _Replayer:
         self._created: set[int] = set()
         # Log position → where an append written before records kept ``pos`` was placed.
         self._legacy: dict[int, int] = {}
+        # Whether each replayed stream's files hold its replayed data already.
+        self._written = written
         self.replayed = 0
 
     def replay(self, record: Record) -> None:
@@ -336,6 +343,8 @@ class _Replayer:
         self._table.apply(event)
         self._created.add(event.stream_id)
         self._checked[event.stream_id] = gap
+        self._written.start_created(event.stream_id)
+        self._written.add(event.stream_id, 0, event.data, event_end(event))
 
     def _unknown(self, event: Appended | Deleted, record: Record) -> None:
         if isinstance(event, Deleted):
@@ -367,6 +376,9 @@ class _Replayer:
         placed = positioned(self._table, event)  # an old record without a position goes at the tail
         if event.position is None:
             self._legacy[record.position] = state.tail
+        if not self._written.started(state.stream_id):
+            self._written.start(state.stream_id, state.tail - state.base, state.tail)
+        self._written.add(state.stream_id, state.tail - state.base, placed.data, event_end(placed))
         self._table.apply(placed)
 
     def _wrong(self, record: Record, event: Event, why: str, state: StreamState | None) -> None:
@@ -380,28 +392,35 @@ class _Replayer:
         state.damaged = what
         self._unapplied_from[state.stream_id] = record.position
 
-    def rewrite(self, store: Store, sizes: dict[int, int], records: Iterator[Record]) -> None:
+    def rewrite(self, store: Store, resized: dict[int, int], records: Iterator[Record]) -> None:
         """Cuts the stream files back to the checkpoint, then writes the data of every
         record replay applied, in log order, as the running server wrote it.
 
-        A data file already at its checkpointed length (``sizes``: as the crash
-        left them) had nothing written past the checkpoint, or had it all cut
+        A data file already at its checkpointed length (not in ``resized``:
+        the sizes the crash left that differ) had nothing written past the checkpoint, or had it all cut
         (data files are extended first and cut last), so its index and
         checksums are exact too: it is left alone, which keeps restart time
-        independent of the data stored (docs/storage.md, "Recovery").
+        independent of the data stored (docs/storage.md, "Recovery"). So are
+        the files of a stream that hold exactly what this would write
+        (``WrittenChecks``), which keeps a restart after a process crash from
+        cutting and rewriting everything written since the checkpoint.
         """
-        for state in self._table.by_id.values():
-            if state.stream_id not in self._created and self._unapplied_from.get(state.stream_id) != 0:
-                tail = self._checkpointed.get(state.stream_id, state.tail)
-                if sizes.get(state.stream_id) != tail - state.base:
-                    store.truncate_sync(state.stream_id, tail - state.base, tail)
+        held = self._written.held(lambda stream_id: stream_id in self._table.by_id and stream_id not in self._unapplied_from)
+        for stream_id in held:
+            store.adopt_sync(stream_id)
+        for stream_id in resized.keys() - held - self._created:
+            state = self._table.by_id.get(stream_id)
+            if state is not None and self._unapplied_from.get(stream_id) != 0:
+                tail = self._checkpointed.get(stream_id, state.tail)
+                store.truncate_sync(stream_id, tail - state.base, tail)
         for record in records:
             event = decode_event(record.rtype, record.payload)
             if isinstance(event, Deleted):
                 continue
             owner = self._table.by_id.get(event.stream_id)
-            if owner is None or record.position >= self._unapplied_from.get(owner.stream_id, record.position + 1):
-                continue  # deleted since, fenced, or never applied: its files are not served
+            if owner is None or owner.stream_id in held or \
+                    record.position >= self._unapplied_from.get(owner.stream_id, record.position + 1):
+                continue  # deleted since, fenced, never applied, or on disk already
             if event.position is None:
                 event = dataclasses.replace(event, position=self._legacy.pop(record.position))
             store.write_event_sync(event, owner.base)

@@ -17,6 +17,7 @@ files are a cache of it, truncated and rewritten from it on recovery.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -76,6 +77,10 @@ class Store:
         self._reported: set[tuple[int, int, int]] = set()
         self._reported_max = corrupt_ranges_logged_max
         self._counts = {"data_corrupt_reads_total": 0, "data_corrupt_ranges_total": 0}
+
+    @property
+    def open_files_max(self) -> int:
+        return self._open_files_max
 
     def path(self, stream_id: int, kind: str = _DATA) -> Path:
         return self.directory / _file_name(stream_id, kind)
@@ -192,6 +197,13 @@ class Store:
                 self.ops.unlink(self.path(stream_id, kind))
             except FileNotFoundError:
                 pass
+
+    def adopt_sync(self, stream_id: int) -> None:
+        """Takes over files recovery found already written (``WrittenChecks``): the
+        process that wrote them may have died before syncing them, so the next
+        checkpoint syncs them, as if this process had written them."""
+        for kind in KINDS:
+            self._dirty.add((stream_id, kind))
 
     def truncate_sync(self, stream_id: int, file_length: int, tail: int) -> bool:
         """Cuts a stream's files back to a checkpointed state (recovery); False,
@@ -392,6 +404,133 @@ class Store:
             return None if entry is None else entry.end
         finally:
             os.close(fd)
+
+
+@dataclasses.dataclass(slots=True)
+class _Written:
+    """What one stream's files must hold for recovery to leave them alone."""
+
+    file_start: int  # the checkpointed length: replayed data starts here
+    kept_entries: int  # index entries the cut back to the checkpoint keeps
+    file_end: int
+    partial_crc: int
+    sums: bytearray  # from block file_start // BLOCK_BYTES on
+    entries: bytearray  # after the kept ones
+    holds: bool = True
+
+
+class WrittenChecks:
+    """Which streams' files already hold the data recovery would rewrite, exactly
+    as the cut back to the checkpoint and ``append_sync`` would leave them.
+
+    After a process crash the page cache still holds everything the server
+    wrote, so rewriting it only costs time: cutting files whose blocks are
+    already allocated frees them (journal work, discards), then writing
+    allocates them again. The proof compares bytes, not just lengths: each
+    replayed append's data is read back from the data file and compared,
+    and the index entries and block checksums it would write are computed
+    as ``append_sync`` computes them and compared with the files, whose
+    lengths must be exactly what writing leaves. Reads only (recovery runs
+    it while deciding). docs/storage.md, "Recovery".
+    """
+
+    def __init__(self, store: Store, open_files_max: int) -> None:
+        self._store = store
+        self._streams: dict[int, _Written | None] = {}
+        # Read descriptors of data files, least recently used closed first.
+        self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._open_files_max = max(1, open_files_max)
+
+    def start_created(self, stream_id: int) -> None:
+        """Begins a stream replay creates: writing makes its files afresh, so they must hold nothing else."""
+        self._streams[stream_id] = _Written(0, 0, 0, 0, bytearray(), bytearray())
+
+    def start(self, stream_id: int, file_start: int, tail: int) -> None:
+        """Begins a checkpointed stream whose replayed data starts at ``file_start`` (position ``tail``)."""
+        try:
+            self._streams[stream_id] = self._cut_back(stream_id, file_start, tail)
+        except (FileNotFoundError, DataCorrupt):
+            self._streams[stream_id] = None
+
+    def _cut_back(self, stream_id: int, file_start: int, tail: int) -> _Written | None:
+        """The state the cut back leaves, or None when the partial block's crc would not
+        come from the kept index entry (``Store._partial_crc_sync``'s other paths)."""
+        fd = os.open(self._store.file(stream_id, _INDEX), os.O_RDONLY)
+        try:
+            count = os.fstat(fd).st_size // INDEX_ENTRY.size
+            kept = blocksums.first_slot_at_or_past(fd, stream_id, tail + 1, count)
+            last = blocksums.read_entry(fd, stream_id, kept - 1) if kept else None
+        finally:
+            os.close(fd)
+        if file_start % BLOCK_BYTES == 0:
+            return _Written(file_start, kept, file_start, 0, bytearray(), bytearray())
+        if last is None or last.end != tail:
+            return None
+        return _Written(file_start, kept, file_start, last.block_crc, bytearray(), bytearray())
+
+    def started(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    def add(self, stream_id: int, file_position: int, data: bytes, end_position: int) -> None:
+        """One replayed append, in log order: its bytes must be in the data file already."""
+        written = self._streams[stream_id]
+        if written is None or not written.holds or not data:
+            return
+        if file_position != written.file_end or not self._data_matches(stream_id, file_position, data):
+            written.holds = False
+            return
+        full, entry_crc, written.partial_crc = blocksums.extend(file_position, written.partial_crc, data)
+        written.sums += b"".join(SUM.pack(c) for c in full)
+        written.entries += IndexEntry(end_position, entry_crc).pack()
+        written.file_end += len(data)
+
+    def _data_matches(self, stream_id: int, file_position: int, data: bytes) -> bool:
+        fd = self._fds.pop(stream_id, None)
+        if fd is None:
+            try:
+                fd = os.open(self._store.file(stream_id), os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+        self._fds[stream_id] = fd
+        while len(self._fds) > self._open_files_max:
+            os.close(self._fds.popitem(last=False)[1])
+        return blocksums.pread_exact(fd, len(data), file_position) == data
+
+    def held(self, stream_ids: Callable[[int], bool]) -> set[int]:
+        """The streams (of those ``stream_ids`` accepts) whose files hold everything; closes what it opened."""
+        self.close()
+        return {stream_id for stream_id, written in self._streams.items()
+                if written is not None and written.holds and stream_ids(stream_id) and self._files_hold(stream_id, written)}
+
+    def _files_hold(self, stream_id: int, written: _Written) -> bool:
+        first_sum = written.file_start // BLOCK_BYTES * SUM.size
+        try:
+            return (os.stat(self._store.file(stream_id)).st_size == written.file_end
+                    and _tail_is(self._store.file(stream_id, _SUMS), first_sum, written.sums,
+                                 written.file_end // BLOCK_BYTES * SUM.size)
+                    and _tail_is(self._store.file(stream_id, _INDEX), written.kept_entries * INDEX_ENTRY.size,
+                                 written.entries, written.kept_entries * INDEX_ENTRY.size + len(written.entries)))
+        except FileNotFoundError:
+            return False
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    def __enter__(self) -> WrittenChecks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _tail_is(path: str, offset: int, expected: bytes | bytearray, size: int) -> bool:
+    """Whether the file is ``size`` bytes long and holds ``expected`` from ``offset`` on."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.fstat(fd).st_size == size and blocksums.pread_exact(fd, len(expected), offset) == expected
+    finally:
+        os.close(fd)
 
 
 def _kept_entries(entries: list[IndexEntry | None], tail: int) -> int:
