@@ -496,3 +496,13 @@ def test_malformed_fork_references_are_400(value: str) -> None:
 ])
 def test_origins_fill_in_default_ports_and_fold_case(scheme: str, authority: str, origin: object) -> None:
     assert urls.parse_origin(scheme, authority) == origin
+
+
+def test_a_content_type_mismatch_names_both_types_and_cuts_the_clients() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decide_append(_stream(), _append(content_type="application/json"))
+    assert (info.value.status, info.value.code) == (409, "CONTENT_TYPE_MISMATCH")
+    assert "'application/json'" in info.value.message and "'text/plain'" in info.value.message
+    with pytest.raises(ProtocolError) as info:
+        decide_append(_stream(), _append(content_type="x/" + "y" * 10_000))
+    assert len(info.value.message) < 200  # untrusted input is never echoed whole

@@ -85,7 +85,7 @@ def _fork_config(req: CreateRequest, source: StreamState) -> tuple[str, Expiry]:
     content_type = source.content_type
     if req.content_type_given:
         if media_type(req.content_type) != media_type(source.content_type):
-            raise conflict("Content-Type differs from the source stream's", "CONTENT_TYPE_MISMATCH")
+            raise type_mismatch(req.content_type, source.content_type, "the source stream's")
         content_type = req.content_type
     requested = req.expiry
     explicit = requested.ttl_s is not None or requested.expires_at is not None
@@ -125,6 +125,11 @@ def state_headers(state: StreamState) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
+def type_mismatch(given: str, expected: str, whose: str) -> ProtocolError:
+    """409 naming both types (the client's, cut short: it is untrusted input)."""
+    return conflict(f"Content-Type {given[:64]!r} does not match {whose} {expected!r}", "CONTENT_TYPE_MISMATCH")
+
+
 def decide_append(state: StreamState, req: AppendRequest) -> tuple[Appended | None, Reply]:
     """The Appended event (None when nothing changes) and the reply it earns."""
     if state.soft_deleted:
@@ -132,7 +137,7 @@ def decide_append(state: StreamState, req: AppendRequest) -> tuple[Appended | No
     if state.closed:
         return None, _append_to_closed(state, req)
     if req.body and media_type(req.content_type or "") != media_type(state.content_type):
-        raise conflict("Content-Type does not match the stream's", "CONTENT_TYPE_MISMATCH")
+        raise type_mismatch(req.content_type or "", state.content_type, "the stream's")
     if req.producer is not None:
         duplicate = _check_producer(state, req.producer)
         if duplicate is not None:
