@@ -160,6 +160,11 @@ class Settings:
     cache_max_age_s: int = 60
     cache_stale_while_revalidate_s: int = 300
 
+    # Operations: backups (GET /admin/backup, `trio-streams backup`).
+    # Bytes of a stream file read per worker-thread call and sent per response
+    # write while a backup streams: with the send, the memory one backup holds.
+    backup_read_chunk_bytes: int = 1024 * 1024
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -177,6 +182,8 @@ class Settings:
         self._validate_storage_faults()
         self._validate_log_writer()
         self._validate_checkpoints()
+        if self.backup_read_chunk_bytes < 1:
+            raise ValueError("backup_read_chunk_bytes must be at least 1")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:

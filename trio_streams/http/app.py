@@ -22,7 +22,7 @@ from ..config import Settings, settings_from_env
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
 from ..streams.facade import Streams
-from . import fd_budget, handlers, hypercorn_guard, reads
+from . import admin, fd_budget, handlers, hypercorn_guard, reads
 from .asgi import (
     ALLOWED_METHODS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers, error_body,
     parse_request, respond,
@@ -43,6 +43,7 @@ class App:
         self._reads: reads.Reads | None = None
         # Found through this app by the guarded Hypercorn writer (hypercorn_guard.py).
         self.send_deadlines = SendDeadlines(settings.send_timeout_s)
+        self._admin = admin.Admin(self.service, settings, self._base, self.send_deadlines, _until_disconnect)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -94,6 +95,8 @@ class App:
             log.debug("could not send error response", exc_info=True)
 
     async def _route(self, req: Request, send: Send) -> None:
+        if req.path.startswith(admin.PREFIX):
+            return await self._admin.handle(req, send)
         if req.path in ("/healthz", "/metrics"):
             await self._operations(req, send)
             return

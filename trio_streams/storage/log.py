@@ -117,6 +117,26 @@ class LogStatistics:
     disk_full_batches: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointTaken:
+    """A checkpoint asked for with ``Log.checkpoint_now``, durable on disk."""
+
+    position: int  # the log position it covers: checkpoints/checkpoint-<position>.snap
+    duration_s: float  # from its start (between batches) until its snapshot was durable
+
+
+@dataclasses.dataclass(slots=True)
+class _CheckpointRequest:
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    taken: CheckpointTaken | None = None
+    error: BaseException | None = None
+
+    def settle(self, taken: CheckpointTaken | None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.taken, self.error = taken, error
+            self.done.set()
+
+
 @dataclasses.dataclass(slots=True)
 class _Submission:
     events: Sequence[Event]
@@ -164,6 +184,15 @@ class Log:
         self._wal_lock = trio.Lock()
         self._stats = dict(batches=0, events=0, syncs=0, checkpoints=0, last_batch_events=0)
         self._last_sync_s = 0.0
+        # On-demand checkpoints (ops/backup.py, POST /admin/checkpoint): requests not
+        # yet begun, and the writer's idle wait, which a request cuts short.
+        self._checkpoint_requests: list[_CheckpointRequest] = []
+        self._idle: trio.CancelScope | None = None
+        # While a backup copies stream files, files of deleted streams are kept
+        # (their ids wait here) and removed once the last hold ends.
+        self._removal_holds = 0
+        self._stopped = False
+        self._held_removals: list[int] = []
 
     # -- producers' side -------------------------------------------------
 
@@ -204,6 +233,36 @@ class Log:
         """No more submissions; ``run`` finishes what it has, flushes and returns."""
         self._send.close()
 
+    async def checkpoint_now(self) -> CheckpointTaken:
+        """Asks for a checkpoint begun after this call and returns once it is durable.
+
+        The writer takes it between batches, like its own; one already being
+        written began before the request, so a new one follows it."""
+        if self._failed is not None or self._stopped:
+            raise StorageFailed(str(self._failed or "the log writer stopped"))
+        request = _CheckpointRequest()
+        self._checkpoint_requests.append(request)
+        self._wake()
+        await request.done.wait()
+        if request.error is not None:
+            raise StorageFailed(f"checkpoint failed: {request.error}") from request.error
+        assert request.taken is not None
+        return request.taken
+
+    def hold_removals(self) -> None:
+        """Keeps the files of streams deleted from now on until ``release_removals``."""
+        self._removal_holds += 1
+
+    def release_removals(self) -> None:
+        self._removal_holds -= 1
+        assert self._removal_holds >= 0
+        if not self._removal_holds and self._held_removals:
+            self._wake()  # the writer removes them (it owns the store's descriptors)
+
+    def _wake(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+
     # -- the writer task -------------------------------------------------
 
     async def run(self) -> None:
@@ -221,7 +280,9 @@ class Log:
             finally:
                 # Cancelled (the service is torn down): submitters wait shielded, so
                 # whatever is still queued must be answered or they wait forever.
+                self._stopped = True
                 self._refuse_queued(StorageFailed("the log writer stopped"))
+                self._refuse_checkpoint_requests(StorageFailed("the log writer stopped"))
 
     async def _write_until_closed(self, nursery: trio.Nursery) -> None:
         while True:
@@ -230,6 +291,7 @@ class Log:
                 return
             if batch:
                 await self._commit(batch)
+            await self._remove_files()
             await self._maybe_interval_sync()
             await self._maybe_checkpoint(nursery)
 
@@ -240,7 +302,13 @@ class Log:
         self.health.enter("failed", error, self._clock.wall())
         refusal = StorageFailed(f"{type(error).__name__}: {error}")
         self._refuse_queued(refusal)
+        self._refuse_checkpoint_requests(refusal)
         self.on_failed(error)
+
+    def _refuse_checkpoint_requests(self, refusal: StorageFailed) -> None:
+        requests, self._checkpoint_requests = self._checkpoint_requests, []
+        for request in requests:
+            request.settle(None, refusal)
 
     def _refuse_queued(self, refusal: StorageFailed) -> None:
         for submission in self._in_flight:
@@ -257,7 +325,9 @@ class Log:
         timeout = math.inf
         if self._settings.fsync == "interval" and self._unsynced:
             timeout = max(0.0, self._last_sync + self._settings.fsync_interval_ms / 1000 - self._clock.monotonic())
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(timeout) as self._idle:
+            if self._checkpoint_requests or (self._held_removals and not self._removal_holds):
+                return []  # asked for while the writer was busy: serve it before waiting
             try:
                 first = await self._receive.receive()
             except trio.EndOfChannel:
@@ -292,7 +362,6 @@ class Log:
         for submission in batch:  # durable: acknowledged whatever follows (module docstring)
             submission.done.set()
         self._apply(events)  # no checkpoint before it ends: no woken submitter runs before
-        await self._remove_files()
 
     async def _refuse_batch(self, batch: list[_Submission], events: list[Event], error: OSError) -> None:
         """The disk is full: the WAL cut itself back; cut the stream files back too
@@ -321,8 +390,13 @@ class Log:
             self.health.state, self.health.since = "ok", self._clock.wall()
 
     async def _remove_files(self) -> None:
-        """Deletes the files of streams that left the table (their records are fsynced)."""
+        """Deletes the files of streams that left the table (their records are fsynced),
+        unless a backup holds them (``hold_removals``)."""
         removed, self._table.removed = self._table.removed, []
+        if self._removal_holds:
+            self._held_removals += removed
+            return
+        removed, self._held_removals = self._held_removals + removed, []
         if removed:
             def remove_all() -> None:
                 for stream_id in removed:
@@ -384,28 +458,47 @@ class Log:
             self._last_sync = self._clock.monotonic()
 
     async def _maybe_checkpoint(self, nursery: trio.Nursery) -> None:
-        if self._checkpointing is not None or self._clock.monotonic() < self._checkpoint_retry_at:
+        if self._checkpointing is not None:
             return
+        requests, self._checkpoint_requests = self._checkpoint_requests, []
+        if not requests and not self._checkpoint_due():
+            return
+        started = self._clock.monotonic()
+        try:
+            begun = await self._begin_checkpoint()
+        except OSError as error:
+            for request in requests:
+                request.settle(None, error)
+            self._checkpoint_failed(error)
+            return
+        self._checkpointing = trio.CancelScope()
+        nursery.start_soon(self._checkpoint_in_background, self._checkpointing, requests, started, *begun)
+
+    def _checkpoint_due(self) -> bool:
+        if self._clock.monotonic() < self._checkpoint_retry_at:
+            return False
         grown = self._wal.end_position - self._checkpoint_position
         aged = self._clock.monotonic() - self._checkpoint_time >= self._settings.checkpoint_interval_s
-        if grown >= self._settings.checkpoint_wal_bytes or (grown > 0 and aged):
-            try:
-                begun = await self._begin_checkpoint()
-            except OSError as error:
-                self._checkpoint_failed(error)
-                return
-            self._checkpointing = trio.CancelScope()
-            nursery.start_soon(self._checkpoint_in_background, self._checkpointing, *begun)
+        return grown >= self._settings.checkpoint_wal_bytes or (grown > 0 and aged)
 
-    async def _checkpoint_in_background(self, scope: trio.CancelScope, position: int,
-                                        snapshot: checkpoint.TableSnapshot) -> None:
+    async def _checkpoint_in_background(self, scope: trio.CancelScope, requests: list[_CheckpointRequest],
+                                        started: float, position: int, snapshot: checkpoint.TableSnapshot) -> None:
         try:
             with scope:
                 await self._finish_checkpoint(position, snapshot)
+            taken = CheckpointTaken(position, self._clock.monotonic() - started)
+            for request in requests:
+                request.settle(taken)
         except OSError as error:
+            for request in requests:
+                request.settle(None, error)
             self._checkpoint_failed(error)
         finally:
+            for request in requests:  # abandoned at shutdown, or the writer failed
+                request.settle(None, StorageFailed("the checkpoint was abandoned"))
             self._checkpointing = None
+            if self._checkpoint_requests:
+                self._wake()  # asked for while this one was being written
 
     def _abandon_checkpoint(self) -> None:
         """At shutdown: the final checkpoint covers more; the abandoned one's temp
