@@ -20,6 +20,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from . import verify_cli
+from .ops import cli as ops_cli
 from .client import cli as client_cli
 from .config import FSYNC_MODES, settings_from_env
 from .http.app import App, create_app
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")
     client_cli.add_commands(commands)
     verify_cli.add_command(commands)
+    ops_cli.add_commands(commands)
     return parser
 
 
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return client_cli.run(args)
     if args.command == "verify":
         return verify_cli.run(args)
+    if args.command in ops_cli.COMMANDS:
+        return ops_cli.run(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return run_server(args)

@@ -101,10 +101,16 @@ def total_bytes(directory: Path) -> int:
     return total
 
 
+def load_state(directory: Path, report: Report, progress: Progress = lambda n: None) -> tuple[int, StreamTable, int]:
+    """The newest valid checkpoint's position, the table with the WAL after it
+    replayed, and the WAL's end (read-only; findings go to ``report``)."""
+    position, table = _checkpoints(directory / "checkpoints", report, progress)
+    return position, table, _wal(directory / "wal", position, table, report, progress)
+
+
 def verify_directory(directory: Path, progress: Progress = lambda n: None) -> Report:
     report = Report()
-    position, table = _checkpoints(directory / "checkpoints", report, progress)
-    wal_end = _wal(directory / "wal", position, table, report, progress)
+    _, table, wal_end = load_state(directory, report, progress)
     streams = directory / "streams"
     ids = set(table.by_id) | _stream_ids(streams)
     for stream_id in sorted(ids):
