@@ -1,0 +1,159 @@
+"""The admin endpoints: who may call them, their methods, the checkpoint answer,
+one backup at a time, and the log writer's on-demand checkpoint and removal hold."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import PREFIX, Server, assert_error, deadline_poll
+from trio_streams.http.admin import admin_allowed
+from trio_streams.http.asgi import Request
+
+
+def _request(client: tuple[str, int] | None, headers: dict[str, str] | None = None) -> Request:
+    scope = {"type": "http", "method": "POST", "path": "/admin/checkpoint", "client": client, "headers": []}
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request"}
+
+    return Request("POST", "/admin/checkpoint", headers or {}, [], scope, receive)
+
+
+@pytest.mark.parametrize("client, allowed", [
+    (("127.0.0.1", 5000), True),
+    (("127.8.9.10", 5000), True),
+    (("::1", 5000, 0, 0), True),
+    (("10.0.0.5", 5000), False),
+    (("192.168.1.20", 5000), False),
+    (("2001:db8::1", 5000, 0, 0), False),
+    (("::ffff:10.0.0.5", 5000, 0, 0), False),
+    (("not-an-address", 1), False),
+    (None, False),
+])
+def test_admin_allowed_answers_loopback_peers_only(client: tuple[str, int] | None, allowed: bool) -> None:
+    assert admin_allowed(_request(client)) is allowed
+
+
+@pytest.mark.parametrize("header", ["x-forwarded-for", "forwarded", "x-real-ip"])
+def test_a_request_forwarded_by_a_local_proxy_is_not_local(header: str) -> None:
+    assert admin_allowed(_request(("127.0.0.1", 5000), {header: "203.0.113.9"})) is False
+
+
+def test_a_forwarded_request_gets_403_forbidden(server: Server) -> None:
+    resp = httpx.post(f"{server.url}/admin/checkpoint", headers={"x-forwarded-for": "203.0.113.9"})
+    assert_error(resp, 403, "FORBIDDEN")
+    resp = httpx.get(f"{server.url}/admin/backup", headers={"forwarded": "for=203.0.113.9"})
+    assert_error(resp, 403, "FORBIDDEN")
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("GET", "/admin/checkpoint", "POST"),
+    ("PUT", "/admin/checkpoint", "POST"),
+    ("DELETE", "/admin/checkpoint", "POST"),
+    ("HEAD", "/admin/checkpoint", "POST"),
+    ("POST", "/admin/backup", "GET"),
+    ("DELETE", "/admin/backup", "GET"),
+    ("OPTIONS", "/admin/backup", "GET"),
+])
+def test_wrong_methods_get_405_with_allow(server: Server, method: str, path: str, allow: str) -> None:
+    resp = httpx.request(method, f"{server.url}{path}")
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == allow
+    if method != "HEAD":
+        assert_error(resp, 405, "METHOD_NOT_ALLOWED")
+
+
+def test_an_unknown_admin_path_is_404(server: Server) -> None:
+    assert_error(httpx.post(f"{server.url}/admin/nothing"), 404, "NOT_FOUND")
+
+
+def test_checkpoint_answers_its_position_once_durable(fresh_server: Server) -> None:
+    url = fresh_server.stream_url("cp")
+    assert httpx.put(url, headers={"content-type": "text/plain"}, content=b"x" * 100).status_code == 201
+    first = httpx.post(f"{fresh_server.url}/admin/checkpoint")
+    assert first.status_code == 200
+    body = first.json()
+    assert body["position"] > 100 and body["duration_s"] >= 0
+    assert (fresh_server.data_dir / body["file"]).is_file()
+    assert body["file"] == f"checkpoints/checkpoint-{body['position']:020d}.snap"
+    assert httpx.post(url, headers={"content-type": "text/plain"}, content=b"y").status_code in (200, 204)
+    second = httpx.post(f"{fresh_server.url}/admin/checkpoint").json()
+    assert second["position"] > body["position"]  # it covers the append made since
+    assert (fresh_server.data_dir / second["file"]).is_file()
+
+
+def test_the_checkpoint_command_prints_the_answer(fresh_server: Server) -> None:
+    import subprocess
+
+    from conftest import EXE
+
+    done = subprocess.run([str(EXE), "checkpoint", "--url", fresh_server.url], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert '"position"' in done.stdout and '"duration_s"' in done.stdout
+
+
+def test_one_backup_at_a_time(tmp_path: Path) -> None:
+    """A backup whose reader stalls holds the slot; a second one is refused with 409."""
+    srv = Server(tmp_path / "data", ["--append-bytes-max", str(8 * 1024 * 1024)])
+    srv.data_dir.mkdir()
+    try:
+        srv.start()
+        # Far more than the socket buffers hold, so the first backup blocks on its reader.
+        chunk = os.urandom(4 * 1024 * 1024)
+        assert httpx.put(srv.stream_url("big"), headers={"content-type": "application/octet-stream"}).status_code == 201
+        for _ in range(8):
+            assert httpx.post(srv.stream_url("big"), headers={"content-type": "application/octet-stream"},
+                              content=chunk, timeout=30).status_code in (200, 204)
+        with socket.create_connection(("127.0.0.1", srv.port)) as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(b"GET /admin/backup HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert stalled.recv(12).startswith(b"HTTP/1.1 200")
+
+            def refused() -> bool:
+                return httpx.get(f"{srv.url}/admin/backup", timeout=30).status_code == 409
+
+            deadline_poll(refused, 10.0, what="a second backup refused")
+            resp = httpx.get(f"{srv.url}/admin/backup", timeout=30)
+            assert_error(resp, 409, "BACKUP_IN_PROGRESS")
+        # The stalled client left: the slot frees (its send fails or times out).
+        deadline_poll(lambda: _backup_status(srv) == 200, 60.0, what="a backup once the first ended")
+    finally:
+        srv.kill_quietly()
+
+
+def _backup_status(srv: Server) -> int:
+    with httpx.stream("GET", f"{srv.url}/admin/backup", timeout=60) as resp:
+        for _ in resp.iter_raw():
+            pass
+        return resp.status_code
+
+
+async def test_deleted_streams_keep_their_files_while_removals_are_held(inproc) -> None:  # type: ignore[no-untyped-def]
+    client, log = inproc.client, inproc.app.service.log
+    url = f"{PREFIX}held"
+    assert (await client.put(url, headers={"content-type": "text/plain"}, content=b"kept")).status_code == 201
+    stream_id = inproc.app.service.view.at("held").stream_id
+    files = [Path(inproc.settings.data_dir) / "streams" / f"{stream_id:016x}{kind}" for kind in (".dat", ".idx", ".sum")]
+    log.hold_removals()
+    assert (await client.delete(url)).status_code == 204
+    await log.checkpoint_now()  # the writer has been round its loop since the delete
+    assert all(f.exists() for f in files)
+    assert (await client.get(url)).status_code == 404  # deleted all the same
+    log.release_removals()
+    # The writer removes held files before the next checkpoint it takes.
+    await log.checkpoint_now()
+    assert not any(f.exists() for f in files)
+
+
+async def test_checkpoint_now_covers_everything_acknowledged_before_it(inproc) -> None:  # type: ignore[no-untyped-def]
+    client, log = inproc.client, inproc.app.service.log
+    assert (await client.put(f"{PREFIX}c", headers={"content-type": "text/plain"}, content=b"abc")).status_code == 201
+    end = log.statistics().wal_end_position
+    taken = await log.checkpoint_now()
+    assert taken.position == end
+    assert (Path(inproc.settings.data_dir) / "checkpoints" / f"checkpoint-{end:020d}.snap").is_file()
