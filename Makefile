@@ -2,6 +2,12 @@
 #   make run    serve on 127.0.0.1:4437 with ./data
 #   make test   unit + integration + one crash run + the official conformance suite
 #   make verify DATA=dir   check a data directory against its checksums (read-only; may run beside the server)
+#   make backup DEST=dir|file.tar [URL=http://host:port]   consistent backup of the running server
+#   make backup-offline DEST=dir|file.tar DATA=dir   backup of a stopped server's data directory
+#   make restore SRC=dir|file.tar DATA=dir   restore into a new or empty directory, then verify it
+#   make stats DATA=dir    streams, bytes, WAL, checkpoint, largest streams (read-only)
+#   make checkpoint [URL=…]   ask the running server for a checkpoint now
+#   make status [URL=…]    the running server's readiness, pretty-printed
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,9 +15,12 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 4437
 DATA ?= ./data
+URL ?= http://$(HOST):$(PORT)
+TRIO_STREAMS := $(VENV)/bin/trio-streams
 CONFORMANCE_DIR := tests/conformance
 
 .PHONY: install run test test-all unit conformance conformance-node node-deps bench crash verify lock clean
+.PHONY: backup backup-offline restore stats checkpoint status
 
 install: $(VENV)/.installed
 
@@ -36,6 +45,29 @@ run: install
 
 verify: install
 	$(VENV)/bin/trio-streams verify $(DATA)
+
+# Operations (README "Operations"). A backup of a running server goes through
+# GET /admin/backup (local requests only until auth is configured).
+backup: install
+	@test -n "$(DEST)" || { echo "usage: make backup DEST=dir|file.tar|- [URL=$(URL)]" >&2; exit 2; }
+	$(TRIO_STREAMS) backup --url $(URL) $(DEST)
+
+backup-offline: install
+	@test -n "$(DEST)" || { echo "usage: make backup-offline DEST=dir|file.tar|- DATA=dir" >&2; exit 2; }
+	$(TRIO_STREAMS) backup --data-dir $(DATA) $(DEST)
+
+restore: install
+	@test -n "$(SRC)" || { echo "usage: make restore SRC=dir|file.tar DATA=dir" >&2; exit 2; }
+	$(TRIO_STREAMS) restore $(SRC) $(DATA)
+
+stats: install
+	$(TRIO_STREAMS) stats $(DATA)
+
+checkpoint: install
+	$(TRIO_STREAMS) checkpoint --url $(URL)
+
+status: install
+	$(TRIO_STREAMS) status --url $(URL)
 
 unit: install
 	$(PY) -m pytest -q

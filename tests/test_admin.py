@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import PREFIX, Server, assert_error, deadline_poll
+from conftest import PREFIX, Server, assert_error, deadline_poll, free_port
 from trio_streams.http.admin import admin_allowed
 from trio_streams.http.asgi import Request
 
@@ -157,3 +157,50 @@ async def test_checkpoint_now_covers_everything_acknowledged_before_it(inproc) -
     taken = await log.checkpoint_now()
     assert taken.position == end
     assert (Path(inproc.settings.data_dir) / "checkpoints" / f"checkpoint-{end:020d}.snap").is_file()
+
+
+async def test_a_checkpoint_asked_for_while_one_is_written_follows_it(inproc, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The second request waits for the first checkpoint's end (the writer keeps
+    committing meanwhile), then gets a checkpoint of its own that covers more."""
+    import trio
+
+    client, log = inproc.client, inproc.app.service.log
+    writing, release = trio.Event(), trio.Event()
+    original = log._write_snapshot
+
+    async def held(position: int, snapshot: object) -> int | None:
+        writing.set()
+        await release.wait()
+        return await original(position, snapshot)
+
+    monkeypatch.setattr(log, "_write_snapshot", held)
+    url = f"{PREFIX}during"
+    assert (await client.put(url, headers={"content-type": "text/plain"}, content=b"a")).status_code == 201
+    taken: list[object] = []
+
+    async def ask() -> None:
+        taken.append(await log.checkpoint_now())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await writing.wait()
+        nursery.start_soon(ask)
+        # The writer neither spins nor stalls while the first is held: appends go on.
+        assert (await client.post(url, headers={"content-type": "text/plain"}, content=b"b")).status_code in (200, 204)
+        assert taken == []
+        release.set()
+    first, second = taken
+    assert second.position > first.position  # type: ignore[attr-defined]
+
+
+def test_the_status_command_prints_readiness(server: Server) -> None:
+    import subprocess
+
+    from conftest import EXE
+
+    done = subprocess.run([str(EXE), "status", "--url", server.url], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert '"status": "ok"' in done.stdout
+    down = subprocess.run([str(EXE), "status", "--url", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1 and "ConnectError" in down.stderr

@@ -25,7 +25,7 @@ import trio
 from ..verify_cli import print_report
 from . import archive, backup, restore, stats
 
-COMMANDS = ("backup", "restore", "stats", "checkpoint")
+COMMANDS = ("backup", "restore", "stats", "checkpoint", "status")
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:4437"
 HTTP_TIMEOUT_S = 60.0
@@ -51,6 +51,8 @@ def add_commands(commands: Any) -> None:
     c = commands.add_parser("checkpoint", help="ask a running server to take a checkpoint now (POST /admin/checkpoint)")
     c.add_argument("--url", default=DEFAULT_URL)
     c.add_argument("--token", help="bearer token with the admin scope (default $TRIO_STREAMS_TOKEN)")
+    st = commands.add_parser("status", help="a running server's readiness (GET /healthz/ready, else /healthz)")
+    st.add_argument("--url", default=DEFAULT_URL)
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -88,6 +90,19 @@ def _checkpoint(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _refused(response, "checkpoint", err)
     print(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode(), file=out)
     return EXIT_OK
+
+
+def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Exit 0 when the server is ready, 1 when it answers otherwise or not at all."""
+    base = args.url.rstrip("/")
+    response = httpx.get(f"{base}/healthz/ready", timeout=HTTP_TIMEOUT_S)
+    if response.status_code == 404:  # a server without the readiness endpoint
+        response = httpx.get(f"{base}/healthz", timeout=HTTP_TIMEOUT_S)
+    try:
+        print(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode(), file=out)
+    except ValueError:
+        print(response.text[:500], file=out)
+    return EXIT_OK if response.status_code == 200 else EXIT_FAILED
 
 
 def _stats(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -224,4 +239,4 @@ async def _write_tar_async(pieces: list[backup.Piece], fields: dict[str, Any], f
     return {"kind": "offline", "position": fields["position"], **totals.as_manifest()}
 
 
-_COMMANDS = {"backup": _backup, "restore": _restore, "stats": _stats, "checkpoint": _checkpoint}
+_COMMANDS = {"backup": _backup, "restore": _restore, "stats": _stats, "checkpoint": _checkpoint, "status": _status}

@@ -326,7 +326,7 @@ class Log:
         if self._settings.fsync == "interval" and self._unsynced:
             timeout = max(0.0, self._last_sync + self._settings.fsync_interval_ms / 1000 - self._clock.monotonic())
         with trio.move_on_after(timeout) as self._idle:
-            if self._checkpoint_requests or (self._held_removals and not self._removal_holds):
+            if self._pending_work():
                 return []  # asked for while the writer was busy: serve it before waiting
             try:
                 first = await self._receive.receive()
@@ -342,6 +342,13 @@ class Log:
                 events += len(batch[-1].events)
             return batch
         return []
+
+    def _pending_work(self) -> bool:
+        """A checkpoint request it can begin, or held files it may now remove. (A request
+        made while a checkpoint is being written waits for that one's end, which wakes
+        the writer again: returning at once then would spin without yielding.)"""
+        return (bool(self._checkpoint_requests) and self._checkpointing is None) or \
+            (bool(self._held_removals) and not self._removal_holds)
 
     async def _commit(self, batch: list[_Submission]) -> None:
         events = [e for s in batch for e in s.events]
