@@ -313,3 +313,36 @@ def test_restore_from_standard_input_and_into_an_empty_directory(tmp_path: Path,
     assert done.returncode == 0, done.stderr
     assert b"verify: OK" in done.stdout
     assert (target / "streams").is_dir() and not (target / "MANIFEST.json").exists()
+
+
+def _crafted(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return out.getvalue()
+
+
+def _link(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+@pytest.mark.parametrize("members, why", [
+    ([(tarfile.TarInfo("../escaped.dat"), b"x")], "not a file a backup holds"),
+    ([(tarfile.TarInfo("streams/../../escaped.dat"), b"x")], "not a file a backup holds"),
+    ([(tarfile.TarInfo("/etc/escaped"), b"x")], "not a file a backup holds"),
+    ([(_link("streams/0000000000000001.dat", "/etc/passwd"), b"")], "not a regular file"),
+    ([(tarfile.TarInfo("streams/0000000000000001.dat"), b"a"), (tarfile.TarInfo("streams/0000000000000001.dat"), b"b")],
+     "appears twice"),
+    ([(tarfile.TarInfo("MANIFEST.json"), b'{"format": "something else"}')], "not a trio-streams backup"),
+])
+def test_restore_refuses_a_hostile_archive_and_writes_nothing_outside(tmp_path: Path, members: list, why: str) -> None:
+    path = tmp_path / "hostile.tar"
+    path.write_bytes(_crafted(members))
+    done = cli("restore", str(path), str(tmp_path / "restored"))
+    assert done.returncode == 1 and why in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar"]
+    assert not (tmp_path.parent / "escaped.dat").exists()

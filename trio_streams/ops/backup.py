@@ -27,7 +27,7 @@ import dataclasses
 import fcntl
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,8 +80,16 @@ class TarSink:
         self._now = time.time()
 
     async def _write(self, data: bytes) -> None:
+        if len(data) >= self._gather_bytes:  # a file's piece goes out as it was read, uncopied
+            await self._flush()
+            await self._out(data)
+            return
         self._pending += data
         if len(self._pending) >= self._gather_bytes:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending:
             pending, self._pending = bytes(self._pending), bytearray()
             await self._out(pending)
 
@@ -101,19 +109,20 @@ class TarSink:
         await self._out(pending)
 
 
-async def write_archive(pieces: Iterator[Piece] | Any, sink: Sink, chunk_bytes: int,
+async def write_archive(pieces: AsyncGenerator[Piece, None], sink: Sink, chunk_bytes: int,
                         kind: str, fields: Mapping[str, Any]) -> archive.Totals:
-    """Copies every piece into ``sink``, then the manifest; ``pieces`` may be an
-    async iterator (online: its files are measured in worker threads)."""
+    """Copies every piece into ``sink``, then the manifest."""
     totals = archive.Totals()
-    if hasattr(pieces, "__aiter__"):
+    async with contextlib.aclosing(pieces):
         async for piece in pieces:
-            await _copy(piece, sink, chunk_bytes, totals)
-    else:
-        for piece in pieces:
             await _copy(piece, sink, chunk_bytes, totals)
     await sink.finish(archive.manifest(kind, totals, **fields))
     return totals
+
+
+async def listed(pieces: list[Piece]) -> AsyncGenerator[Piece, None]:
+    for piece in pieces:
+        yield piece
 
 
 async def _copy(piece: Piece, sink: Sink, chunk_bytes: int, totals: archive.Totals) -> None:
@@ -183,7 +192,7 @@ def plan_online(directory: Path, position: int, last_access: Mapping[int, float]
     return OnlinePlan(position, fd, size, ids, bases, tails, saved)
 
 
-async def online_pieces(directory: Path, plan: OnlinePlan) -> Any:
+async def online_pieces(directory: Path, plan: OnlinePlan) -> AsyncGenerator[Piece, None]:
     """The members of an online backup, stream files measured in worker threads."""
     yield Piece(f"checkpoints/{snapshot_name(plan.position)}", None, plan.snapshot_bytes, fd=plan.snapshot_fd)
     yield Piece(f"wal/{segment_name(plan.position)}", None, 0, data=b"")

@@ -234,7 +234,7 @@ async def _write_tar_async(pieces: list[backup.Piece], fields: dict[str, Any], f
         await trio.to_thread.run_sync(file.write, data)
 
     sink = backup.TarSink(out, OFFLINE_CHUNK_BYTES)
-    totals = await backup.write_archive(pieces, sink, OFFLINE_CHUNK_BYTES, "offline", fields)
+    totals = await backup.write_archive(backup.listed(pieces), sink, OFFLINE_CHUNK_BYTES, "offline", fields)
     await trio.to_thread.run_sync(file.flush)
     return {"kind": "offline", "position": fields["position"], **totals.as_manifest()}
 

@@ -35,7 +35,7 @@ class IterReader(io.RawIOBase):
     def __init__(self, chunks: Iterable[bytes], tee: IO[bytes] | None = None) -> None:
         self._chunks: Iterator[bytes] = iter(chunks)
         self._tee = tee
-        self._pending = b""
+        self._pending = memoryview(b"")  # a view: taking a small read off a large chunk copies nothing
 
     def readable(self) -> bool:
         return True
@@ -43,7 +43,7 @@ class IterReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         while not self._pending:
             try:
-                self._pending = next(self._chunks)
+                self._pending = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
         n = min(len(buffer), len(self._pending))
@@ -114,7 +114,10 @@ def _copy_member(reader: IO[bytes], name: str, size: int, target: Path | None, t
 def _write_file(path: Path, chunks: Iterable[bytes]) -> None:
     """A new file (never an existing one), durable when this returns."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise archive.ArchiveInvalid(f"{path.name} appears twice in the archive") from None
     try:
         for chunk in chunks:
             view = memoryview(chunk)
