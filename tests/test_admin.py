@@ -21,7 +21,7 @@ def _request(client: tuple[str, int] | None, headers: dict[str, str] | None = No
     async def receive() -> dict[str, object]:
         return {"type": "http.request"}
 
-    return Request("POST", "/admin/checkpoint", headers or {}, [], scope, receive)
+    return Request("POST", "/admin/checkpoint", {"host": "127.0.0.1:4437"} | (headers or {}), [], scope, receive)
 
 
 @pytest.mark.parametrize("client, allowed", [
@@ -44,11 +44,36 @@ def test_a_request_forwarded_by_a_local_proxy_is_not_local(header: str) -> None:
     assert admin_allowed(_request(("127.0.0.1", 5000), {header: "203.0.113.9"})) is False
 
 
-def test_a_forwarded_request_gets_403_forbidden(server: Server) -> None:
+@pytest.mark.parametrize("header, value", [("origin", "https://evil.example"), ("origin", "null"),
+                                           ("sec-fetch-site", "same-origin"), ("sec-fetch-mode", "cors")])
+def test_a_browser_request_is_refused_even_from_loopback(header: str, value: str) -> None:
+    assert admin_allowed(_request(("127.0.0.1", 5000), {header: value})) is False
+
+
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1:4437", True), ("localhost:4437", True), ("LOCALHOST", True), ("[::1]:4437", True), ("::1", True),
+    ("127.0.0.1", True), ("evil.example:4437", False), ("evil.example", False), ("10.0.0.1:4437", False), ("", False),
+])
+def test_a_name_that_is_not_loopback_is_refused(host: str, allowed: bool) -> None:
+    """A DNS-rebound name reaches 127.0.0.1 with its own Host header."""
+    assert admin_allowed(_request(("127.0.0.1", 5000), {"host": host})) is allowed
+
+
+def test_a_forwarded_or_browser_request_gets_403_forbidden(server: Server) -> None:
     resp = httpx.post(f"{server.url}/admin/checkpoint", headers={"x-forwarded-for": "203.0.113.9"})
     assert_error(resp, 403, "FORBIDDEN")
     resp = httpx.get(f"{server.url}/admin/backup", headers={"forwarded": "for=203.0.113.9"})
     assert_error(resp, 403, "FORBIDDEN")
+    resp = httpx.get(f"{server.url}/admin/backup", headers={"origin": "https://evil.example"})
+    assert_error(resp, 403, "FORBIDDEN")
+    resp = httpx.get(f"{server.url}/admin/backup", headers={"host": "rebound.evil.example"})
+    assert_error(resp, 403, "FORBIDDEN")
+
+
+def test_admin_answers_carry_no_cors_headers(server: Server) -> None:
+    resp = httpx.post(f"{server.url}/admin/checkpoint")
+    assert resp.status_code == 200
+    assert not [name for name in resp.headers if name.startswith("access-control-")]
 
 
 @pytest.mark.parametrize("method, path, allow", [
@@ -111,7 +136,7 @@ def test_one_backup_at_a_time(tmp_path: Path) -> None:
                               content=chunk, timeout=30).status_code in (200, 204)
         with socket.create_connection(("127.0.0.1", srv.port)) as stalled:
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            stalled.sendall(b"GET /admin/backup HTTP/1.1\r\nhost: x\r\n\r\n")
+            stalled.sendall(b"GET /admin/backup HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             assert stalled.recv(12).startswith(b"HTTP/1.1 200")
 
             def refused() -> bool:

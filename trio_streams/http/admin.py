@@ -24,19 +24,34 @@ from .send_timeout import SendDeadlines
 log = logging.getLogger("trio_streams.http")
 
 PREFIX = "/admin/"
-# Headers a reverse proxy adds: a request that passed through one came from
-# wherever the proxy's client is, whatever the peer address says.
-_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+# Headers that mean the request is not an operator's own on this machine: a
+# reverse proxy's (it forwards whoever its client is from 127.0.0.1), or a
+# browser's (a web page the operator has open could otherwise read a backup).
+_NOT_LOCAL_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "origin", "sec-fetch-site", "sec-fetch-mode")
 
 
 def admin_allowed(req: Request) -> bool:
-    """Whether this request may use the admin endpoints: for now, a loopback peer
-    that is not a reverse proxy forwarding someone else's request."""
+    """Whether this request may use the admin endpoints: for now, a loopback peer,
+    addressed by a loopback name (a DNS-rebound name is not), that is neither a
+    reverse proxy nor a browser."""
     client = req.scope.get("client")
-    if not client or any(name in req.headers for name in _FORWARDING_HEADERS):
+    if not client or any(name in req.headers for name in _NOT_LOCAL_HEADERS):
         return False
+    return _is_loopback(client[0]) and _is_loopback(_host_name(req.headers.get("host", "")))
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header: without its port, an IPv6 literal without brackets."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(name: str) -> bool:
+    if name.lower() == "localhost":
+        return True
     try:
-        return ipaddress.ip_address(client[0]).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
 
@@ -46,7 +61,8 @@ class Admin:
                  send_deadlines: SendDeadlines, until_disconnect: Callable[[Any, Awaitable[None]], Awaitable[None]]) -> None:
         self._service = service
         self._settings = settings
-        self._base = base_headers
+        # No CORS headers: no web page may read these answers.
+        self._base = [pair for pair in base_headers if not pair[0].startswith(b"access-control-")]
         self._send_deadlines = send_deadlines
         self._until_disconnect = until_disconnect
         self._backup_running = False
