@@ -229,3 +229,11 @@ def test_the_status_command_prints_readiness(server: Server) -> None:
     down = subprocess.run([str(EXE), "status", "--url", f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=30)
     assert down.returncode == 1 and "ConnectError" in down.stderr
+
+
+def test_backup_read_chunk_bytes_must_be_positive() -> None:
+    from trio_streams.config import Settings, settings_from_env
+
+    with pytest.raises(ValueError, match="backup_read_chunk_bytes"):
+        Settings(backup_read_chunk_bytes=0)
+    assert settings_from_env({"TRIO_STREAMS_BACKUP_READ_CHUNK_BYTES": "4096"}).backup_read_chunk_bytes == 4096

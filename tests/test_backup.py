@@ -150,7 +150,9 @@ def _take_backup(srv: Server, dest: Path) -> int:
 
 
 def test_backup_under_write_load_restores_every_acknowledged_append(tmp_path: Path) -> None:
-    srv = Server(tmp_path / "data", ["--append-bytes-max", str(4 * 1024 * 1024)])
+    # Small backup reads: files cross many read boundaries, headers gather between them.
+    srv = Server(tmp_path / "data", ["--append-bytes-max", str(4 * 1024 * 1024)],
+                 env={"TRIO_STREAMS_BACKUP_READ_CHUNK_BYTES": "65536"})
     srv.data_dir.mkdir()
     ledger, stop = Ledger(), threading.Event()
     try:
@@ -268,6 +270,20 @@ def test_offline_backup_refuses_a_directory_in_use(fresh_server: Server, tmp_pat
     assert done.returncode == 2
     assert "--url" in done.stderr
     assert not (tmp_path / "b.tar").exists()
+
+
+def test_offline_backup_refuses_what_is_not_a_data_directory(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    done = cli("backup", "--data-dir", str(tmp_path / "elsewhere"), str(tmp_path / "b.tar"))
+    assert done.returncode == 2 and "not a trio-streams data directory" in done.stderr
+    assert not (tmp_path / "elsewhere" / "LOCK").exists() and not (tmp_path / "b.tar").exists()
+
+
+def test_backup_refuses_a_destination_that_exists(tmp_path: Path, stopped_dir: tuple[Path, dict[str, bytes]]) -> None:
+    (tmp_path / "taken.tar").write_bytes(b"precious")
+    done = cli("backup", "--data-dir", str(stopped_dir[0]), str(tmp_path / "taken.tar"))
+    assert done.returncode == 2 and "not an empty directory" in done.stderr
+    assert (tmp_path / "taken.tar").read_bytes() == b"precious"
 
 
 @pytest.fixture(scope="module")

@@ -257,8 +257,8 @@ def _index_entries_upto(path: Path, size: int, tail: int) -> int:
 @contextlib.contextmanager
 def locked_directory(directory: Path) -> Iterator[None]:
     """Holds the server's directory lock: no server can start on it meanwhile."""
-    if not directory.is_dir():
-        raise BackupFailed(f"{directory} is not a directory")
+    if not any((directory / sub).is_dir() for sub in ("wal", "checkpoints", "streams")):
+        raise BackupFailed(f"{directory} is not a trio-streams data directory (no wal/, checkpoints/ or streams/)")
     fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -133,6 +133,9 @@ def _restore(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _backup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.dest == "-" and sys.stdout.isatty():
+        print("trio-streams backup: refusing to write a tar to a terminal; redirect it, or name a file", file=err)
+        return EXIT_REFUSED
     if args.dest != "-":
         restore.refuse_unless_empty(Path(args.dest))
     if args.url:
