@@ -237,3 +237,35 @@ def test_backup_read_chunk_bytes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="backup_read_chunk_bytes"):
         Settings(backup_read_chunk_bytes=0)
     assert settings_from_env({"TRIO_STREAMS_BACKUP_READ_CHUNK_BYTES": "4096"}).backup_read_chunk_bytes == 4096
+
+
+async def test_a_checkpoint_abandoned_at_shutdown_is_not_reported_taken(inproc, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    from trio_streams.storage.log import StorageFailed
+
+    service = inproc.app.service
+    log = service.log
+    writing = trio.Event()
+
+    async def never(position: int, snapshot: object) -> int | None:
+        writing.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(log, "_write_snapshot", never)
+    outcome: list[object] = []
+
+    async def ask() -> None:
+        try:
+            outcome.append(await log.checkpoint_now())
+        except StorageFailed as error:
+            outcome.append(error)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await writing.wait()
+        monkeypatch.undo()  # the final checkpoint at shutdown writes normally
+        service.stop()
+        await service.finished.wait()
+    assert len(outcome) == 1 and isinstance(outcome[0], StorageFailed), outcome

@@ -473,9 +473,11 @@ class Log:
         started = self._clock.monotonic()
         try:
             begun = await self._begin_checkpoint()
-        except OSError as error:
+        except BaseException as error:
             for request in requests:
                 request.settle(None, error)
+            if not isinstance(error, OSError):
+                raise
             self._checkpoint_failed(error)
             return
         self._checkpointing = trio.CancelScope()
@@ -493,9 +495,10 @@ class Log:
         try:
             with scope:
                 await self._finish_checkpoint(position, snapshot)
-            taken = CheckpointTaken(position, self._clock.monotonic() - started)
-            for request in requests:
-                request.settle(taken)
+            if not scope.cancelled_caught:
+                taken = CheckpointTaken(position, self._clock.monotonic() - started)
+                for request in requests:
+                    request.settle(taken)
         except OSError as error:
             for request in requests:
                 request.settle(None, error)
