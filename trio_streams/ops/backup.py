@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import trio
@@ -59,13 +59,6 @@ class Piece:
     length: int
     fd: int | None = None
     data: bytes | None = None  # a member made here, not read from a file
-
-
-class Sink(Protocol):
-    async def begin(self, name: str, size: int) -> None: ...
-    async def data(self, chunk: bytes) -> None: ...
-    async def end(self) -> None: ...
-    async def finish(self, manifest: bytes) -> None: ...
 
 
 class TarSink:
@@ -109,7 +102,7 @@ class TarSink:
         await self._out(pending)
 
 
-async def write_archive(pieces: AsyncGenerator[Piece, None], sink: Sink, chunk_bytes: int,
+async def write_archive(pieces: AsyncGenerator[Piece, None], sink: TarSink, chunk_bytes: int,
                         kind: str, fields: Mapping[str, Any]) -> archive.Totals:
     """Copies every piece into ``sink``, then the manifest."""
     totals = archive.Totals()
@@ -125,29 +118,34 @@ async def listed(pieces: list[Piece]) -> AsyncGenerator[Piece, None]:
         yield piece
 
 
-async def _copy(piece: Piece, sink: Sink, chunk_bytes: int, totals: archive.Totals) -> None:
+async def _copy(piece: Piece, sink: TarSink, chunk_bytes: int, totals: archive.Totals) -> None:
     digest = archive.FileDigest(piece.name, piece.length)
     await sink.begin(piece.name, piece.length)
     if piece.data is not None:
         digest.update(piece.data)
         await sink.data(piece.data)
+    elif piece.fd is not None:  # a descriptor handed in stays its owner's to close
+        await _copy_file(piece, piece.fd, sink, chunk_bytes, digest)
     else:
-        opened = piece.fd is None  # a descriptor handed in stays its owner's to close
-        fd = piece.fd if piece.fd is not None else await trio.to_thread.run_sync(os.open, piece.path, os.O_RDONLY)
+        fd = await trio.to_thread.run_sync(os.open, piece.path, os.O_RDONLY)
         try:
-            offset = 0
-            while offset < piece.length:
-                chunk = await trio.to_thread.run_sync(pread_exact, fd, min(chunk_bytes, piece.length - offset), offset)
-                if not chunk:
-                    raise BackupFailed(f"{piece.name} ended at {offset} bytes, {piece.length} expected")
-                digest.update(chunk)
-                await sink.data(chunk)
-                offset += len(chunk)
+            await _copy_file(piece, fd, sink, chunk_bytes, digest)
         finally:
-            if opened:
-                os.close(fd)
+            os.close(fd)
     await sink.end()
     totals.add(piece.length, digest)
+
+
+async def _copy_file(piece: Piece, fd: int, sink: TarSink, chunk_bytes: int, digest: archive.FileDigest) -> None:
+    """The file's first ``piece.length`` bytes, read in worker threads, one bounded piece at a time."""
+    offset = 0
+    while offset < piece.length:
+        chunk = await trio.to_thread.run_sync(pread_exact, fd, min(chunk_bytes, piece.length - offset), offset)
+        if not chunk:
+            raise BackupFailed(f"{piece.name} ended at {offset} bytes, {piece.length} expected")
+        digest.update(chunk)
+        await sink.data(chunk)
+        offset += len(chunk)
 
 
 # -- online ----------------------------------------------------------------------

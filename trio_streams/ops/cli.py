@@ -160,12 +160,19 @@ def _backup_online(args: argparse.Namespace) -> dict[str, Any]:
 def _receive(chunks: Any, dest: str) -> dict[str, Any]:
     """Checks the archive while it arrives, keeping it as a tar or unpacking it."""
     if dest == "-":
-        return restore.unpack(restore.IterReader(chunks, tee=sys.stdout.buffer), None)  # type: ignore[arg-type]
+        return _check_copying(chunks, sys.stdout.buffer)
     if dest.endswith(".tar"):
         with _new_file(Path(dest)) as tee:
-            return restore.unpack(restore.IterReader(chunks, tee=tee), None)  # type: ignore[arg-type]
+            return _check_copying(chunks, tee)
     with restore.staging(Path(dest)) as temp:
         return restore.unpack(restore.IterReader(chunks), temp, keep_manifest=True)  # type: ignore[arg-type]
+
+
+def _check_copying(chunks: Any, tee: IO[bytes]) -> dict[str, Any]:
+    reader = restore.IterReader(chunks, tee=tee)
+    manifest = restore.unpack(reader, None)  # type: ignore[arg-type]
+    reader.drain()
+    return manifest
 
 
 @contextlib.contextmanager

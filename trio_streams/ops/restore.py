@@ -53,6 +53,12 @@ class IterReader(io.RawIOBase):
         self._pending = self._pending[n:]
         return n
 
+    def drain(self) -> None:
+        """Reads to the end: the bytes after the archive's end that tar never asks
+        for (zero padding) still reach ``tee``."""
+        while self.read(COPY_CHUNK_BYTES):
+            pass
+
 
 def unpack(source: IO[bytes], target: Path | None, *, keep_manifest: bool = False) -> dict[str, Any]:
     """Reads a backup tar from ``source`` to its end, writing its files under
