@@ -133,6 +133,10 @@ def _changes_under_load(srv: Server) -> None:
     assert httpx.post(srv.stream_url("closing"), headers={**TEXT, "stream-closed": "true"},
                       content=b"last words").status_code in OK_APPEND
     assert httpx.delete(srv.stream_url("gone")).status_code == 204
+    # A source deleted while a fork reads it: soft-deleted, its data kept for the fork.
+    assert httpx.put(srv.stream_url("src2"), headers=JSON, content=b'[{"m":1},{"m":2}]').status_code == 201
+    assert httpx.put(srv.stream_url("fork2"), headers={**JSON, "stream-forked-from": f"{PREFIX}src2"}).status_code == 201
+    assert httpx.delete(srv.stream_url("src2")).status_code == 204
 
 
 def _take_backup(srv: Server, dest: Path) -> int:
@@ -210,6 +214,10 @@ def _check_restored(srv: Server, client: httpx.Client, ledger: Ledger, before: d
     assert client.post(srv.stream_url("closing"), headers=TEXT, content=b"more").status_code == 409
     assert client.get(srv.stream_url("gone"), params={"offset": "-1"}).status_code == 404
     assert client.head(srv.stream_url("ttl")).headers.get("stream-ttl") == "3600"
+    assert client.head(srv.stream_url("json-0")).headers["content-type"] == "application/json"
+    assert client.head(srv.stream_url("bytes-0")).headers["content-type"] == "text/plain"
+    assert client.get(srv.stream_url("src2"), params={"offset": "-1"}).status_code == 410
+    assert _read_messages(client, srv.stream_url("fork2")) == [{"m": 1}, {"m": 2}]
     # Deleted after the checkpoint, while the backup was being read: in the backup whole.
     assert _read_bytes(client, srv.stream_url("doomed")) == doomed
 
