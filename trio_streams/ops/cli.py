@@ -28,7 +28,10 @@ from . import archive, backup, restore, stats
 COMMANDS = ("backup", "restore", "stats", "checkpoint", "status")
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:4437"
+# Connecting and the status answer are quick; a checkpoint (the start of a
+# backup) of millions of streams takes seconds to minutes before any answer.
 HTTP_TIMEOUT_S = 60.0
+CHECKPOINT_TIMEOUT = httpx.Timeout(HTTP_TIMEOUT_S, read=900.0)
 LARGEST_STREAMS = 10
 # Bytes read from a stopped data directory per call while backing it up.
 OFFLINE_CHUNK_BYTES = 1024 * 1024
@@ -85,7 +88,7 @@ def _refused(response: httpx.Response, command: str, err: TextIO) -> int:
 
 
 def _checkpoint(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    response = httpx.post(f"{args.url.rstrip('/')}/admin/checkpoint", headers=_headers(args), timeout=HTTP_TIMEOUT_S)
+    response = httpx.post(f"{args.url.rstrip('/')}/admin/checkpoint", headers=_headers(args), timeout=CHECKPOINT_TIMEOUT)
     if response.status_code != 200:
         return _refused(response, "checkpoint", err)
     print(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode(), file=out)
@@ -150,7 +153,7 @@ def _backup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _backup_online(args: argparse.Namespace) -> dict[str, Any]:
     url = f"{args.url.rstrip('/')}/admin/backup"
-    with httpx.stream("GET", url, headers=_headers(args), timeout=HTTP_TIMEOUT_S) as response:
+    with httpx.stream("GET", url, headers=_headers(args), timeout=CHECKPOINT_TIMEOUT) as response:
         if response.status_code != 200:
             _refused(response, "backup", sys.stderr)
             raise archive.ArchiveInvalid(f"no backup: the server answered {response.status_code}")
