@@ -370,3 +370,30 @@ def test_restore_refuses_a_hostile_archive_and_writes_nothing_outside(tmp_path: 
     assert done.returncode == 1 and why in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar"]
     assert not (tmp_path.parent / "escaped.dat").exists()
+
+
+def test_backup_command_online_to_a_directory_a_tar_and_standard_output(fresh_server: Server, tmp_path: Path) -> None:
+    assert httpx.put(fresh_server.stream_url("x"), headers=TEXT, content=b"online via the command").status_code == 201
+    (tmp_path / "as-dir").mkdir()  # an empty directory is a valid destination
+    for dest in ("as-dir", "as.tar"):
+        done = cli("backup", "--url", fresh_server.url, str(tmp_path / dest))
+        assert done.returncode == 0, done.stderr
+    piped = subprocess.run([str(EXE), "backup", "--url", fresh_server.url, "-"], capture_output=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    (tmp_path / "piped.tar").write_bytes(piped.stdout)
+    assert (tmp_path / "as-dir" / "MANIFEST.json").is_file()
+    for source in ("as-dir", "as.tar", "piped.tar"):
+        restored = tmp_path / f"restored-{source}"
+        done = cli("restore", str(tmp_path / source), str(restored))
+        assert done.returncode == 0, done.stderr
+        assert "online backup" in done.stdout
+        assert (restored / "streams" / "0000000000000001.dat").read_bytes() == b"online via the command"
+
+
+def test_backup_command_leaves_nothing_when_the_server_is_unreachable(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    for dest in ("b.tar", "bdir"):
+        done = cli("backup", "--url", f"http://127.0.0.1:{free_port()}", str(tmp_path / dest))
+        assert done.returncode == 1 and "ConnectError" in done.stderr
+    assert list(tmp_path.iterdir()) == []
