@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .auth.config import AuthConfig, auth_config
-from .config import Settings, settings_from_env
+from .config import ENV_PREFIX, Settings, settings_from_env
 
 CONFIG_ENV = "TRIO_STREAMS_CONFIG"
 # A config file is a page of settings and tokens; anything this big is a mistake.
@@ -38,7 +38,8 @@ def load_configuration(path: str | None = None, environ: Mapping[str, str] | Non
     try:
         settings = settings_from_env(environ, base=values, **flags)
     except (TypeError, ValueError) as exc:
-        where = f"{path}: " if path else ""
+        from_env = str(exc).startswith(ENV_PREFIX)  # names its variable already
+        where = f"config file {path}: " if path and not from_env else ""
         raise ValueError(f"{where}{exc}") from None
     return Configuration(settings, auth)
 
