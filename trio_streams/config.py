@@ -223,6 +223,8 @@ class Settings:
         if min(self.auth_jwks_refresh_interval_s, self.auth_jwks_refetch_min_interval_s,
                self.auth_jwks_fetch_timeout_s) <= 0:
             raise ValueError("auth_jwks_*_s settings must be positive")
+        if self.auth_jwks_refetch_min_interval_s > self.auth_jwks_refresh_interval_s:
+            raise ValueError("auth_jwks_refetch_min_interval_s must be at most auth_jwks_refresh_interval_s")
 
     def _check_streams_layer(self) -> None:
         if self.expiry_sweep_interval_s <= 0:

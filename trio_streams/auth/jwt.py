@@ -171,18 +171,19 @@ class JwksKeys:
 
     async def run(self) -> None:
         s = self.settings
-        if self._keys is not None:  # loaded from the file at start-up
-            await trio.sleep(s.auth_jwks_refresh_interval_s)
-        while True:
+        if self._keys is None:  # a URL: nothing loaded at start-up
             await self.refresh()
-            self._refresh_wanted = trio.Event()
+        while True:
             await trio.sleep(s.auth_jwks_refetch_min_interval_s)
-            if self._keys is not None:
+            if self._keys is not None:  # with no keys at all, retry at the minimum interval
                 with trio.move_on_after(s.auth_jwks_refresh_interval_s - s.auth_jwks_refetch_min_interval_s):
                     await self._refresh_wanted.wait()
+            await self.refresh()
 
     async def refresh(self) -> None:
         self.fetches += 1
+        # Requests for a reload made from here on are served by the next one.
+        self._refresh_wanted = trio.Event()
         source = self.config.jwks_file or self.config.jwks_url
         try:
             with trio.fail_after(self.settings.auth_jwks_fetch_timeout_s):

@@ -76,6 +76,7 @@ class App:
             self.drain()
             self.service.stop()
             await self.service.finished.wait()
+            nursery.cancel_scope.cancel()  # background tasks that run until shutdown (JWKS reloads)
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
