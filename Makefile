@@ -11,7 +11,7 @@ PORT ?= 4437
 DATA ?= ./data
 CONFORMANCE_DIR := tests/conformance
 
-.PHONY: install run test test-all unit conformance conformance-node node-deps bench crash verify lock clean
+.PHONY: install run test test-all unit conformance conformance-auth conformance-node node-deps bench crash verify lock clean
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ test-all: install node-deps
 
 conformance: install node-deps
 	$(PY) scripts/run_conformance.py
+
+# The same suite against a server with access control on, every request carrying a token.
+conformance-auth: install node-deps
+	$(PY) scripts/run_conformance.py --auth
 
 conformance-node: install node-deps
 	$(PY) scripts/run_conformance.py --server node
