@@ -152,6 +152,10 @@ async def test_header_and_query_token_together_is_400(tmp_path: Path) -> None:
 async def test_query_token_off_by_default(guarded: InprocServer) -> None:
     resp = await guarded.client.get(url("chat/a"), params={"access_token": "tok-all"})
     assert_error(resp, 401, "UNAUTHORIZED")
+    assert "disabled" in resp.json()["error"]["message"]
+    # Off, the parameter is just an unknown one: the header decides.
+    both = await guarded.client.get(url("chat/a"), params={"access_token": "x"}, headers=bearer("reader"))
+    assert both.status_code == 404  # past the guard; this fixture created no stream
 
 
 async def test_query_token_on_get_only(tmp_path: Path) -> None:

@@ -122,6 +122,8 @@ def test_token_commands() -> None:
     token, hashed = new.stdout.split()
     assert len(token) >= 40 and hashed == digest(token)
     assert digest("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2 test vector
+    bad = subprocess.run([str(EXE), "token", "hash"], input="two words\n", capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == ""
 
 
 def test_plain_hypercorn_reads_trio_streams_config(tmp_path: Path) -> None:

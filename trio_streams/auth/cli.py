@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..config_file import Configuration
-from .guard import is_loopback
+from .guard import B64TOKEN, is_loopback
 from .tokens import new_token, token_digest
 
 COMMAND = "token"
@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
         print(token_digest(token))
         return 0
     token = sys.stdin.readline().strip()
-    if not token:
-        print("trio-streams: no token on stdin", file=sys.stderr)
+    if not B64TOKEN.fullmatch(token):  # the guard refuses such a token before hashing it
+        print("trio-streams: stdin holds no bearer token (letters, digits and -._~+/ then any '=')",
+              file=sys.stderr)
         return 2
     print(token_digest(token))
     return 0

@@ -28,7 +28,7 @@ log = logging.getLogger("trio_streams.auth")
 QUERY_TOKEN = "access_token"  # RFC 6750 §2.3
 REALM = 'Bearer realm="trio-streams"'
 # RFC 6750 b64token: anything else cannot be a token of ours, and is refused before hashing or parsing.
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _LOOPBACK_NAMES = ("localhost",)
 
 
@@ -110,7 +110,8 @@ class Guard:
 
     def _token(self, req: Request) -> str:
         header = req.headers.get("authorization")
-        query = req.query_values(QUERY_TOKEN)
+        # With query tokens off, access_token is just an unknown parameter (ignored like any other).
+        query = req.query_values(QUERY_TOKEN) if self.settings.auth_query_token else []
         if header is not None and query:
             raise ProtocolError(400, "INVALID_REQUEST", "send the token in one place: the header or the query")
         if header is not None:
@@ -119,17 +120,17 @@ class Guard:
                 raise unauthorized("a Bearer token is required")
         elif query:
             token = self._query_token(req, query)
+        elif req.query_values(QUERY_TOKEN):
+            raise unauthorized("the access_token query parameter is disabled on this server; "
+                               "send an Authorization header")
         else:
             raise unauthorized("a Bearer token is required")
         token = token.strip()
-        if len(token) > self.settings.auth_token_bytes_max or not _B64TOKEN.fullmatch(token):
+        if len(token) > self.settings.auth_token_bytes_max or not B64TOKEN.fullmatch(token):
             raise unauthorized("malformed token", "invalid_token")
         return token
 
     def _query_token(self, req: Request, values: list[str]) -> str:
-        if not self.settings.auth_query_token:
-            raise unauthorized("the access_token query parameter is disabled on this server; "
-                               "send an Authorization header")
         if req.method != "GET":
             raise unauthorized("the access_token query parameter is accepted on GET only")
         if len(values) > 1:
