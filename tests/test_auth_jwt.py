@@ -293,3 +293,53 @@ async def test_jwks_fetch_is_bounded_and_keeps_cached_keys(mode: str) -> None:
             assert bad["sent"] < 64 * 1024 * 1024  # the client stopped reading early
         else:
             assert bad["sent"] < len(json.dumps(jwks("EdDSA")))  # never finished the drip
+
+
+# -- the cache of verified tokens ---------------------------------------------------------------
+
+
+def counting_decode(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = jwt.decode
+
+    def decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(token)
+        return original(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", decode)
+    return calls
+
+
+def test_a_verified_token_is_remembered_until_it_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting_decode(monkeypatch)
+    v = verifier(tmp_path)
+    now = time.time()
+    t = token("EdDSA", exp=int(now) + 100)
+    assert v.verify(t).name == v.verify(t).name == "alice"
+    assert len(calls) == 1
+    monkeypatch.setattr(time, "time", lambda: now + 100 + 31)  # past exp and the 30 s leeway (for the cache)
+    v.verify(t)  # PyJWT has a clock of its own (still before exp): what matters is that it is asked again
+    assert len(calls) == 2
+
+
+async def test_a_jwks_reload_forgets_verified_tokens(tmp_path: Path) -> None:
+    v = verifier(tmp_path)
+    t = token("RS256")
+    assert v.verify(t).name == "alice"
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks("EdDSA")))  # the RSA key is withdrawn
+    await v.keys.refresh()
+    with pytest.raises(InvalidToken):
+        v.verify(t)
+
+
+def test_the_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting_decode(monkeypatch)
+    c = config(tmp_path)
+    settings = Settings(auth_jwt_cache_entries_max=2)
+    v = JwtVerifier(c, settings, JwksKeys(c, settings))
+    tokens = [token("HS256", sub=f"user{i}") for i in range(3)]
+    for t in tokens:
+        v.verify(t)
+    assert len(v._verified) == 2
+    v.verify(tokens[0])  # the oldest was dropped: verified again
+    assert len(calls) == 4

@@ -70,6 +70,8 @@ def test_file_from_the_environment(tmp_path: Path) -> None:
     (f"[[auth.tokens]]\nname = \"a\"\nsha256 = \"{DIGEST}\"\nscopes = []\ntoken = \"x\"\n", "'token'"),
     (f"[[auth.tokens]]\nname = \"a\"\nsha256 = \"{DIGEST}\"\nscopes = []\n"
      f"[[auth.tokens]]\nname = \"a\"\nsha256 = \"{DIGEST}\"\nscopes = []\n", "unique"),
+    (f"[[auth.tokens]]\nname = \"a\"\nsha256 = \"{DIGEST}\"\nscopes = []\n"
+     f"[[auth.tokens]]\nname = \"b\"\nsha256 = \"{DIGEST}\"\nscopes = []\n", "same sha256"),
     ("[auth.jwt]\nissuer = \"x\"\n", "exactly one of jwks_file and jwks_url"),
     ("[auth.jwt]\njwks_url = \"ftp://x\"\n", "jwks_url"),
     ("[auth.jwt]\njwks_url = \"https://x\"\nalgorithms = [\"none\"]\n", "algorithms"),

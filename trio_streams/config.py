@@ -187,6 +187,9 @@ class Settings:
     # Largest JWKS document and most keys in it; more is refused (cached keys stay).
     auth_jwks_bytes_max: int = 256 * 1024
     auth_jwks_keys_max: int = 64
+    # Verified JWTs remembered (until exp or the next JWKS reload) so a client's
+    # repeated requests skip PyJWT; each entry holds its token. 0: verify every time.
+    auth_jwt_cache_entries_max: int = 1024
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:

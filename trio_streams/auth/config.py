@@ -60,6 +60,8 @@ def auth_config(table: Mapping[str, Any]) -> AuthConfig:
     names = [t.name for t in parsed]
     if len(set(names)) != len(names):
         raise ValueError("auth.tokens: names must be unique (they identify the caller in logs)")
+    if len({t.sha256 for t in parsed}) != len(parsed):
+        raise ValueError("auth.tokens: two entries have the same sha256 (the same token)")
     jwt = table.get("jwt")
     return AuthConfig(parsed, None if jwt is None else _jwt_config(jwt))
 

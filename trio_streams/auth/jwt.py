@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
+from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -79,8 +81,29 @@ class JwtVerifier:
         self.config = config
         self.settings = settings
         self.keys = keys
+        # token → (principal, exp, the key set that verified it); least recently used first.
+        self._verified: OrderedDict[str, tuple[Principal, float, tuple[JwtKey, ...]]] = OrderedDict()
 
     def verify(self, token: str) -> Principal:
+        """The token's principal, from the cache of verified tokens when it is there: PyJWT
+        takes hundreds of µs per token, and a client sends the same one on every request."""
+        keys = self.keys.current()
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, expires, verified_with = hit
+            # A JWKS reload (a key may have been withdrawn) or expiry ends the entry.
+            if verified_with is keys and time.time() < expires + self.settings.auth_jwt_leeway_s:
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        principal, expires = self._verify(token)
+        if self.settings.auth_jwt_cache_entries_max > 0:
+            self._verified[token] = (principal, expires, keys)
+            if len(self._verified) > self.settings.auth_jwt_cache_entries_max:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         candidates = self._candidates(token)
         error: Exception = InvalidToken("no key verifies the token")
         for key in candidates:
@@ -91,7 +114,7 @@ class JwtVerifier:
                 continue
             except pyjwt.PyJWTError as exc:
                 raise InvalidToken(_reason(exc)) from None
-            return self._principal(claims)
+            return self._principal(claims), float(claims["exp"])
         raise InvalidToken(_reason(error))
 
     def _candidates(self, token: str) -> list[JwtKey]:

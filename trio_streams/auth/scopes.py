@@ -12,7 +12,6 @@ number of whole segments, none included (``chat/**/log`` matches
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable
 
 ACTIONS = ("read", "write", "delete", "admin")
@@ -64,11 +63,19 @@ def allows(scopes: Iterable[Scope], action: str, path: str | None) -> bool:
 
 
 def glob_matches(pattern: tuple[str, ...], path: str) -> bool:
-    segments = tuple(path.split("/"))
+    segments = path.split("/")
+    if "**" not in pattern:
+        return len(pattern) == len(segments) and all(map(_segment_matches, pattern, segments))
     # Memoised over (pattern index, path index): with several ``**`` the plain
     # recursion would be exponential in a client-chosen path's length.
-    @functools.cache
+    memo: dict[tuple[int, int], bool] = {}
+
     def match(p: int, s: int) -> bool:
+        if (p, s) not in memo:
+            memo[p, s] = _match_from(p, s)
+        return memo[p, s]
+
+    def _match_from(p: int, s: int) -> bool:
         if p == len(pattern):
             return s == len(segments)
         if pattern[p] == "**":

@@ -1,16 +1,18 @@
 """Static bearer tokens: the config holds their SHA-256, never the token.
 
-A leaked config file then gives away no token. The digest of the presented
-token is compared with every configured one by ``hmac.compare_digest`` (no
-early exit), so timing tells nothing about which digest, or how much of it,
-matched.
+A leaked config file then gives away no token. The presented token is
+hashed and its digest looked up in a dict: the token itself is never
+compared. The lookup's timing depends only on the digest, so it cannot
+guide a guess: learning how many leading bytes of a stored SHA-256 a guess
+matched says nothing about the next guess (that would take a preimage).
+This is as safe as ``hmac.compare_digest`` against every configured digest
+and, unlike that loop, costs one lookup however many tokens there are.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import secrets
 
 from .principal import Principal
@@ -38,15 +40,12 @@ def new_token() -> str:
 
 class StaticTokens:
     def __init__(self, tokens: tuple[StaticToken, ...]) -> None:
-        self._tokens = tokens
+        self._by_digest = {t.sha256: t for t in tokens}
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        return len(self._by_digest)
 
     def verify(self, token: str) -> Principal | None:
         digest = hashlib.sha256(token.encode()).digest()
-        found: StaticToken | None = None
-        for candidate in self._tokens:
-            if hmac.compare_digest(digest, candidate.sha256):
-                found = candidate
+        found = self._by_digest.get(digest)
         return None if found is None else Principal(found.name, found.scopes)
