@@ -10,16 +10,14 @@ tests/test_browser.py (whose driver and fixtures this reuses).
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
-from conftest import Server, deadline_poll, free_port, unique
-from test_browser import WebDriver, browser  # noqa: F401  (the fixture)
+from conftest import Server, deadline_poll, unique
+from test_browser import WebDriver, browser, serving_page  # noqa: F401  (browser: the fixture)
 
 WRITER = "writer-token-for-the-browser-test"
 READER = "reader-token-for-the-browser-test"
@@ -54,27 +52,8 @@ window.result = {sseErrors: 0};
 
 @pytest.fixture(scope="module")
 def page_origin() -> Iterator[str]:
-    class PageHandler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = PAGE.encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/html; charset=utf-8")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), PageHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving_page(PAGE) as origin:
+        yield origin
 
 
 def guarded_server(tmp_path: Path, allow_origins: str) -> Server:
