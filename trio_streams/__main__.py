@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_server(args: argparse.Namespace) -> int:
     try:
         configuration = load_configuration(
-            args.config, allow_unauthenticated=args.allow_unauthenticated, host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
+            args.config, allow_unauthenticated=args.allow_unauthenticated,
+            host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
             long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
             read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
             tls_certfile=args.certfile, tls_keyfile=args.keyfile,

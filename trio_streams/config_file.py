@@ -61,7 +61,7 @@ def read_config_file(path: str) -> tuple[dict[str, Any], AuthConfig]:
 
 def _settings_values(document: Mapping[str, Any]) -> dict[str, Any]:
     fields = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in document.items():
         if key == "auth":
             continue
@@ -71,7 +71,7 @@ def _settings_values(document: Mapping[str, Any]) -> dict[str, Any]:
         # bool is an int in Python; a TOML true is never a number here.
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise ValueError(f"{key}: expected {fields[key]}, got {type(value).__name__} {value!r:.40}")
-        values[key] = float(value) if fields[key] == "float" else value
+        values[key] = float(value) if isinstance(value, int) and fields[key] == "float" else value
     if "auth" in document and not isinstance(document["auth"], dict):
         raise ValueError("auth: must be a table")
     return values

@@ -81,7 +81,7 @@ def _jwt_config(table: Any) -> JwtConfig:
         raise ValueError("auth.jwt: must be a table")
     fields = [f.name for f in dataclasses.fields(JwtConfig)]
     _refuse_unknown("auth.jwt", table, fields)
-    values = {k: _string("auth.jwt", table, k) for k in fields if k != "algorithms" and k in table}
+    values: dict[str, Any] = {k: _string("auth.jwt", table, k) for k in fields if k != "algorithms" and k in table}
     config = JwtConfig(**values)
     if bool(config.jwks_file) == bool(config.jwks_url):
         raise ValueError("auth.jwt: give exactly one of jwks_file and jwks_url")

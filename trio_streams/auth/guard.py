@@ -56,8 +56,11 @@ class Guard:
         self.settings = settings
         self.config = config
         self.tokens = StaticTokens(config.tokens)
-        self.jwks = JwksKeys(config.jwt, settings) if config.jwt is not None else None
-        self.jwt = JwtVerifier(config.jwt, settings, self.jwks) if config.jwt is not None and self.jwks else None
+        self.jwks: JwksKeys | None = None
+        self.jwt: JwtVerifier | None = None
+        if config.jwt is not None:  # a bad JWKS file raises here: a start-up error
+            self.jwks = JwksKeys(config.jwt, settings)
+            self.jwt = JwtVerifier(config.jwt, settings, self.jwks)
 
     @property
     def configured(self) -> bool:

@@ -131,7 +131,7 @@ class JwtVerifier:
 
     def _decode(self, token: str, key: JwtKey) -> dict[str, Any]:
         c = self.config
-        return pyjwt.decode(  # type: ignore[no-any-return]
+        return pyjwt.decode(
             token, key.key, algorithms=[key.algorithm], leeway=self.settings.auth_jwt_leeway_s,
             issuer=c.issuer or None, audience=c.audience or None,
             options={"require": ["exp"] + (["iss"] if c.issuer else []) + (["aud"] if c.audience else [])},

@@ -44,7 +44,7 @@ def request_kind(method: str, url_path: str, stream_prefix: str, metrics_require
 
 
 def stream_needs(method: str, path: str, fork_source: str | None = None) -> tuple[Need, ...]:
-    needs = (Need(STREAM_ACTIONS[method], path),)
+    own = Need(STREAM_ACTIONS[method], path)
     if method == "PUT" and fork_source is not None:
-        needs += (Need("read", fork_source),)
-    return needs
+        return (own, Need("read", fork_source))
+    return (own,)

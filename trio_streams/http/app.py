@@ -28,8 +28,8 @@ from ..service import Service
 from ..streams.facade import Streams
 from . import fd_budget, handlers, hypercorn_guard, reads
 from .asgi import (
-    ALLOWED_METHODS, EXPOSED_HEADERS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers, error_body,
-    parse_request, respond,
+    ALLOWED_METHODS, EXPOSED_HEADERS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers,
+    error_body, parse_request, respond,
 )
 from .metrics import render_metrics
 from .paths import stream_name
@@ -236,6 +236,6 @@ def create_app(settings: Settings | None = None, auth: AuthConfig | None = None)
     hypercorn_guard.install(settings)
     app = App(settings, auth=auth)
     if not app.guard.configured:
-        log.warning("no authentication configured: any client that reaches %s:%d may create, read and "
-                    "delete streams (see README, Access control)", settings.host, settings.port)
+        log.warning("no authentication configured: any client that reaches this server may create, "
+                    "read and delete streams (see README, Access control)")
     return app
