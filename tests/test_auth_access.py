@@ -195,3 +195,12 @@ async def test_without_auth_everything_is_open_but_admin_answers_loopback_only(t
         srv.client._scope = from_afar  # type: ignore[method-assign]
         assert_error(await srv.client.post("/admin/checkpoint"), 403, "FORBIDDEN")
         assert (await srv.client.get(url("open"))).status_code == 200
+
+
+async def test_protected_metrics_without_auth_answer_loopback_only(tmp_path: Path) -> None:
+    async with running_app(settings_for(tmp_path, metrics_require_admin=True)) as srv:
+        assert (await srv.client.get("/metrics")).status_code == 200  # the harness's peer is 127.0.0.1
+        original = srv.client._scope
+        srv.client._scope = lambda *args: original(*args) | {"client": ("2001:db8::7", 40000)}  # type: ignore[method-assign]
+        assert_error(await srv.client.get("/metrics"), 403, "FORBIDDEN")
+        assert (await srv.client.get("/healthz")).status_code == 200
