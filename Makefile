@@ -19,7 +19,7 @@ URL ?= http://$(HOST):$(PORT)
 TRIO_STREAMS := $(VENV)/bin/trio-streams
 CONFORMANCE_DIR := tests/conformance
 
-.PHONY: install run test test-all unit conformance conformance-node node-deps bench crash verify lock clean
+.PHONY: install run test test-all unit conformance conformance-auth conformance-node node-deps bench crash verify lock clean
 .PHONY: backup backup-offline restore stats checkpoint status
 
 install: $(VENV)/.installed
@@ -88,6 +88,10 @@ test-all: install node-deps
 
 conformance: install node-deps
 	$(PY) scripts/run_conformance.py
+
+# The same suite against a server with access control on, every request carrying a token.
+conformance-auth: install node-deps
+	$(PY) scripts/run_conformance.py --auth
 
 conformance-node: install node-deps
 	$(PY) scripts/run_conformance.py --server node

@@ -14,15 +14,22 @@ Once the suite has run, the last line printed is
 `conformance: N passed, N failed, N skipped`.
 
   python3 scripts/run_conformance.py [--server ours|node | --url URL]
-      [--allow-fail-prefix "Fork - "]... [-t PATTERN]
+      [--auth] [--allow-fail-prefix "Fork - "]... [-t PATTERN]
+
+With --auth our server starts with a config file holding one static token
+(scopes read, write, delete) and every request of the suite carries it
+(tests/conformance/auth_fetch.setup.mjs wraps fetch); the runner first
+checks that a request without the token is refused with 401.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -53,6 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--server", choices=("ours", "node"), default="ours",
                    help="which server to start (default: ours)")
     p.add_argument("--url", help="test an already running server instead")
+    p.add_argument("--auth", action="store_true",
+                   help="run our server with access control on, the suite sending a bearer token")
     p.add_argument("--allow-fail-prefix", action="append", default=[],
                    metavar="PREFIX", help="failures of tests whose full name "
                    "starts with PREFIX (a describe title) are allowed")
@@ -67,6 +76,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def auth_config(data_dir: str) -> tuple[str, str]:
+    """A config file with one token allowed every stream operation; (its path, the token)."""
+    token = secrets.token_urlsafe(32)
+    path = Path(data_dir).parent / f"{Path(data_dir).name}-auth.toml"
+    path.write_text(
+        "[[auth.tokens]]\n"
+        "name = \"conformance\"\n"
+        f"sha256 = \"{hashlib.sha256(token.encode()).hexdigest()}\"\n"
+        "scopes = [\"read\", \"write\", \"delete\"]\n")
+    return str(path), token
+
+
+def check_auth_is_on(base: str) -> None:
+    status = request("PUT", f"{base}/v1/stream/__auth-check-{uuid.uuid4().hex}",
+                     {"Content-Type": "text/plain"})
+    if status != 401:
+        raise RunError(f"--auth: a PUT without the token got {status}, not 401")
 
 
 def server_command(kind: str, port: int, data_dir: str) -> list[str]:
@@ -117,10 +145,10 @@ def log_tail(log_path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(server log is empty)"
 
 
-def start_server(kind: str, data_dir: str, log_path: Path):
+def start_server(kind: str, data_dir: str, log_path: Path, extra: list[str]):
     """Start the server in its own process group; return (proc, base URL)."""
     port = free_port()
-    cmd = server_command(kind, port, data_dir)
+    cmd = server_command(kind, port, data_dir) + extra
     print(f"starting {kind} server: {' '.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
@@ -159,7 +187,7 @@ def kill_group(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
 
 
 def run_vitest(base: str, report: Path, pattern: str | None,
-               timeout: float) -> int:
+               timeout: float, token: str | None = None) -> int:
     vitest = SUITE_DIR / "node_modules" / ".bin" / "vitest"
     if not vitest.exists():
         raise RunError(f"{vitest} not found (run `make node-deps`)")
@@ -169,6 +197,9 @@ def run_vitest(base: str, report: Path, pattern: str | None,
     if pattern:
         cmd += ["-t", pattern]
     env = dict(os.environ, CONFORMANCE_TEST_URL=base)
+    env.pop("CONFORMANCE_AUTH_TOKEN", None)
+    if token:
+        env["CONFORMANCE_AUTH_TOKEN"] = token
     if not sys.stdout.isatty() and "FORCE_COLOR" not in env:
         env["NO_COLOR"] = "1"  # keep logs free of ANSI escapes
     print(f"running: {' '.join(cmd)}", flush=True)
@@ -242,16 +273,24 @@ def report_results(s: dict, prefixes: list[str]) -> list[str]:
 
 def conduct(args: argparse.Namespace, data_dir: str, procs: list) -> int:
     """Start the server if needed, run the suite, print the verdict."""
-    name = "url" if args.url else args.server
+    name = ("url" if args.url else args.server) + ("-auth" if args.auth else "")
     BUILD_DIR.mkdir(exist_ok=True)
     report = BUILD_DIR / f"conformance-{name}.json"
     log_path = BUILD_DIR / f"conformance-{name}-server.log"
+    token, extra = None, []
+    if args.auth:
+        if args.url or args.server != "ours":
+            raise RunError("--auth starts our own server; it cannot be combined with --url or --server node")
+        config, token = auth_config(data_dir)
+        extra = ["--config", config]
     if args.url:
         base = args.url.rstrip("/")
     else:
-        server, base = start_server(args.server, data_dir, log_path)
+        server, base = start_server(args.server, data_dir, log_path, extra)
         procs.append(server)
-    rc = run_vitest(base, report, args.filter, args.timeout)
+    if args.auth:
+        check_auth_is_on(base)
+    rc = run_vitest(base, report, args.filter, args.timeout, token)
     s = summarise(report, args.allow_fail_prefix)
     problems = report_results(s, args.allow_fail_prefix)
     if rc != 0 and not (s["failed"] or s["allowed"] or s["file_errors"]):
@@ -289,6 +328,7 @@ def main(argv: list[str]) -> int:
         for proc in procs:
             kill_group(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
+        Path(f"{data_dir}-auth.toml").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

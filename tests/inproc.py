@@ -66,6 +66,7 @@ import trio
 import trio.testing
 
 from conftest import SseEvent, parse_metrics
+from trio_streams.auth.config import AuthConfig
 from trio_streams.clock import SYSTEM_CLOCK, Clock
 from trio_streams.config import Settings
 from trio_streams.http.app import App
@@ -611,11 +612,12 @@ class _Lifespan:
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[InprocServer]:
+async def running_app(settings: Settings, clock: Clock = SYSTEM_CLOCK,
+                      auth: AuthConfig | None = None) -> AsyncIterator[InprocServer]:
     """The app with its lifespan running: ready on entry, shut down cleanly on exit."""
     threads = inline_worker_threads() if on_mock_clock() else contextlib.nullcontext()
     with threads:
-        app = App(settings, clock)
+        app = App(settings, clock, auth)
         lifespan = _Lifespan()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan.receive, lifespan.send)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from conftest import PREFIX, Server, assert_error, deadline_poll, free_port
-from trio_streams.http.admin import admin_allowed
+from trio_streams.auth.local import local_operator as admin_allowed
 from trio_streams.http.asgi import Request
 
 

@@ -82,13 +82,14 @@ def recycling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     yield from serving(tmp_path_factory.mktemp("browser"), [], env)
 
 
-@pytest.fixture(scope="module")
-def page_url() -> Iterator[str]:
-    """The page, served from its own origin (another port) by a thread of this process."""
+@contextlib.contextmanager
+def serving_page(page: str) -> Iterator[str]:
+    """Serves ``page`` at every path from its own origin (another port), by a thread of this
+    process; yields the origin."""
 
     class PageHandler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = PAGE.encode()
+            body = page.encode()
             self.send_response(200)
             self.send_header("content-type", "text/html; charset=utf-8")
             self.send_header("content-length", str(len(body)))
@@ -102,11 +103,17 @@ def page_url() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/reader.html"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def page_url() -> Iterator[str]:
+    with serving_page(PAGE) as origin:
+        yield f"{origin}/reader.html"
 
 
 class WebDriver:

@@ -22,7 +22,9 @@ from hypercorn.trio import serve
 from . import verify_cli
 from .ops import cli as ops_cli
 from .client import cli as client_cli
-from .config import FSYNC_MODES, settings_from_env
+from .auth import cli as auth_cli
+from .config import FSYNC_MODES
+from .config_file import load_configuration
 from .http.app import App, create_app
 
 
@@ -52,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--request-header-bytes-max", type=int, help="largest request head; larger is 431 (default 64 KiB)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    s.add_argument("--config", help="TOML config file: settings and [auth] (default $TRIO_STREAMS_CONFIG)")
+    s.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                   help="serve without auth on a non-loopback address (else refused, exit 6)")
+    auth_cli.add_command(commands)
     client_cli.add_commands(commands)
     verify_cli.add_command(commands)
     ops_cli.add_commands(commands)
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return verify_cli.run(args)
     if args.command in ops_cli.COMMANDS:
         return ops_cli.run(args)
+    if args.command == auth_cli.COMMAND:
+        return auth_cli.run(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return run_server(args)
@@ -74,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_server(args: argparse.Namespace) -> int:
     try:
-        settings = settings_from_env(
+        configuration = load_configuration(
+            args.config, allow_unauthenticated=args.allow_unauthenticated,
             host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
             long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
             read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
@@ -83,7 +92,11 @@ def run_server(args: argparse.Namespace) -> int:
             connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
             keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
         )
-        app = create_app(settings)
+        settings = configuration.settings
+        if auth_cli.refuses_to_serve(configuration):
+            print(f"trio-streams: {auth_cli.REFUSAL.format(host=settings.host)}", file=sys.stderr)
+            return auth_cli.REFUSAL_EXIT_STATUS
+        app = create_app(settings, configuration.auth)
     except ValueError as exc:
         print(f"trio-streams: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .auth.cors import parse_allow_origins
 from .protocol.urls import normalise_base_url
 from .protocol.jsonmode import DEPTH_ENCODABLE_MAX
 from .storage.wal import RECORD_PAYLOAD_BYTES_MAX
@@ -123,7 +124,6 @@ class Settings:
 
     # Caching: "public" or "private" for Cache-Control on catch-up reads.
     cache_visibility: str = "public"
-    cors_allow_origin: str = "*"
 
     # Public URL: ``scheme://host[:port]`` clients reach the server by (behind a
     # proxy, the proxy's). When set, Location is built from it instead of the
@@ -165,6 +165,37 @@ class Settings:
     # write while a backup streams: with the send, the memory one backup holds.
     backup_read_chunk_bytes: int = 1024 * 1024
 
+    # Access control (auth/, README "Access control"). Tokens and JWT keys are in
+    # the config file's [auth] table; these are the knobs around them.
+    # Origins browsers may call from, comma-separated ("https://a.example,https://b.example"),
+    # "*" for any, "none" for no cross-origin access. Empty: "*" without auth, none with it.
+    cors_allow_origins: str = ""
+    # The old single-origin name; used when cors_allow_origins is empty.
+    cors_allow_origin: str = ""
+    # Serve without authentication on a non-loopback address (else start-up refuses, exit 6).
+    allow_unauthenticated: bool = False
+    # Accept the token as ?access_token= on GET (EventSource cannot send headers).
+    # It lands in proxy logs and browser history: off unless a browser needs it.
+    auth_query_token: bool = False
+    # /metrics answers only the admin scope (else it is public).
+    metrics_require_admin: bool = False
+    # Longest bearer token accepted; longer is 401 before any parsing.
+    auth_token_bytes_max: int = 8192
+    # Clock skew allowed on JWT exp and nbf.
+    auth_jwt_leeway_s: float = 30.0
+    # JWKS (file or URL) reloaded this often; a token with an unknown kid asks for
+    # an early reload, at most once per auth_jwks_refetch_min_interval_s.
+    auth_jwks_refresh_interval_s: float = 300.0
+    auth_jwks_refetch_min_interval_s: float = 30.0
+    # One JWKS fetch, connect to last byte; on timeout the cached keys stay in use.
+    auth_jwks_fetch_timeout_s: float = 5.0
+    # Largest JWKS document and most keys in it; more is refused (cached keys stay).
+    auth_jwks_bytes_max: int = 256 * 1024
+    auth_jwks_keys_max: int = 64
+    # Verified JWTs remembered (until exp or the next JWKS reload) so a client's
+    # repeated requests skip PyJWT; each entry holds its token. 0: verify every time.
+    auth_jwt_cache_entries_max: int = 1024
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -190,6 +221,20 @@ class Settings:
                 raise ValueError(f"{field.name} must not be negative")
         self._check_connections()
         self._check_streams_layer()
+        self._check_access_control()
+
+    def _check_access_control(self) -> None:
+        if self.cors_allow_origin and not self.cors_allow_origins:  # frozen: resolve the old name once
+            object.__setattr__(self, "cors_allow_origins", self.cors_allow_origin)
+        parse_allow_origins(self.cors_allow_origins)
+        if self.auth_token_bytes_max < 16 or self.auth_jwks_bytes_max < 1 or self.auth_jwks_keys_max < 1:
+            raise ValueError("auth_token_bytes_max must be at least 16; auth_jwks_bytes_max and "
+                             "auth_jwks_keys_max at least 1")
+        if min(self.auth_jwks_refresh_interval_s, self.auth_jwks_refetch_min_interval_s,
+               self.auth_jwks_fetch_timeout_s) <= 0:
+            raise ValueError("auth_jwks_*_s settings must be positive")
+        if self.auth_jwks_refetch_min_interval_s > self.auth_jwks_refresh_interval_s:
+            raise ValueError("auth_jwks_refetch_min_interval_s must be at most auth_jwks_refresh_interval_s")
 
     def _check_streams_layer(self) -> None:
         if self.expiry_sweep_interval_s <= 0:
@@ -252,10 +297,12 @@ def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
     return raw
 
 
-def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Builds Settings from ``TRIO_STREAMS_<FIELD>`` variables, then ``overrides``."""
+def settings_from_env(environ: Mapping[str, str] | None = None, base: Mapping[str, Any] | None = None,
+                      **overrides: Any) -> Settings:
+    """Builds Settings from ``base`` (the config file's values), then ``TRIO_STREAMS_<FIELD>``
+    variables, then ``overrides``."""
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     for field in dataclasses.fields(Settings):
         raw = environ.get(ENV_PREFIX + field.name.upper())
         if raw is not None:

@@ -6,6 +6,8 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
     include: ["conformance.test.mjs"],
+    // Adds the bearer token to every request when CONFORMANCE_AUTH_TOKEN is set.
+    setupFiles: ["./auth_fetch.setup.mjs"],
     // The suite is one file whose tests share a server: run it sequentially.
     fileParallelism: false,
     sequence: { concurrent: false, shuffle: false },

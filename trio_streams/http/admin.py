@@ -1,13 +1,12 @@
 """The admin endpoints: ``POST /admin/checkpoint`` and ``GET /admin/backup``.
 
-Owns: who may call them (``admin_allowed``), their methods, and their
-answers: the checkpoint's position and duration as JSON; the backup as a
+Owns: their methods and their answers (who may call them is the guard's
+rule, auth/guard.py: the admin scope, or a local operator without auth): the checkpoint's position and duration as JSON; the backup as a
 streamed tar (ops/online.py, ops/backup.py), one at a time. Never: storage.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,36 +23,6 @@ from .send_timeout import SendDeadlines
 log = logging.getLogger("trio_streams.http")
 
 PREFIX = "/admin/"
-# Headers that mean the request is not an operator's own on this machine: a
-# reverse proxy's (it forwards whoever its client is from 127.0.0.1), or a
-# browser's (a web page the operator has open could otherwise read a backup).
-_NOT_LOCAL_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "origin", "sec-fetch-site", "sec-fetch-mode")
-
-
-def admin_allowed(req: Request) -> bool:
-    """Whether this request may use the admin endpoints: for now, a loopback peer,
-    addressed by a loopback name (a DNS-rebound name is not), that is neither a
-    reverse proxy nor a browser."""
-    client = req.scope.get("client")
-    if not client or any(name in req.headers for name in _NOT_LOCAL_HEADERS):
-        return False
-    return _is_loopback(client[0]) and _is_loopback(_host_name(req.headers.get("host", "")))
-
-
-def _host_name(host: str) -> str:
-    """The name in a Host header: without its port, an IPv6 literal without brackets."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _is_loopback(name: str) -> bool:
-    if name.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class Admin:
@@ -69,8 +38,6 @@ class Admin:
         self._routes = {"/admin/checkpoint": ("POST", self._checkpoint), "/admin/backup": ("GET", self._backup)}
 
     async def handle(self, req: Request, send: Send) -> None:
-        if not admin_allowed(req):
-            raise ProtocolError(403, "FORBIDDEN", "the admin endpoints answer local requests only")
         route = self._routes.get(req.path)
         if route is None:
             raise not_found("no such admin endpoint")

@@ -17,15 +17,19 @@ import logging
 import orjson
 import trio
 
+from ..auth.config import AuthConfig
+from ..auth.cors import Cors, effective_allow_origins, parse_allow_origins
+from ..auth.guard import Guard
 from ..clock import SYSTEM_CLOCK, Clock
-from ..config import Settings, settings_from_env
+from ..config import Settings
+from ..config_file import load_configuration
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
 from ..streams.facade import Streams
 from . import admin, fd_budget, handlers, hypercorn_guard, reads
 from .asgi import (
-    ALLOWED_METHODS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers, error_body,
-    parse_request, respond,
+    ALLOWED_METHODS, EXPOSED_HEADERS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers,
+    error_body, parse_request, respond,
 )
 from .metrics import render_metrics
 from .paths import stream_name
@@ -35,11 +39,15 @@ log = logging.getLogger("trio_streams.http")
 
 
 class App:
-    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK, auth: AuthConfig | None = None) -> None:
+        settings = with_cors_default(settings, auth)
         self.settings = settings
         self.clock = clock
         self.service = Service(settings, clock=clock)
-        self._base = common_headers(settings.cors_allow_origin)
+        # Access control (auth/): checked first in _route; CORS headers added per request in _http.
+        self.guard = Guard(settings, auth or AuthConfig())
+        self.cors = Cors(parse_allow_origins(settings.cors_allow_origins), EXPOSED_HEADERS)
+        self._base = common_headers()
         self._reads: reads.Reads | None = None
         # Found through this app by the guarded Hypercorn writer (hypercorn_guard.py).
         self.send_deadlines = SendDeadlines(settings.send_timeout_s)
@@ -63,14 +71,17 @@ class App:
         async with trio.open_nursery() as nursery:
             # Recovery runs after startup completes so /healthz can answer 503 meanwhile.
             nursery.start_soon(self.service.run)
+            nursery.start_soon(self.guard.run)
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
             self.drain()
             self.service.stop()
             await self.service.finished.wait()
+            nursery.cancel_scope.cancel()  # background tasks that run until shutdown (JWKS reloads)
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = self._with_cors(scope, send)
         try:
             req = parse_request(scope, receive)
         except ProtocolError as exc:
@@ -86,6 +97,19 @@ class App:
             log.exception("unhandled error for %s %s", req.method, req.path)
             await self._error(send, 500, "INTERNAL", "internal server error", (), head=req.method == "HEAD")
 
+    def _with_cors(self, scope: Scope, send: Send) -> Send:
+        """``send`` adding the CORS headers for the request's Origin to the response head."""
+        origin = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"origin"), None)
+        # No web page may read an admin answer (a backup holds every stream).
+        extra = [] if str(scope.get("path", "")).startswith(admin.PREFIX) else self.cors.headers(origin)
+
+        async def send_with_cors(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], *extra]}
+            await send(message)
+
+        return send_with_cors
+
     async def _error(self, send: Send, status: int, code: str, message: str, headers: tuple, *, head: bool) -> None:
         pairs = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
         pairs += encode_headers(headers)
@@ -95,6 +119,7 @@ class App:
             log.debug("could not send error response", exc_info=True)
 
     async def _route(self, req: Request, send: Send) -> None:
+        self.guard.check(req)
         if req.path.startswith(admin.PREFIX):
             return await self._admin.handle(req, send)
         if req.path in ("/healthz", "/metrics"):
@@ -196,9 +221,25 @@ async def _until_disconnect(receive: Receive, operation) -> None:  # type: ignor
         raise
 
 
-def create_app(settings: Settings | None = None) -> App:
-    """The application, with the process prepared for it: file descriptors and Hypercorn's guard."""
-    settings = settings or settings_from_env()
+def with_cors_default(settings: Settings, auth: AuthConfig | None) -> Settings:
+    configured = auth is not None and auth.configured
+    return settings.replace(cors_allow_origins=effective_allow_origins(settings.cors_allow_origins, configured))
+
+
+def create_app(settings: Settings | None = None, auth: AuthConfig | None = None) -> App:
+    """The application, with the process prepared for it: file descriptors and Hypercorn's guard.
+
+    Without arguments (under plain Hypercorn) the configuration is the file
+    named by $TRIO_STREAMS_CONFIG, if any, and the environment.
+    """
+    if settings is None:
+        configuration = load_configuration()
+        settings, auth = configuration.settings, configuration.auth
+    settings = with_cors_default(settings, auth)
     fd_budget.ensure(settings)
     hypercorn_guard.install(settings)
-    return App(settings)
+    app = App(settings, auth=auth)
+    if not app.guard.configured:
+        log.warning("no authentication configured: any client that reaches this server may create, "
+                    "read and delete streams (see README, Access control)")
+    return app

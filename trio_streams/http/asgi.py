@@ -117,14 +117,18 @@ def parse_request(scope: Scope, receive: Receive) -> Request:
 CONTENT_SECURITY_POLICY = "default-src 'none'; sandbox"
 
 
-def common_headers(cors_origin: str) -> Headers:
-    return [
+def common_headers(cors_origin: str = "") -> Headers:
+    """The security headers; CORS ones only for a fixed ``cors_origin`` (the app adds
+    them per request instead, from the request's Origin: auth/cors.py)."""
+    headers = [
         (b"x-content-type-options", b"nosniff"),
         (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
         (b"cross-origin-resource-policy", b"cross-origin"),
-        (b"access-control-allow-origin", cors_origin.encode()),
-        (b"access-control-expose-headers", EXPOSED_HEADERS.encode()),
     ]
+    if cors_origin:
+        headers += [(b"access-control-allow-origin", cors_origin.encode()),
+                    (b"access-control-expose-headers", EXPOSED_HEADERS.encode())]
+    return headers
 
 
 def encode_headers(pairs: Iterable[tuple[str, str]]) -> Headers:

@@ -44,11 +44,11 @@ async def head(req: Request, path: str, streams: Streams, settings: Settings, ba
 
 
 async def options(req: Request, settings: Settings, base: Headers, send: Send) -> None:
-    requested = req.headers.get("access-control-request-headers")
-    allow = f"{ALLOWED_REQUEST_HEADERS}, {requested}" if requested else ALLOWED_REQUEST_HEADERS
+    # The protocol's headers only, never an echo of what was asked: a page may
+    # send nothing else. Allow-Origin (or its absence) is added per request by the app.
     pairs = [
         ("access-control-allow-methods", ALLOWED_METHODS),
-        ("access-control-allow-headers", allow),
+        ("access-control-allow-headers", ALLOWED_REQUEST_HEADERS),
         ("access-control-max-age", "86400"),
     ]
     await respond(send, 204, base + encode_headers(pairs))

@@ -74,6 +74,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
 from ..config import Settings
+from ..auth.cors import static_origin
 from .asgi import common_headers, error_body
 from .send_timeout import SendDeadlines
 
@@ -259,7 +260,7 @@ class GuardedH11Protocol(H11Protocol):
         error = getattr(self.connection, "error", None)
         message = str(error) if error is not None else "malformed HTTP/1.1 request"
         body = error_body(_ERROR_CODES.get(status_code, "BAD_REQUEST"), message)
-        headers = common_headers(_settings().cors_allow_origin) + [
+        headers = common_headers(static_origin(_settings().cors_allow_origins)) + [
             (b"content-type", b"application/json"), (b"cache-control", b"no-store"),
             (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
             *self.config.response_headers("h11"),
@@ -279,7 +280,7 @@ class GuardedH11Protocol(H11Protocol):
 @functools.cache
 def _shed_response(settings: Settings) -> bytes:
     body = error_body("TOO_MANY_CONNECTIONS", "the server has too many open connections; retry shortly")
-    headers = common_headers(settings.cors_allow_origin) + [
+    headers = common_headers(static_origin(settings.cors_allow_origins)) + [
         (b"content-type", b"application/json"), (b"cache-control", b"no-store"), (b"retry-after", b"1"),
         (b"connection", b"close"), (b"content-length", str(len(body)).encode()),
     ]
