@@ -117,6 +117,8 @@ class Observed:
         return time.perf_counter() - self.started
 
     def log_line(self, seconds: float) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         client = self.scope.get("client")
         fields = {
             "method": str(self.scope.get("method", ""))[:16].translate(_ESCAPES),

@@ -12,7 +12,7 @@ code, reader mode; never a stream path.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics, generate_latest,
@@ -64,18 +64,35 @@ class Metrics:
                                   namespace=NAMESPACE, registry=r)
         for mode in LIVE_MODES:
             self.live_readers.labels(mode)
+        # Bounded like the labels: methods x kinds x status codes the app sends.
+        self._children: dict[tuple[str, str, int], _RequestSeries] = {}
         self.observer = _Observer(r)
         r.register(_StateCollector(service, stalled_writes))
 
     def request_done(self, observed: Observed, seconds: float) -> None:
-        kind = observed.kind
-        self.requests.labels(observed.method, kind, str(observed.status)).inc()
-        self.request_seconds.labels(kind).observe(seconds)
-        self.request_bytes.labels(kind).inc(observed.bytes_in)
-        self.response_bytes.labels(kind).inc(observed.bytes_out)
+        key = (observed.method, observed.kind, observed.status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds a key: once per label set
+            method, kind, status = key
+            children = self._children[key] = _RequestSeries(
+                self.requests.labels(method, kind, str(status)), self.request_seconds.labels(kind),
+                self.request_bytes.labels(kind), self.response_bytes.labels(kind))
+        children.requests.inc()
+        children.seconds.observe(seconds)
+        children.bytes_in.inc(observed.bytes_in)
+        children.bytes_out.inc(observed.bytes_out)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestSeries(NamedTuple):
+    """The series one request updates, looked up once per label set."""
+
+    requests: Counter
+    seconds: Histogram
+    bytes_in: Counter
+    bytes_out: Counter
 
 
 class _Observer:
