@@ -12,6 +12,7 @@ Never: decides anything about the request.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from urllib.parse import unquote_plus
@@ -39,8 +40,8 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"})
 CLIENT_CLOSED = 499
 # Bytes 0x21..0x7e: what a request id may hold.
 _PRINTABLE = frozenset(range(0x21, 0x7F))
-# Control characters and DEL as escapes, so that a logged target stays one line.
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+# Control characters and DEL: escaped, so that a logged target stays one line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def route_kind(method: str, path: str, stream_prefix: str, live: str | None) -> str:
@@ -72,7 +73,11 @@ def logged_target(scope: Scope) -> str:
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
         target += "?" + "&".join(_redacted(part) for part in query.split("&"))
-    return target.translate(_ESCAPES)
+    return _escaped(target)
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _redacted(part: str) -> str:
@@ -121,7 +126,7 @@ class Observed:
             return
         client = self.scope.get("client")
         fields = {
-            "method": str(self.scope.get("method", ""))[:16].translate(_ESCAPES),
+            "method": _escaped(str(self.scope.get("method", ""))[:16]),
             "target": logged_target(self.scope),
             "status": self.status,
             "bytes_out": self.bytes_out,
