@@ -215,6 +215,8 @@ def _live_mode(req: Request) -> str | None:
     """The live mode as the request asked for it; a repeated parameter (a 400) is counted as "other"."""
     values = req.query_values("live")
     return None if not values else values[0] if len(values) == 1 else "?"
+
+
 # Every stream method but GET (self._get) and OPTIONS: the writes go through the
 # path's actor; HEAD only reads the stream's metadata.
 _HANDLERS = {"PUT": handlers.put, "POST": handlers.post, "DELETE": handlers.delete, "HEAD": handlers.head}
