@@ -233,3 +233,14 @@ def _write_records(directory: Path, appends: int) -> None:
 
 async def _no_checkpoint() -> None:
     """Leave the WAL to be replayed, as after a crash."""
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TRIO_STREAMS_LOG_FORMAT": "xml"}, "log_format must be one of"),
+    ({"TRIO_STREAMS_LOG_LEVEL": "loud"}, "log_level must be one of"),
+    ({"TRIO_STREAMS_REQUEST_ID_BYTES_MAX": "0"}, "request_id_bytes_max must be at least 1"),
+])
+def test_invalid_observability_settings_refuse_to_start(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = subprocess.run([str(EXE), "serve", "--data-dir", str(tmp_path), "--port", "0"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
