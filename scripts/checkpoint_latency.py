@@ -112,9 +112,9 @@ def measure(name: str, template: Path, work: Path, code: Path | None, args: argp
         interval = args.probe_interval_ms / 1000
         with httpx.Client(timeout=600.0) as client:
             probe(client, stream + "probe", 2.0, interval)  # warm up
-            before = server.metric("trio_streams_log_checkpoints")
+            before = server.metric("trio_streams_checkpoints_total")
             quiet = probe(client, stream + "probe", args.seconds, interval)
-            assert server.metric("trio_streams_log_checkpoints") == before, "a checkpoint ran in the quiet phase"
+            assert server.metric("trio_streams_checkpoints_total") == before, "a checkpoint ran in the quiet phase"
             appends: list[float] = []
             stop = threading.Event()
             writer = threading.Thread(target=trickle, args=(stream + "trickle", stop, args.trickle_interval_ms / 1000, appends))
@@ -122,7 +122,7 @@ def measure(name: str, template: Path, work: Path, code: Path | None, args: argp
             busy = probe(client, stream + "probe", args.seconds, interval)
             stop.set()
             writer.join()
-            done = server.metric("trio_streams_log_checkpoints") - before
+            done = server.metric("trio_streams_checkpoints_total") - before
         print(f"[{name}] quiet:         GET {summary(quiet)}")
         print(f"[{name}] checkpointing: GET {summary(busy)}")
         print(f"[{name}] checkpointing: POST {summary(appends)}  ({done:.0f} checkpoints completed)")

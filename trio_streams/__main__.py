@@ -19,13 +19,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from . import verify_cli
-from .ops import cli as ops_cli
-from .client import cli as client_cli
+from . import logsetup, verify_cli
 from .auth import cli as auth_cli
-from .config import FSYNC_MODES
+from .client import cli as client_cli
+from .config import FSYNC_MODES, LOG_FORMATS, LOG_LEVELS
 from .config_file import load_configuration
 from .http.app import App, create_app
+from .ops import cli as ops_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a client that sends nothing for this long mid-request (default 30)")
     s.add_argument("--keep-alive-timeout-s", type=float, help="close idle keep-alive connections after this (default 30)")
     s.add_argument("--request-header-bytes-max", type=int, help="largest request head; larger is 431 (default 64 KiB)")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    s.add_argument("--log-level", choices=LOG_LEVELS, help="server log level (default info)")
+    s.add_argument("--log-format", choices=LOG_FORMATS, help="text lines, or one JSON object per line (default text)")
+    s.add_argument("--access-log", action="store_true", default=None,
+                   help="log one line per request (logger trio_streams.access)")
+    s.add_argument("--metrics-port", type=int,
+                   help="also serve /metrics and /healthz* on this port, and /metrics only there (default: 0, off)")
     s.add_argument("--config", help="TOML config file: settings and [auth] (default $TRIO_STREAMS_CONFIG)")
     s.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve without auth on a non-loopback address (else refused, exit 6)")
@@ -74,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         return ops_cli.run(args)
     if args.command == auth_cli.COMMAND:
         return auth_cli.run(args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return run_server(args)
     return 2
@@ -91,22 +94,28 @@ def run_server(args: argparse.Namespace) -> int:
             public_base_url=args.public_base_url, send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
             connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
             keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
+            log_level=args.log_level, log_format=args.log_format, access_log=args.access_log,
+            metrics_port=args.metrics_port,
         )
         settings = configuration.settings
         if auth_cli.refuses_to_serve(configuration):
             print(f"trio-streams: {auth_cli.REFUSAL.format(host=settings.host)}", file=sys.stderr)
             return auth_cli.REFUSAL_EXIT_STATUS
+        logsetup.configure(settings, replace=True)
         app = create_app(settings, configuration.auth)
     except ValueError as exc:
         print(f"trio-streams: {exc}", file=sys.stderr)
         return 2
     config = Config()
-    config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
+    config.bind = [_address(settings.host, settings.port)]
+    if settings.metrics_port:  # the app tells the two apart by scope["server"]
+        config.bind.append(_address(settings.host, settings.metrics_port))
     config.graceful_timeout = settings.shutdown_grace_s
     if settings.tls_certfile:
         config.certfile, config.keyfile = settings.tls_certfile, settings.tls_keyfile
-    # Hand Hypercorn our configured loggers so every line has one format.
-    config.accesslog = logging.getLogger("hypercorn.access") if args.access_log else None
+    # Hand Hypercorn our configured loggers so every line has one format. The
+    # access log is the app's (http/access_log.py): Hypercorn's would add a second line.
+    config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.h11_max_incomplete_size = settings.request_header_bytes_max
     config.keep_alive_timeout = settings.keep_alive_timeout_s
@@ -115,6 +124,10 @@ def run_server(args: argparse.Namespace) -> int:
     config.keep_alive_max_requests = 1_000_000
     trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
     return 1 if app.service.failure is not None else 0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _shutdown_trigger(app: App) -> None:

@@ -23,6 +23,8 @@ RECORD_META_BYTES_RESERVE = 1024 * 1024
 EVENT_DATA_BYTES_MAX = RECORD_PAYLOAD_BYTES_MAX - RECORD_META_BYTES_RESERVE
 # What start-up does with a damaged WAL, checkpoint or stream file (docs/storage.md, "Recovery from damage").
 WAL_RECOVERY_MODES = ("tolerate_corrupted_tail", "fence_damaged_streams", "absolute_consistency", "point_in_time")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 # Below this, ordinary browser and client requests would be refused.
 REQUEST_HEADER_BYTES_MIN = 1024
 
@@ -196,6 +198,21 @@ class Settings:
     # repeated requests skip PyJWT; each entry holds its token. 0: verify every time.
     auth_jwt_cache_entries_max: int = 1024
 
+    # Observability (logs, metrics, health; README "Monitoring").
+    # Level of the server's log (and of the root logger it installs its handler on).
+    log_level: str = "info"
+    # "text": one human line per record; "json": one object per line (ts, level, logger, msg, fields).
+    log_format: str = "text"
+    # One line per request on the trio_streams.access logger (at its end, for live reads).
+    access_log: bool = False
+    # 0: /metrics and /healthz* are served on the streams port. Else they are served on
+    # this port too, /metrics only there, and stream routes never there.
+    metrics_port: int = 0
+    # An incoming X-Request-Id longer than this (or not printable ASCII) is replaced by a generated one.
+    request_id_bytes_max: int = 128
+    # A recovery that replays for longer logs its progress this often (0: never).
+    recovery_progress_interval_s: float = 5.0
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -222,6 +239,7 @@ class Settings:
         self._check_connections()
         self._check_streams_layer()
         self._check_access_control()
+        self._check_observability()
 
     def _check_access_control(self) -> None:
         if self.cors_allow_origin and not self.cors_allow_origins:  # frozen: resolve the old name once
@@ -235,6 +253,16 @@ class Settings:
             raise ValueError("auth_jwks_*_s settings must be positive")
         if self.auth_jwks_refetch_min_interval_s > self.auth_jwks_refresh_interval_s:
             raise ValueError("auth_jwks_refetch_min_interval_s must be at most auth_jwks_refresh_interval_s")
+
+    def _check_observability(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
+        if self.metrics_port > 65535 or (self.metrics_port and self.metrics_port == self.port):
+            raise ValueError("metrics_port must be 0 or a port (1..65535) other than port")
+        if self.request_id_bytes_max < 1:
+            raise ValueError("request_id_bytes_max must be at least 1")
 
     def _check_streams_layer(self) -> None:
         if self.expiry_sweep_interval_s <= 0:

@@ -30,7 +30,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .storage import lastaccess
 from .storage.fileops import REAL, FileOps
-from .storage.log import Log, StorageFailed
+from .storage.log import Log, LogObserver, StorageFailed
 from .storage.recovery import RecoveryRefused, recover
 from .protocol.state import StreamTable
 from .storage.store import Store
@@ -40,10 +40,19 @@ from .streams.view import DurableView
 
 log = logging.getLogger("trio_streams")
 
+# Health statuses in which the server takes traffic (/healthz/ready is 200):
+# "degraded" is a full disk (writes get 507 and retry; reads serve) or fenced
+# damaged streams (every other stream serves). Recovering, failed (writes
+# refused until a restart) and draining (shutting down) are not ready.
+READY_STATUSES = ("ok", "degraded")
+
 
 class Service:
-    def __init__(self, settings: Settings, ops: FileOps = REAL, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, settings: Settings, ops: FileOps = REAL, clock: Clock = SYSTEM_CLOCK,
+                 observer: LogObserver | None = None) -> None:
         self.settings = settings
+        # Told the log writer's measurements (fsync, batch sizes, checkpoints) for /metrics.
+        self.observer = observer
         # Every mutating file call of this instance goes through it (tests inject faults).
         self.ops = ops
         # Every wall-clock and interval reading of the streams layer (tests pass a mock-driven one).
@@ -59,6 +68,11 @@ class Service:
         self._stop = trio.Event()
         self._lock_fd: int | None = None
         self._log: Log | None = None
+        # Shutdown has begun (App.drain): no longer ready for new traffic.
+        self.draining = False
+        # The last recovery's duration and the WAL records it replayed (None until it ends).
+        self.recovery_seconds: float | None = None
+        self.recovery_replayed_events = 0
 
     def health(self) -> dict[str, object]:
         """/healthz detail: ``status`` (ok, degraded, recovering, failed), a reason
@@ -77,6 +91,8 @@ class Service:
             detail.update(status="degraded", reason=f"writes refused: {storage['state']}")
         elif fenced:
             detail.update(status="degraded", reason=f"{len(fenced)} damaged stream(s) fenced")
+        detail.update(recovering=detail["status"] == "recovering", draining=self.draining,
+                      ready=detail["status"] in READY_STATUSES and not self.draining)
         return detail
 
     def statistics(self) -> dict[str, float]:
@@ -115,6 +131,7 @@ class Service:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+            log.info("storage stopped%s", "" if self.failure is None else f" after a failure: {self.failure}")
             self.finished.set()
 
     async def _run(self) -> None:
@@ -129,13 +146,14 @@ class Service:
         )
         self._store = store
         recovered = await trio.to_thread.run_sync(recover, directory, store, self.settings, self.ops)
+        self.recovery_seconds, self.recovery_replayed_events = recovered.seconds, recovered.replayed_events
         # The recovered table lives as long as the process: keep the cyclic
         # collector from walking it (a full collection over 1 M streams stalls
         # the event loop for most of a second; docs/storage.md, "Checkpoints").
         gc.freeze()
         last_access = await trio.to_thread.run_sync(
             lastaccess.take, directory, recovered.checkpoint_position, recovered.replayed_events, self.ops)
-        wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table, self.clock)
+        wal_log = Log(self.settings, directory, recovered.wal, store, recovered.table, self.clock, self.observer)
         wal_log.on_failed = self._storage_failed
         self._log = wal_log
         try:
@@ -173,6 +191,7 @@ class Service:
             self.ready.set()
             log.info("ready: %d streams in %s", self.view.count(), self.settings.data_dir)
             await self._stop.wait()
+            log.info("shutting down: stopping stream actors, flushing the log")
             actors.cancel_scope.cancel()
 
     def _storage_failed(self, error: BaseException) -> None:

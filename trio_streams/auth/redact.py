@@ -12,7 +12,7 @@ from urllib.parse import unquote_plus
 
 from .guard import QUERY_TOKEN
 
-REDACTED = "[redacted]"
+REDACTED = "<redacted>"
 
 
 def redact_query(query: str) -> str:

@@ -17,6 +17,7 @@ import logging
 import orjson
 import trio
 
+from .. import logsetup
 from ..auth.config import AuthConfig
 from ..auth.cors import Cors, effective_allow_origins, parse_allow_origins
 from ..auth.guard import Guard
@@ -26,12 +27,12 @@ from ..config_file import load_configuration
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
 from ..streams.facade import Streams
-from . import admin, fd_budget, handlers, hypercorn_guard, reads
+from . import access_log, admin, fd_budget, handlers, hypercorn_guard, reads
 from .asgi import (
     ALLOWED_METHODS, EXPOSED_HEADERS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers,
     error_body, parse_request, respond,
 )
-from .metrics import render_metrics
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .paths import stream_name
 from .send_timeout import SendDeadlines
 
@@ -43,14 +44,16 @@ class App:
         settings = with_cors_default(settings, auth)
         self.settings = settings
         self.clock = clock
-        self.service = Service(settings, clock=clock)
+        # Found through this app by the guarded Hypercorn writer (hypercorn_guard.py).
+        self.send_deadlines = SendDeadlines(settings.send_timeout_s)
+        # Its own registry: several apps may live in one process (tests).
+        self.metrics = Metrics(lambda: self.service, lambda: self.send_deadlines.stalled)
+        self.service = Service(settings, clock=clock, observer=self.metrics.observer)
         # Access control (auth/): checked first in _route; CORS headers added per request in _http.
         self.guard = Guard(settings, auth or AuthConfig())
         self.cors = Cors(parse_allow_origins(settings.cors_allow_origins), EXPOSED_HEADERS)
         self._base = common_headers()
         self._reads: reads.Reads | None = None
-        # Found through this app by the guarded Hypercorn writer (hypercorn_guard.py).
-        self.send_deadlines = SendDeadlines(settings.send_timeout_s)
         self._admin = admin.Admin(self.service, settings, self._base, self.send_deadlines, _until_disconnect)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,12 +65,16 @@ class App:
     def drain(self) -> None:
         """Begin shutdown: end live reads at once instead of holding connections open,
         and give every response write until the grace period ends, no longer."""
+        if not self.service.draining:
+            log.info("shutdown begun: ending live reads, finishing requests within %g s", self.settings.shutdown_grace_s)
+        self.service.draining = True
         self.send_deadlines.drain(self.settings.shutdown_grace_s)
         if self.service.streams is not None:
             self.service.streams.drain()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
+        logsetup.log_configuration(self.settings)
         async with trio.open_nursery() as nursery:
             # Recovery runs after startup completes so /healthz can answer 503 meanwhile.
             nursery.start_soon(self.service.run)
@@ -78,15 +85,27 @@ class App:
             self.service.stop()
             await self.service.finished.wait()
             nursery.cancel_scope.cancel()  # background tasks that run until shutdown (JWKS reloads)
+        log.info("shutdown complete")
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        observed = access_log.Observed(scope, receive, send, self.settings.request_id_bytes_max)
+        try:
+            await self._observed_http(scope, observed.receive, observed.send, observed)
+        finally:
+            seconds = observed.seconds()
+            self.metrics.request_done(observed, seconds)
+            if self.settings.access_log:
+                observed.log_line(seconds)
+
+    async def _observed_http(self, scope: Scope, receive: Receive, send: Send, observed: access_log.Observed) -> None:
         send = self._with_cors(scope, send)
         try:
             req = parse_request(scope, receive)
         except ProtocolError as exc:
             await self._error(send, exc.status, exc.code, exc.message, exc.headers, head=scope["method"] == "HEAD")
             return
+        observed.kind = access_log.route_kind(req.method, req.path, self.settings.stream_prefix, _live_mode(req))
         try:
             await self._route(req, send)
         except ProtocolError as exc:
@@ -120,12 +139,12 @@ class App:
 
     async def _route(self, req: Request, send: Send) -> None:
         self.guard.check(req)
-        if req.path.startswith(admin.PREFIX):
-            return await self._admin.handle(req, send)
-        if req.path in ("/healthz", "/metrics"):
+        if req.path in OPERATIONS_PATHS:
             await self._operations(req, send)
             return
-        if not req.path.startswith(self.settings.stream_prefix):
+        if req.path.startswith(admin.PREFIX):
+            return await self._admin.handle(req, send)
+        if self._on_metrics_port(req.scope) or not req.path.startswith(self.settings.stream_prefix):
             raise not_found("no such resource")
         if req.method == "OPTIONS":
             await handlers.options(req, self.settings, self._base, send)
@@ -157,12 +176,18 @@ class App:
         elif live in ("long-poll", "sse"):
             operation = self._reads.long_poll if live == "long-poll" else self._reads.server_sent_events
             bounded = self.send_deadlines.bounded_app_send(send, req.scope.get("http_version", "1.1"))
-            await _until_disconnect(req.receive, operation(req, state, bounded))
+            readers = self.metrics.live_readers.labels(live.replace("-", "_"))
+            readers.inc()
+            try:
+                await _until_disconnect(req.receive, operation(req, state, bounded))
+            finally:
+                readers.dec()
         else:
             raise ProtocolError(400, "INVALID_QUERY", f"unknown live mode {live[:32]!r}")
 
     async def _operations(self, req: Request, send: Send) -> None:
-        """/healthz and /metrics answer GET and HEAD only.
+        """/healthz* and /metrics answer GET and HEAD only. With a ``metrics_port``,
+        /metrics is served on that port only.
 
         Anything else is refused before a 2xx can go out: a 2xx to CONNECT
         switches the connection's protocol, so Hypercorn could not send the body.
@@ -171,28 +196,55 @@ class App:
             raise ProtocolError(405, "METHOD_NOT_ALLOWED", f"method {req.method[:16]} is not allowed here",
                                 (("allow", OPERATIONS_METHODS),))
         head = req.method == "HEAD"
-        if req.path == "/healthz":
-            await self._health(send, head)
-        else:
+        if req.path == "/metrics":
+            if self.settings.metrics_port and not self._on_metrics_port(req.scope):
+                raise not_found("no such resource")
             await self._metrics(send, head)
+        else:
+            await self._health(req.path, send, head)
 
-    async def _health(self, send: Send, head: bool) -> None:
+    def _on_metrics_port(self, scope: Scope) -> bool:
+        """Whether the request came in on ``metrics_port`` (Hypercorn's ``scope["server"]``)."""
+        server = scope.get("server")
+        return bool(self.settings.metrics_port) and server is not None and server[1] == self.settings.metrics_port
+
+    async def _health(self, path: str, send: Send, head: bool) -> None:
+        """/healthz: 503 while recovering or failed. /healthz/live: 200 while the
+        event loop runs. /healthz/ready: 200 only when taking traffic (service.READY_STATUSES)."""
         headers = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
         detail = self.service.health()
-        status = _HEALTH_ERRORS.get(str(detail["status"]))
-        if status is not None:  # the error shape every 503 has, plus the detail
-            detail["error"] = {"code": status, "message": detail["reason"]}
-        await respond(send, 200 if status is None else 503, headers, orjson.dumps(detail), head=head)
+        code = _health_error(path, detail)
+        if code is not None:  # the error shape every 503 has, plus the detail
+            detail["error"] = {"code": code, "message": detail.get("reason", "shutting down")}
+        await respond(send, 200 if code is None else 503, headers, orjson.dumps(detail), head=head)
 
     async def _metrics(self, send: Send, head: bool) -> None:
-        body = render_metrics(self.service, {"stalled_writes_total": self.send_deadlines.stalled}).encode()
-        headers = self._base + [(b"content-type", b"text/plain; version=0.0.4"), (b"cache-control", b"no-store")]
-        await respond(send, 200, headers, body, head=head)
+        headers = self._base + [(b"content-type", METRICS_CONTENT_TYPE.encode()), (b"cache-control", b"no-store")]
+        await respond(send, 200, headers, self.metrics.render(), head=head)
 
 
 OPERATIONS_METHODS = "GET, HEAD"
+OPERATIONS_PATHS = frozenset(access_log.OPERATIONS_KINDS)
 # /healthz statuses that answer 503, and their error codes; the others (ok, degraded) answer 200.
 _HEALTH_ERRORS = {"failed": "FAILED", "recovering": "RECOVERING"}
+
+
+def _health_error(path: str, detail: dict[str, object]) -> str | None:
+    """The error code a health endpoint answers 503 with, or None for 200."""
+    if path == "/healthz/live":
+        return None
+    code = _HEALTH_ERRORS.get(str(detail["status"]))
+    if path == "/healthz/ready" and code is None and not detail["ready"]:
+        code = "DRAINING"
+    return code
+
+
+def _live_mode(req: Request) -> str | None:
+    """The live mode as the request asked for it; a repeated parameter (a 400) is counted as "other"."""
+    values = req.query_values("live")
+    return None if not values else values[0] if len(values) == 1 else "?"
+
+
 # Every stream method but GET (self._get) and OPTIONS: the writes go through the
 # path's actor; HEAD only reads the stream's metadata.
 _HANDLERS = {"PUT": handlers.put, "POST": handlers.post, "DELETE": handlers.delete, "HEAD": handlers.head}
@@ -236,6 +288,8 @@ def create_app(settings: Settings | None = None, auth: AuthConfig | None = None)
         configuration = load_configuration()
         settings, auth = configuration.settings, configuration.auth
     settings = with_cors_default(settings, auth)
+    # Under a plain `hypercorn -k trio`, nothing else sets up our logs.
+    logsetup.configure(settings, replace=False)
     fd_budget.ensure(settings)
     hypercorn_guard.install(settings)
     app = App(settings, auth=auth)

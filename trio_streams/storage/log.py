@@ -37,12 +37,14 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import EVENT_DATA_BYTES_MAX, Settings
 from ..protocol.errors import ProtocolError
+from ..protocol.headers import is_json
 from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, check_batch, event_start
 from . import checkpoint
 from .events import encode_event_parts
@@ -102,16 +104,48 @@ class StorageHealth:
         return dataclasses.asdict(self)
 
 
+class LogObserver(Protocol):
+    """Where the writer reports what it measures (http/metrics.py turns it into
+    histograms; storage knows no metrics library, http/ imports no storage).
+    ``fsync`` is called from a worker thread, the others on the event loop."""
+
+    def fsync(self, seconds: float) -> None: ...
+
+    def batch(self, events: int) -> None: ...
+
+    def checkpoint(self, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def fsync(self, seconds: float) -> None:
+        pass
+
+    def batch(self, events: int) -> None:
+        pass
+
+    def checkpoint(self, seconds: float) -> None:
+        pass
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class LogStatistics:
     batches: int
     events: int
     syncs: int
     checkpoints: int
+    # Append events written (a close-only append counts) and the messages that
+    # appends and creates carried: one per non-empty body, one per line of a JSON
+    # stream's body.
+    appends: int
+    messages: int
     queue_depth: int
     last_batch_events: int
     last_sync_s: float
     wal_end_position: int
+    # Bytes of WAL on disk: from the oldest segment kept to the end.
+    wal_bytes: int
+    # Wall-clock UNIX seconds the last checkpoint was written; 0 before the first.
+    last_checkpoint_at: float
     failed: bool
     checkpoint_failures: int
     disk_full_batches: int
@@ -153,8 +187,10 @@ class Log:
         store: Store,
         table: StreamTable,
         clock: Clock = SYSTEM_CLOCK,
+        observer: LogObserver | None = None,
     ) -> None:
         self._settings = settings
+        self._observer: LogObserver = observer or _Unobserved()
         # Intervals (fsync, checkpoints, retries) on its monotonic reading, which
         # is trio's: read on the event loop only, never in a worker thread.
         self._clock = clock
@@ -177,12 +213,13 @@ class Log:
         self._last_sync = clock.monotonic()
         self._checkpoint_position = wal.end_position
         self._checkpoint_time = clock.monotonic()
+        self._checkpoint_started = self._checkpoint_time
         # The checkpoint being written in the background (its cancel scope), if any.
         self._checkpointing: trio.CancelScope | None = None
         # Held around every worker-thread call that touches the WAL: a background
         # checkpoint deletes segments while the writer may be appending.
         self._wal_lock = trio.Lock()
-        self._stats = dict(batches=0, events=0, syncs=0, checkpoints=0, last_batch_events=0)
+        self._stats = dict(batches=0, events=0, syncs=0, checkpoints=0, appends=0, messages=0, last_batch_events=0)
         self._last_sync_s = 0.0
         # On-demand checkpoints (ops/backup.py, POST /admin/checkpoint): requests not
         # yet begun, and the writer's idle wait, which a request cuts short.
@@ -193,6 +230,7 @@ class Log:
         self._removal_holds = 0
         self._stopped = False
         self._held_removals: list[int] = []
+        self._last_checkpoint_at = 0.0
 
     # -- producers' side -------------------------------------------------
 
@@ -220,6 +258,8 @@ class Log:
             queue_depth=self._send.statistics().current_buffer_used,
             last_sync_s=self._last_sync_s,
             wal_end_position=self._wal.end_position,
+            wal_bytes=self._wal.end_position - next(iter(self._wal.segment_starts), self._wal.end_position),
+            last_checkpoint_at=self._last_checkpoint_at,
             failed=self._failed is not None,
             checkpoint_failures=self.health.checkpoint_failures,
             disk_full_batches=self.health.refused_batches,
@@ -357,7 +397,7 @@ class Log:
         try:
             with trio.CancelScope(shield=True):  # a write already started must finish
                 async with self._wal_lock:
-                    await trio.to_thread.run_sync(self._write_sync, events, bases)
+                    appends, messages = await trio.to_thread.run_sync(self._write_sync, events, bases)
         except OSError as error:
             if not is_disk_full(error) or self._wal.failed:
                 raise
@@ -365,6 +405,8 @@ class Log:
             self._in_flight = []
             return
         self._in_flight = []
+        self._stats["appends"] += appends
+        self._stats["messages"] += messages
         self._resumed()
         for submission in batch:  # durable: acknowledged whatever follows (module docstring)
             submission.done.set()
@@ -417,8 +459,10 @@ class Log:
                 # the next recovery removes. Nothing reads them meanwhile.
                 log.error("removing files of %d deleted streams failed: %s", len(removed), error)
 
-    def _write_sync(self, events: list[Event], bases: dict[int, int]) -> None:
+    def _write_sync(self, events: list[Event], bases: dict[int, int]) -> tuple[int, int]:
         """Worker thread: data files, WAL bytes, then fsync (``always``) — one call per batch.
+        Returns the appends and messages written (counted here: a large JSON body's
+        lines take a while to count).
 
         ``bases``: where each written stream's file starts (``check_batch``).
         Data goes into stream files before the WAL record: recovery after WAL
@@ -435,11 +479,29 @@ class Log:
         if self._settings.fsync == "always" or any(isinstance(e, Deleted) for e in events):
             # Files are only removed once their DELETE record is on disk.
             self._sync_wal_sync()
+        return self._count_messages_sync(events)
+
+    def _count_messages_sync(self, events: list[Event]) -> tuple[int, int]:
+        """Appends in ``events`` and the messages their bodies carry. The table is
+        unchanged meanwhile: only the writer task applies, after this returns."""
+        json_ids = {e.stream_id for e in events if isinstance(e, Created) and is_json(e.content_type)}
+        appends = messages = 0
+        for event in events:
+            if not isinstance(event, (Created, Appended)):
+                continue
+            appends += isinstance(event, Appended)
+            if not event.data:
+                continue
+            state = self._table.by_id.get(event.stream_id)
+            json_mode = event.stream_id in json_ids or (state is not None and state.json_mode)
+            messages += _count_lines(event.data) if json_mode else 1
+        return appends, messages
 
     def _sync_wal_sync(self) -> None:
         started = time.perf_counter()  # a measurement, in a worker thread: not the clock
         self._wal.sync()
         self._last_sync_s = time.perf_counter() - started
+        self._observer.fsync(self._last_sync_s)
         self._unsynced = False
         self._stats["syncs"] += 1
 
@@ -454,6 +516,7 @@ class Log:
         self._stats["batches"] += 1
         self._stats["events"] += len(events)
         self._stats["last_batch_events"] = len(events)
+        self._observer.batch(len(events))
 
     async def _maybe_interval_sync(self) -> None:
         if self._settings.fsync != "interval" or not self._unsynced or self._failed is not None:
@@ -536,6 +599,7 @@ class Log:
         make everything up to P durable and fix the snapshot's contents at P.
         The rest (``_finish_checkpoint``) may run while later batches commit."""
         position = self._wal.end_position
+        self._checkpoint_started = self._clock.monotonic()
         with trio.CancelScope(shield=True):
             async with self._wal_lock:
                 await trio.to_thread.run_sync(self._sync_for_checkpoint_sync)
@@ -554,8 +618,9 @@ class Log:
         """Encodes the snapshot slice by slice on the event loop (each slice is a
         few milliseconds of work, then other tasks run) and writes it in pieces
         from a worker thread; once it is durable, drops the WAL it covers."""
+        streams = len(self._table.by_id)  # as fixed in the snapshot: nothing applied since
         try:
-            previous = await self._write_snapshot(position, snapshot)
+            previous, written = await self._write_snapshot(position, snapshot)
         finally:
             snapshot.release()
         if previous is not None:  # the WAL from the previous checkpoint on is its fallback
@@ -564,18 +629,24 @@ class Log:
                     await trio.to_thread.run_sync(self._wal.delete_before, previous)
         self._checkpoint_position = position
         self._checkpoint_time = self._clock.monotonic()
+        self._last_checkpoint_at = self._clock.wall()
         self._stats["checkpoints"] += 1
+        seconds = self._checkpoint_time - self._checkpoint_started
+        self._observer.checkpoint(seconds)
+        log.info("checkpoint written at log position %d: %d streams, %d bytes, %.3f s",
+                 position, streams, written, seconds)
 
-    async def _write_snapshot(self, position: int, snapshot: checkpoint.TableSnapshot) -> int | None:
+    async def _write_snapshot(self, position: int, snapshot: checkpoint.TableSnapshot) -> tuple[int | None, int]:
         """Streams the snapshot to its file in pieces of about ``checkpoint_write_bytes``;
-        returns the previous checkpoint's position (kept as the fallback)."""
+        returns the previous checkpoint's position (kept as the fallback) and the bytes written."""
         writer, previous = await trio.to_thread.run_sync(checkpoint.open_writer, self._directory, position, self._store.ops)
         try:
             pending: list[bytes] = []
-            pending_bytes = 0
+            pending_bytes = written = 0
             for piece in snapshot.pieces():
                 pending.append(piece)
                 pending_bytes += len(piece)
+                written += len(piece)
                 if pending_bytes >= self._settings.checkpoint_write_bytes:
                     await trio.to_thread.run_sync(writer.write, b"".join(pending))
                     pending, pending_bytes = [], 0
@@ -586,7 +657,7 @@ class Log:
                 await trio.to_thread.run_sync(partial(writer.commit, prune_before=previous))
         finally:
             writer.abandon()
-        return previous
+        return previous, written
 
     async def _final_flush(self) -> None:
         if self._wal.end_position != self._checkpoint_position:
@@ -596,6 +667,18 @@ class Log:
             except OSError as error:
                 self._checkpoint_failed(error)  # the WAL, synced below, is enough to restart
         await trio.to_thread.run_sync(self._sync_wal_sync)
+
+
+# Lines are counted this many bytes at a time: a large body is a memoryview, not bytes.
+_COUNT_SLICE_BYTES = 1024 * 1024
+
+
+def _count_lines(data: Buffer) -> int:
+    """Stored JSON is one message per line (protocol/jsonmode.py)."""
+    if isinstance(data, bytes):
+        return data.count(b"\n")
+    view = memoryview(data)
+    return sum(bytes(view[i:i + _COUNT_SLICE_BYTES]).count(b"\n") for i in range(0, len(view), _COUNT_SLICE_BYTES))
 
 
 def _single(error: Exception) -> Exception:

@@ -66,6 +66,7 @@ class _Start:
 
 def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = REAL) -> Recovered:
     started = time.monotonic()
+    log.info("recovery started in %s", directory)
     mode, budget = settings.wal_recovery_mode, settings.wal_resync_checksum_bytes_max
     reader = SegmentedLog.for_survey(directory / "wal")  # reads only, creates nothing
     start = _choose_start(directory, reader, store, budget)
@@ -75,7 +76,8 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
     # A WAL ending before a checkpoint that holds everything is skipped over in every mode.
     skip = fence or bool(start.gaps and not gaps)
     with WrittenChecks(store, store.open_files_max) as written:  # closes its descriptors on a refusal too
-        replayer = _plan(start, gaps, fence, skip, reader, store, budget, written)
+        progress = _Progress(settings.recovery_progress_interval_s, started)
+        replayer = _plan(start, gaps, fence, skip, reader, store, budget, written, progress)
         # Decided: everything below changes files.
         _log_cuts(start, gaps, fence)
         wal = SegmentedLog.open(directory / "wal", settings.wal_segment_bytes_max, ops)
@@ -89,7 +91,7 @@ def recover(directory: Path, store: Store, settings: Settings, ops: FileOps = RE
 
 
 def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: SegmentedLog,
-          store: Store, budget: int, written: WrittenChecks) -> _Replayer:
+          store: Store, budget: int, written: WrittenChecks, progress: _Progress) -> _Replayer:
     """Replays the WAL into the table without writing anything: every refusal left
     (a record that does not continue its stream, or cannot be read) comes from here."""
     if gaps and not skip and gaps[0].before_start:
@@ -101,7 +103,7 @@ def _plan(start: _Start, gaps: list[Damage], fence: bool, skip: bool, reader: Se
     for stream_id, why in start.short.items():
         start.table.by_id[stream_id].damaged = why
     starts = list_segments(reader.directory) if reader.directory.is_dir() else []
-    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence, written)
+    replayer = _Replayer(start.table, starts, [d.position for d in gaps] if fence else [], fence, written, progress)
     replay: Callable[[Record], None] = replayer.replay
     if gaps and not skip:  # point_in_time: the log is cut at the first damage
         replay = partial(_replay_before, gaps[0].position, replayer.replay)
@@ -274,6 +276,28 @@ def _refuse_unless_allowed(mode: str, start: _Start, gaps: list[Damage]) -> None
 # ---------------------------------------------------------------- replay with gaps
 
 
+class _Progress:
+    """An INFO line every ``interval_s`` while records are replayed, so a long
+    recovery shows it is moving (worker thread: ``time.monotonic``, not the clock)."""
+
+    # Records between two looks at the time (a look costs about as much as a record).
+    RECORDS_PER_LOOK = 4096
+
+    def __init__(self, interval_s: float, started: float) -> None:
+        self._interval_s = interval_s
+        self._started = started
+        self._next = started + interval_s
+
+    def tick(self, replayed: int, position: int) -> None:
+        if replayed % self.RECORDS_PER_LOOK or self._interval_s <= 0:
+            return
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval_s
+            log.info("recovery: %d records replayed, at log position %d, %.1f s so far",
+                     replayed, position, now - self._started)
+
+
 class _Replayer:
     """Replays records into the table, checking that each append's position continues
     its stream exactly where its recovered history ends. After a gap a mismatch is what
@@ -284,8 +308,9 @@ class _Replayer:
     applied into the stream files, so that deciding never changes a file."""
 
     def __init__(self, table: StreamTable, starts: list[int], gaps: list[int], fence: bool,
-                 written: WrittenChecks) -> None:
+                 written: WrittenChecks, progress: _Progress | None = None) -> None:
         self._table = table
+        self._progress = progress
         self._starts = starts
         self._gaps = gaps
         self._fence = fence
@@ -308,6 +333,8 @@ class _Replayer:
         event = self._decoded(record)
         gap = bisect.bisect_left(self._gaps, record.position)
         self.replayed += 1
+        if self._progress is not None:
+            self._progress.tick(self.replayed, record.position)
         if isinstance(event, Created):
             self._created_event(event, gap, record)
         elif event.stream_id not in self._table.by_id:
