@@ -4,7 +4,8 @@ The client subcommands (create, append, read, tail, head, close, delete)
 live in ``client/cli.py``; this module only registers and dispatches them.
 
 Owns: flags → Settings, Hypercorn configuration, signal handling (SIGTERM
-and SIGINT drain in-flight requests, flush the WAL and exit 0).
+and SIGINT drain in-flight requests, flush the WAL and exit 0). The
+pre-flight checks and the exit codes are startup.py's.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import logging
 import signal
 import sys
 from functools import partial
+from typing import NoReturn
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from . import verify_cli
+from . import startup, verify_cli
 from .client import cli as client_cli
-from .config import FSYNC_MODES, settings_from_env
+from .config import FSYNC_MODES, Settings, settings_from_env
 from .http.app import App, create_app
 
 
@@ -51,9 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--request-header-bytes-max", type=int, help="largest request head; larger is 431 (default 64 KiB)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    # A mistyped flag is refused like every other start-up error: one line, exit 2.
+    s.error = partial(_flag_error, s)  # type: ignore[method-assign]
     client_cli.add_commands(commands)
     verify_cli.add_command(commands)
     return parser
+
+
+def _flag_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.exit(startup.EXIT_INVALID_CONFIG, f"trio-streams: {message} (see {parser.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,22 +77,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    """Serves until stopped; returns the exit code (startup.py lists them).
+
+    Every refusal to start is one line on stderr, decided before recovery
+    begins and before any client can connect.
+    """
     try:
-        settings = settings_from_env(
-            host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
-            long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
-            read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
-            tls_certfile=args.certfile, tls_keyfile=args.keyfile,
-            public_base_url=args.public_base_url, send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
-            connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
-            keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
-        )
+        settings = _settings(args)
         app = create_app(settings)
+        prepared = startup.prepare(settings)
     except ValueError as exc:
-        print(f"trio-streams: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(startup.StartupError(startup.EXIT_INVALID_CONFIG, str(exc)))
+    except startup.StartupError as exc:
+        return _refuse(exc)
+    app.service.adopt_lock(prepared.lock_fd)
+    config = _hypercorn_config(settings, args, prepared.hypercorn_binds())
+    trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
+    return startup.EXIT_STORAGE_FAILED if app.service.failure is not None else startup.EXIT_OK
+
+
+def _refuse(error: startup.StartupError) -> int:
+    print(f"trio-streams: {error.message}", file=sys.stderr)
+    return error.exit_code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return settings_from_env(
+        host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
+        long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
+        read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
+        tls_certfile=args.certfile, tls_keyfile=args.keyfile,
+        public_base_url=args.public_base_url, send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
+        connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
+        keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
+    )
+
+
+def _hypercorn_config(settings: Settings, args: argparse.Namespace, binds: list[str]) -> Config:
     config = Config()
-    config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
+    # The listeners are already bound (startup.listen); Hypercorn adopts them as they are.
+    config.bind = binds
     config.graceful_timeout = settings.shutdown_grace_s
     if settings.tls_certfile:
         config.certfile, config.keyfile = settings.tls_certfile, settings.tls_keyfile
@@ -96,8 +128,7 @@ def run_server(args: argparse.Namespace) -> int:
     # Hypercorn's default closes a keep-alive connection after 1000 requests;
     # stream writers and pollers reuse one connection for far longer.
     config.keep_alive_max_requests = 1_000_000
-    trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
-    return 1 if app.service.failure is not None else 0
+    return config
 
 
 async def _shutdown_trigger(app: App) -> None:
