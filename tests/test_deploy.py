@@ -397,3 +397,55 @@ def _next_data(lines: Iterator[str]) -> str:
         elif line.startswith("data:") and event == "data":
             return line.partition(":")[2].removeprefix(" ")
     raise AssertionError("the event stream ended")
+
+
+# -- the image itself, with Docker (slow: make test-all) --------------------------
+
+
+def docker_or_skip() -> str:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker client on this machine")
+    info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        lines = (info.stderr or info.stdout).strip().splitlines() or ["no output"]
+        pytest.skip(f"no Docker engine answers: {lines[-1]}")
+    return docker
+
+
+@pytest.mark.slow
+def test_the_image_builds_and_serves_healthy_as_a_non_root_user(tmp_path: Path) -> None:
+    docker = docker_or_skip()
+    tag = f"trio-streams-test:{unique('t')}"
+    build = subprocess.run([docker, "build", "-f", str(DOCKERFILE), "-t", tag, str(ROOT)],
+                           capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, build.stderr[-3000:]
+    config = write_config(tmp_path / "config.toml")
+    config.chmod(0o644)  # read by the image's user through the bind mount
+    port = free_port()
+    started = subprocess.run([docker, "run", "-d", "-p", f"127.0.0.1:{port}:4437",
+                              "-v", f"{config}:/etc/trio-streams/config.toml:ro", tag],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    container = started.stdout.strip()
+    try:
+        def inspect(template: str) -> str:
+            return subprocess.run([docker, "inspect", "--format", template, container], capture_output=True,
+                                  text=True, timeout=60).stdout.strip()
+
+        deadline_poll(lambda: inspect("{{.State.Health.Status}}") == "healthy", timeout=180, interval=1.0,
+                      what="the container's health check")
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}
+        stream = f"http://127.0.0.1:{port}/v1/stream/{unique()}"
+        assert httpx.put(stream, headers=headers, timeout=10).status_code == 201
+        assert httpx.post(stream, content=b"in a box", headers=headers, timeout=10).status_code == 204
+        read = httpx.get(stream, params={"offset": "-1"}, headers=headers, timeout=10)
+        assert (read.status_code, read.content) == (200, b"in a box")
+        uid = subprocess.run([docker, "exec", container, "id", "-u"], capture_output=True, text=True, timeout=60)
+        assert uid.stdout.strip() not in ("", "0"), uid
+        subprocess.run([docker, "stop", "-t", "60", container], capture_output=True, timeout=120, check=True)
+        assert inspect("{{.State.ExitCode}}") == "0", subprocess.run([docker, "logs", container], capture_output=True,
+                                                                     text=True, timeout=60).stderr[-3000:]
+    finally:
+        subprocess.run([docker, "rm", "-f", "-v", container], capture_output=True, timeout=120)
+        subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=120)
