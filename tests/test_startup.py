@@ -17,9 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from conftest import EXE, Server, free_port
 from trio_streams import startup
+from trio_streams.config import Settings
+from trio_streams.service import DataDirectoryLocked, Service, lock_data_directory
 
 RUN_TIMEOUT_S = 30
 # An address no local interface has (TEST-NET-1, RFC 5737): binding it fails, and nothing is sent to it.
@@ -90,7 +93,6 @@ def test_a_tls_certificate_that_is_not_pem_exits_2(tmp_path: Path) -> None:
 
 def test_check_tls_accepts_what_ssl_accepts(tmp_path: Path) -> None:
     """The pre-flight loads the pair with the same call Hypercorn makes; a good pair passes."""
-    from trio_streams.config import Settings
     cert, key = _self_signed(tmp_path)
     startup.check_tls(Settings(tls_certfile=str(cert), tls_keyfile=str(key)))
     ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
@@ -207,3 +209,30 @@ def test_listen_accepts_a_bracketed_ipv6_literal() -> None:
         pytest.skip(f"no IPv6 loopback here: {error.message}")
     with sock:
         assert sock.family == socket.AF_INET6 and sock.getsockname()[0] == "::1"
+
+
+# -- the lock handed to the service ----------------------------------------------
+
+
+async def test_a_service_runs_on_the_lock_taken_before_it_and_releases_it(tmp_path: Path) -> None:
+    fd = startup.claim_data_directory(tmp_path / "data")
+    service = Service(Settings(data_dir=str(tmp_path / "data"), fsync="never"))
+    service.adopt_lock(fd)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.run)
+        await service.ready.wait()
+        with pytest.raises(DataDirectoryLocked):  # still held, by the service now
+            lock_data_directory(tmp_path / "data")
+        service.stop()
+    assert service.failure is None, service.failure
+    os.close(lock_data_directory(tmp_path / "data"))
+
+
+async def test_a_service_on_its_own_takes_the_lock_itself(tmp_path: Path) -> None:
+    held = lock_data_directory(tmp_path / "data")
+    try:
+        service = Service(Settings(data_dir=str(tmp_path / "data"), fsync="never"))
+        await service.run()  # never raises: the failure is recorded
+        assert isinstance(service.failure, DataDirectoryLocked)
+    finally:
+        os.close(held)
