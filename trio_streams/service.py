@@ -128,7 +128,7 @@ class Service:
         """Recovers, serves until ``stop()``, then shuts down cleanly. Never raises."""
         try:
             await self._run()
-        except RecoveryRefused as exc:  # the message is the whole story; no traceback
+        except (RecoveryRefused, DataDirectoryLocked) as exc:  # the message is the whole story; no traceback
             log.error("%s", exc)
             self.failure = exc
         except Exception as exc:  # surfaced through /healthz and the CLI's exit code

@@ -60,11 +60,6 @@ class Prepared:
         """The listeners as Hypercorn ``fd://`` binds; from here on Hypercorn owns the descriptors."""
         return [f"fd://{sock.detach()}" for sock in self.listeners]
 
-    def release(self) -> None:
-        for sock in self.listeners:
-            sock.close()
-        os.close(self.lock_fd)
-
 
 def prepare(settings: Settings) -> Prepared:
     """Runs every check; on success the caller owns the lock and the bound sockets."""
