@@ -304,6 +304,22 @@ def test_nginx_accepts_the_snippet(nginx_exe: str, tmp_path: Path) -> None:
     assert "test is successful" in done.stderr
 
 
+@pytest.mark.parametrize("example", ["nginx/site.conf", "compose/nginx.conf"])
+def test_nginx_accepts_the_example_server_blocks(nginx_exe: str, tmp_path: Path, example: str) -> None:
+    """The examples as shipped, but with the snippet from this checkout, a free port,
+    and the compose service name (resolved only on the compose network) as loopback."""
+    site = (DEPLOY / example).read_text()
+    site = site.replace("/etc/nginx/snippets/trio-streams.conf", str(SNIPPET)).replace("trio-streams:4437", "127.0.0.1:4437")
+    site = re.sub(r"listen 80;", f"listen 127.0.0.1:{free_port()};", site)
+    conf = nginx_config(tmp_path, free_port(), free_port())
+    text = conf.read_text()
+    # Only the example's upstream and server: drop the test's own.
+    conf.write_text(text[: text.index("    upstream trio_streams")] + site + "\n}\n")
+    done = subprocess.run([nginx_exe, "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_snippet_outlasts_the_longest_silent_response() -> None:
     text = SNIPPET.read_text()
     read_timeout = re.search(r"^\s*proxy_read_timeout\s+(\d+)s;", text, re.M)
