@@ -110,3 +110,9 @@ lock:
 
 clean:
 	rm -rf $(VENV) $(CONFORMANCE_DIR)/node_modules
+
+# The server image (deploy/Dockerfile; docs/deployment.md). Needs a Docker engine.
+.PHONY: docker
+IMAGE ?= trio-streams:latest
+docker:
+	docker build -f deploy/Dockerfile -t $(IMAGE) .

@@ -4,7 +4,8 @@ The client subcommands (create, append, read, tail, head, close, delete)
 live in ``client/cli.py``; this module only registers and dispatches them.
 
 Owns: flags → Settings, Hypercorn configuration, signal handling (SIGTERM
-and SIGINT drain in-flight requests, flush the WAL and exit 0).
+and SIGINT drain in-flight requests, flush the WAL and exit 0). The
+pre-flight checks and the exit codes are startup.py's.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import logging
 import signal
 import sys
 from functools import partial
+from typing import NoReturn
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from . import logsetup, verify_cli
+from . import logsetup, startup, verify_cli
 from .auth import cli as auth_cli
 from .client import cli as client_cli
-from .config import FSYNC_MODES, LOG_FORMATS, LOG_LEVELS
-from .config_file import load_configuration
+from .config import FSYNC_MODES, LOG_FORMATS, LOG_LEVELS, Settings
+from .config_file import Configuration, load_configuration
 from .http.app import App, create_app
 from .ops import cli as ops_cli
 
@@ -62,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve without auth on a non-loopback address (else refused, exit 6)")
     auth_cli.add_command(commands)
+    # A mistyped flag is refused like every other start-up error: one line, exit 2.
+    s.error = partial(_flag_error, s)  # type: ignore[method-assign]
     client_cli.add_commands(commands)
     verify_cli.add_command(commands)
     ops_cli.add_commands(commands)
     return parser
+
+
+def _flag_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.exit(startup.EXIT_INVALID_CONFIG, f"trio-streams: {message} (see {parser.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,32 +92,54 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    """Serves until stopped; returns the exit code (startup.py lists them).
+
+    Every refusal to start is one line on stderr, decided before recovery
+    begins and before any client can connect.
+    """
     try:
-        configuration = load_configuration(
-            args.config, allow_unauthenticated=args.allow_unauthenticated,
-            host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
-            long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
-            read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
-            tls_certfile=args.certfile, tls_keyfile=args.keyfile,
-            public_base_url=args.public_base_url, send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
-            connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
-            keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
-            log_level=args.log_level, log_format=args.log_format, access_log=args.access_log,
-            metrics_port=args.metrics_port,
-        )
+        configuration = _configuration(args)
         settings = configuration.settings
         if auth_cli.refuses_to_serve(configuration):
-            print(f"trio-streams: {auth_cli.REFUSAL.format(host=settings.host)}", file=sys.stderr)
-            return auth_cli.REFUSAL_EXIT_STATUS
+            raise startup.StartupError(startup.EXIT_UNAUTHENTICATED_BIND, auth_cli.REFUSAL.format(host=settings.host))
         logsetup.configure(settings, replace=True)
         app = create_app(settings, configuration.auth)
+        prepared = startup.prepare(settings)
     except ValueError as exc:
-        print(f"trio-streams: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(startup.StartupError(startup.EXIT_INVALID_CONFIG, str(exc)))
+    except startup.StartupError as exc:
+        return _refuse(exc)
+    app.service.adopt_lock(prepared.lock_fd)
+    config = _hypercorn_config(settings, args, prepared.hypercorn_binds())
+    trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
+    return startup.EXIT_STORAGE_FAILED if app.service.failure is not None else startup.EXIT_OK
+
+
+def _refuse(error: startup.StartupError) -> int:
+    print(f"trio-streams: {error.message}", file=sys.stderr)
+    return error.exit_code
+
+
+def _configuration(args: argparse.Namespace) -> Configuration:
+    """Flags over environment over the config file (config_file.py) over defaults."""
+    return load_configuration(
+        args.config, allow_unauthenticated=args.allow_unauthenticated,
+        host=args.host, port=args.port, data_dir=args.data_dir, fsync=args.fsync,
+        long_poll_timeout_ms=args.long_poll_timeout_ms, append_bytes_max=args.append_bytes_max,
+        read_chunk_bytes_max=args.read_chunk_bytes_max, stream_prefix=args.stream_prefix,
+        tls_certfile=args.certfile, tls_keyfile=args.keyfile,
+        public_base_url=args.public_base_url, send_timeout_s=args.send_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
+        connections_max=args.connections_max, request_read_timeout_s=args.request_read_timeout_s,
+        keep_alive_timeout_s=args.keep_alive_timeout_s, request_header_bytes_max=args.request_header_bytes_max,
+        log_level=args.log_level, log_format=args.log_format, access_log=args.access_log,
+        metrics_port=args.metrics_port,
+    )
+
+
+def _hypercorn_config(settings: Settings, args: argparse.Namespace, binds: list[str]) -> Config:
     config = Config()
-    config.bind = [_address(settings.host, settings.port)]
-    if settings.metrics_port:  # the app tells the two apart by scope["server"]
-        config.bind.append(_address(settings.host, settings.metrics_port))
+    # The listeners are already bound (startup.listen); Hypercorn adopts them as they are.
+    config.bind = binds
     config.graceful_timeout = settings.shutdown_grace_s
     if settings.tls_certfile:
         config.certfile, config.keyfile = settings.tls_certfile, settings.tls_keyfile
@@ -122,12 +152,7 @@ def run_server(args: argparse.Namespace) -> int:
     # Hypercorn's default closes a keep-alive connection after 1000 requests;
     # stream writers and pollers reuse one connection for far longer.
     config.keep_alive_max_requests = 1_000_000
-    trio.run(partial(serve, app, config, shutdown_trigger=partial(_shutdown_trigger, app)))
-    return 1 if app.service.failure is not None else 0
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return config
 
 
 async def _shutdown_trigger(app: App) -> None:

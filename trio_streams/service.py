@@ -47,6 +47,26 @@ log = logging.getLogger("trio_streams")
 READY_STATUSES = ("ok", "degraded")
 
 
+class DataDirectoryLocked(RuntimeError):
+    """Another process holds the data directory's lock."""
+
+
+def lock_data_directory(directory: Path) -> int:
+    """Creates the directory if needed and takes its lock; returns the descriptor that holds it.
+
+    flock, not a pid file: the kernel drops the lock with the process, so a
+    crash never leaves a stale lock behind for the restart to trip over.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirectoryLocked(f"data directory {directory} is in use by another trio-streams process") from None
+    return fd
+
+
 class Service:
     def __init__(self, settings: Settings, ops: FileOps = REAL, clock: Clock = SYSTEM_CLOCK,
                  observer: LogObserver | None = None) -> None:
@@ -114,11 +134,17 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
 
+    def adopt_lock(self, fd: int) -> None:
+        """Takes over a lock on the data directory taken before start-up (startup.py);
+        without one, ``run`` takes it itself. Closed when the service finishes."""
+        assert self._lock_fd is None, "the data directory is already locked by this service"
+        self._lock_fd = fd
+
     async def run(self) -> None:
         """Recovers, serves until ``stop()``, then shuts down cleanly. Never raises."""
         try:
             await self._run()
-        except RecoveryRefused as exc:  # the message is the whole story; no traceback
+        except (RecoveryRefused, DataDirectoryLocked) as exc:  # the message is the whole story; no traceback
             log.error("%s", exc)
             self.failure = exc
         except Exception as exc:  # surfaced through /healthz and the CLI's exit code
@@ -136,7 +162,8 @@ class Service:
 
     async def _run(self) -> None:
         directory = Path(self.settings.data_dir)
-        self._lock_directory(directory)
+        if self._lock_fd is None:
+            self._lock_fd = lock_data_directory(directory)
         store = Store(
             directory / "streams",
             open_files_max=self.settings.open_stream_files_max,
@@ -202,13 +229,3 @@ class Service:
             self._stop.set()
         else:
             log.error("storage failed: serving reads only until restarted (storage_failure=read-only)")
-
-    def _lock_directory(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeError(f"{directory} is in use by another trio-streams process") from None
-        self._lock_fd = fd

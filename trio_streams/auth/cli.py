@@ -17,7 +17,6 @@ from .local import is_loopback
 from .tokens import new_token, token_digest
 
 COMMAND = "token"
-REFUSAL_EXIT_STATUS = 6
 REFUSAL = ("refusing to serve {host} without authentication: configure [auth] in the config file, "
            "or pass --allow-unauthenticated")
 
