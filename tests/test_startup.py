@@ -187,7 +187,7 @@ def test_a_port_in_use_exits_5_before_recovery(tmp_path: Path) -> None:
 
 
 def test_an_address_no_interface_has_exits_5(tmp_path: Path) -> None:
-    done = serve(tmp_path / "data", "--host", UNASSIGNED_ADDRESS)
+    done = serve(tmp_path / "data", "--host", UNASSIGNED_ADDRESS, "--allow-unauthenticated")
     assert_refused(done, startup.EXIT_CANNOT_BIND, UNASSIGNED_ADDRESS, "not available")
     assert_not_recovered(tmp_path / "data")
 
