@@ -27,6 +27,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 # Below this, ordinary browser and client requests would be refused.
 REQUEST_HEADER_BYTES_MIN = 1024
+# Room for a receiver's {"done": true} with whitespace around it.
+WEBHOOK_RESPONSE_BYTES_MIN = 64
+# Shorter would refuse ordinary https URLs with a path.
+WEBHOOK_URL_BYTES_MIN = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +217,24 @@ class Settings:
     # A recovery that replays for longer logs its progress this often (0: never).
     recovery_progress_interval_s: float = 5.0
 
+    # Webhooks (trio_streams/webhooks/, README "Webhook signing").
+    # Development mode: webhook URLs may also be http(s)://localhost and 127.0.0.x
+    # (and reach loopback addresses). Off in production; the test suites turn it on.
+    webhook_dev_mode: bool = False
+    # One delivery, from resolving the host to the last response byte; then it counts as failed.
+    webhook_timeout_s: float = 10.0
+    # Connecting (TCP and TLS) to one resolved address, within webhook_timeout_s.
+    webhook_connect_timeout_s: float = 5.0
+    # Deliveries in flight at once; more wait their turn (a slow receiver holds one slot).
+    webhook_deliveries_max: int = 64
+    # Response bytes read at most (enough for {"done": true}); the rest is never read.
+    webhook_response_bytes_max: int = 64 * 1024
+    # A retired signing key stays in the JWKS this long after rotation: receivers accept
+    # signatures whose timestamp is this close to their clock.
+    webhook_key_replay_window_s: float = 300.0
+    # Longest webhook URL accepted in a subscription.
+    webhook_url_bytes_max: int = 2048
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -240,6 +262,7 @@ class Settings:
         self._check_streams_layer()
         self._check_access_control()
         self._check_observability()
+        self._check_webhooks()
 
     def _check_access_control(self) -> None:
         if self.cors_allow_origin and not self.cors_allow_origins:  # frozen: resolve the old name once
@@ -253,6 +276,20 @@ class Settings:
             raise ValueError("auth_jwks_*_s settings must be positive")
         if self.auth_jwks_refetch_min_interval_s > self.auth_jwks_refresh_interval_s:
             raise ValueError("auth_jwks_refetch_min_interval_s must be at most auth_jwks_refresh_interval_s")
+
+    def _check_webhooks(self) -> None:
+        if self.webhook_timeout_s <= 0 or self.webhook_connect_timeout_s <= 0:
+            raise ValueError("webhook_timeout_s and webhook_connect_timeout_s must be positive")
+        if self.webhook_connect_timeout_s > self.webhook_timeout_s:
+            raise ValueError("webhook_connect_timeout_s must be at most webhook_timeout_s")
+        if self.webhook_deliveries_max < 1:
+            raise ValueError("webhook_deliveries_max must be at least 1")
+        if self.webhook_response_bytes_max < WEBHOOK_RESPONSE_BYTES_MIN:
+            raise ValueError(f"webhook_response_bytes_max must be at least {WEBHOOK_RESPONSE_BYTES_MIN}")
+        if self.webhook_key_replay_window_s <= 0:
+            raise ValueError("webhook_key_replay_window_s must be positive")
+        if self.webhook_url_bytes_max < WEBHOOK_URL_BYTES_MIN:
+            raise ValueError(f"webhook_url_bytes_max must be at least {WEBHOOK_URL_BYTES_MIN}")
 
     def _check_observability(self) -> None:
         if self.log_level not in LOG_LEVELS:
