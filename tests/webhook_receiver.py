@@ -87,7 +87,8 @@ class WebhookReceiver:
             self.scheme = "https"
         self.host = host
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="webhook-receiver",
+                                        daemon=True)
         self._thread.start()
 
     def url(self, path: str = "/webhook", host: str | None = None) -> str:
