@@ -28,6 +28,7 @@ from .config import FSYNC_MODES, LOG_FORMATS, LOG_LEVELS, Settings
 from .config_file import Configuration, load_configuration
 from .http.app import App, create_app
 from .ops import cli as ops_cli
+from .webhooks import cli as webhook_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cli.add_commands(commands)
     verify_cli.add_command(commands)
     ops_cli.add_commands(commands)
+    webhook_cli.add_command(commands)
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return ops_cli.run(args)
     if args.command == auth_cli.COMMAND:
         return auth_cli.run(args)
+    if args.command == webhook_cli.COMMAND:
+        return webhook_cli.run(args)
     if args.command == "serve":
         return run_server(args)
     return 2

@@ -1,4 +1,4 @@
-"""The admin endpoints: ``POST /admin/checkpoint`` and ``GET /admin/backup``.
+"""The admin endpoints: ``POST /admin/checkpoint``, ``GET /admin/backup``, ``POST /admin/webhook-key/rotate``.
 
 Owns: their methods and their answers (who may call them is the guard's
 rule, auth/guard.py: the admin scope, or a local operator without auth): the checkpoint's position and duration as JSON; the backup as a
@@ -17,6 +17,7 @@ from ..config import Settings
 from ..ops import online
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
+from . import admin_webhooks
 from .asgi import Headers, Request, Send, respond
 from .send_timeout import SendDeadlines
 
@@ -27,7 +28,8 @@ PREFIX = "/admin/"
 
 class Admin:
     def __init__(self, service: Service, settings: Settings, base_headers: Headers,
-                 send_deadlines: SendDeadlines, until_disconnect: Callable[[Any, Awaitable[None]], Awaitable[None]]) -> None:
+                 send_deadlines: SendDeadlines, until_disconnect: Callable[[Any, Awaitable[None]], Awaitable[None]],
+                 webhook_keys: admin_webhooks.KeysSource | None = None) -> None:
         self._service = service
         self._settings = settings
         # No CORS headers: no web page may read these answers.
@@ -35,7 +37,9 @@ class Admin:
         self._send_deadlines = send_deadlines
         self._until_disconnect = until_disconnect
         self._backup_running = False
-        self._routes = {"/admin/checkpoint": ("POST", self._checkpoint), "/admin/backup": ("GET", self._backup)}
+        self._webhook_keys = webhook_keys
+        self._routes = {"/admin/checkpoint": ("POST", self._checkpoint), "/admin/backup": ("GET", self._backup),
+                        admin_webhooks.PATH: ("POST", self._rotate_webhook_key)}
 
     async def handle(self, req: Request, send: Send) -> None:
         route = self._routes.get(req.path)
@@ -51,6 +55,9 @@ class Admin:
         body = orjson.dumps(await online.checkpoint(self._service))
         headers = self._base + [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
         await respond(send, 200, headers, body)
+
+    async def _rotate_webhook_key(self, req: Request, send: Send) -> None:
+        await admin_webhooks.rotate(self._webhook_keys, send, self._base)
 
     async def _backup(self, req: Request, send: Send) -> None:
         if self._backup_running:

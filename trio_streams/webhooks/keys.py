@@ -196,8 +196,14 @@ def _decode_retired(entry: dict[str, Any]) -> _RetiredKey:
     return _RetiredKey({**jwk, "kid": entry["kid"], "use": "sig", "alg": "EdDSA"}, float(entry["retired_at"]))
 
 
-def rotate_offline(data_dir: Path) -> tuple[str, str]:
-    """The command line's rotation (server stopped): (retired kid, new kid)."""
-    keys = SigningKeys.load_or_create(data_dir, time.time)
+def rotate_offline(data_dir: Path, replay_window_s: float = REPLAY_WINDOW_S_DEFAULT) -> tuple[str | None, str]:
+    """The command line's rotation (the caller holds the data directory's lock): (retired kid, new kid).
+
+    Without a key yet, the first one is created and nothing is retired.
+    """
+    existed = (key_directory(data_dir) / FILE_NAME).exists()
+    keys = SigningKeys.load_or_create(data_dir, time.time, replay_window_s=replay_window_s)
+    if not existed:
+        return None, keys.active_kid
     old = keys.active_kid
     return old, keys.rotate_blocking(time.time())
