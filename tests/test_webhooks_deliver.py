@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ import trio
 
 from trio_streams.config import Settings
 from trio_streams.webhooks import deliver as deliver_module
-from trio_streams.webhooks.deliver import Deliverer, DeliveryResult
+from trio_streams.protocol.errors import ProtocolError
+from trio_streams.webhooks.deliver import Deliverer, DeliveryResult, check_webhook_destination
 from trio_streams.webhooks.keys import SigningKeys
 from webhook_receiver import Reply, WebhookReceiver, make_tls, verify_signature
 
@@ -246,3 +248,40 @@ async def test_concurrent_deliveries_are_bounded(keys: SigningKeys, receiver: We
         receiver.release()
     assert len(results) == 5 and all(r.ok for r in results)
     assert deliverer.statistics().succeeded == 5
+
+
+# -- accepting a subscription: the URL and its current DNS answer ---------------------------
+
+@pytest.mark.parametrize(("answer", "accepted"), [
+    (["93.184.216.34"], True), (["93.184.216.34", "2606:4700::1111"], True),
+    (["10.0.0.1"], False), (["93.184.216.34", "169.254.169.254"], False), (["fd00:ec2::254"], False),
+    (["127.0.0.1"], False), ([], False),
+])
+async def test_a_host_resolving_to_a_refused_address_is_rejected_when_subscribing(
+        monkeypatch: pytest.MonkeyPatch, answer: list[str], accepted: bool) -> None:
+    monkeypatch.setattr(deliver_module, "resolve_addresses", fake_resolver({"hooks.example.com": answer}))
+    url = "https://hooks.example.com/hook"
+    if accepted:
+        await check_webhook_destination(url, settings(webhook_dev_mode=False))
+        return
+    with pytest.raises(ProtocolError) as caught:
+        await check_webhook_destination(url, settings(webhook_dev_mode=False))
+    assert (caught.value.status, caught.value.code) == (400, "WEBHOOK_URL_REJECTED")
+    assert "resolves to" in caught.value.message
+
+
+async def test_a_host_that_does_not_resolve_is_rejected_when_subscribing(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def nxdomain(host: str, port: int) -> list[ipaddress.IPv4Address]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(deliver_module, "resolve_addresses", nxdomain)
+    with pytest.raises(ProtocolError) as caught:
+        await check_webhook_destination("https://nowhere.example/x", settings())
+    assert caught.value.code == "WEBHOOK_URL_REJECTED" and "does not resolve" in caught.value.message
+
+
+async def test_subscribing_checks_the_url_itself_first() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        await check_webhook_destination("http://10.0.0.1/hook", settings())
+    assert caught.value.code == "WEBHOOK_URL_REJECTED"
+    await check_webhook_destination("http://127.0.0.1:1/hook", settings())  # development mode, no DNS

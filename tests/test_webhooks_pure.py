@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from trio_streams.config import Settings, settings_from_env
 from trio_streams.protocol.errors import ProtocolError
 from trio_streams.webhooks.backoff import retry_delay_s
 from trio_streams.webhooks.urls import address_rejection, check_webhook_url, parse_webhook_url
@@ -205,3 +206,23 @@ ADDRESSES = [
 def test_resolved_address_rules(address: str, dev: bool, allowed: bool) -> None:
     reason = address_rejection(ipaddress.ip_address(address), allow_loopback=dev)
     assert (reason is None) == allowed, reason
+
+
+@pytest.mark.parametrize(("overrides", "word"), [
+    ({"webhook_timeout_s": 0}, "webhook_timeout_s"),
+    ({"webhook_connect_timeout_s": 0}, "webhook_connect_timeout_s"),
+    ({"webhook_deliveries_max": 0}, "webhook_deliveries_max"),
+    ({"webhook_response_bytes_max": 63}, "webhook_response_bytes_max"),
+    ({"webhook_key_replay_window_s": 0}, "webhook_key_replay_window_s"),
+    ({"webhook_url_bytes_max": 10}, "webhook_url_bytes_max"),
+])
+def test_webhook_settings_are_validated(overrides: dict[str, object], word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_webhook_settings_from_the_environment() -> None:
+    settings = settings_from_env({"TRIO_STREAMS_WEBHOOK_DEV_MODE": "1", "TRIO_STREAMS_WEBHOOK_TIMEOUT_S": "3",
+                                  "TRIO_STREAMS_WEBHOOK_DELIVERIES_MAX": "8"})
+    assert (settings.webhook_dev_mode, settings.webhook_timeout_s, settings.webhook_deliveries_max) == (True, 3.0, 8)
+    assert Settings().webhook_dev_mode is False  # production by default

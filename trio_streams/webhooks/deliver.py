@@ -35,7 +35,7 @@ import trio
 from ..config import Settings
 from ..protocol.errors import ProtocolError
 from .keys import SigningKeys
-from .urls import IPAddress, WebhookTarget, address_rejection, parse_webhook_url
+from .urls import REJECTED, IPAddress, WebhookTarget, address_rejection, parse_webhook_url
 
 log = logging.getLogger("trio_streams.webhooks")
 
@@ -76,6 +76,40 @@ async def resolve_addresses(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
+async def checked_addresses(target: WebhookTarget, *, allow_loopback: bool) -> list[IPAddress]:
+    """The addresses to connect to: the URL's own, or every address its host resolves to now,
+    all allowed (else DeliveryRefused). OSError when the name does not resolve."""
+    if target.address is not None:
+        return [target.address]
+    addresses = await resolve_addresses(target.host, target.port)
+    if not addresses:
+        raise DeliveryRefused(f"webhook host {target.host} resolves to no address")
+    for address in addresses:
+        reason = address_rejection(address, allow_loopback=allow_loopback)
+        if reason:
+            raise DeliveryRefused(f"webhook host {target.host} resolves to {address}, which is {reason}")
+    return addresses
+
+
+async def check_webhook_destination(url: str, settings: Settings) -> None:
+    """``check_webhook_url`` and then the host's current DNS answer, for accepting a subscription.
+
+    Raises ProtocolError(400, WEBHOOK_URL_REJECTED) when the URL or any address its host
+    resolves to is refused, or the host does not resolve within ``webhook_timeout_s``.
+    Deliveries check again (the answer may change): this only refuses early what
+    cannot be delivered.
+    """
+    target = parse_webhook_url(url, allow_local_http=settings.webhook_dev_mode,
+                               url_bytes_max=settings.webhook_url_bytes_max)
+    try:
+        with trio.fail_after(settings.webhook_timeout_s):
+            await checked_addresses(target, allow_loopback=settings.webhook_dev_mode)
+    except DeliveryRefused as error:
+        raise ProtocolError(400, REJECTED, str(error)) from None
+    except (OSError, trio.TooSlowError):
+        raise ProtocolError(400, REJECTED, f"webhook host {target.host} does not resolve") from None
+
+
 class Deliverer:
     def __init__(self, settings: Settings, keys: SigningKeys, clock_wall: Callable[[], float], *,
                  ssl_context: ssl.SSLContext | None = None) -> None:
@@ -85,7 +119,8 @@ class Deliverer:
         self._limiter = trio.CapacityLimiter(settings.webhook_deliveries_max)
         # Loading the CA bundle takes milliseconds: once, not per delivery.
         self._ssl = ssl_context if ssl_context is not None else httpx.create_ssl_context(trust_env=False)
-        self._timeout = httpx.Timeout(settings.webhook_timeout_s, connect=settings.webhook_connect_timeout_s)
+        self._timeout = httpx.Timeout(settings.webhook_timeout_s,
+                                      connect=min(settings.webhook_connect_timeout_s, settings.webhook_timeout_s))
         self._succeeded = 0
         self._failed = 0
 
@@ -113,7 +148,7 @@ class Deliverer:
         try:
             target = parse_webhook_url(url, allow_local_http=self._settings.webhook_dev_mode,
                                        url_bytes_max=self._settings.webhook_url_bytes_max)
-            addresses = await self._checked_addresses(target)
+            addresses = await checked_addresses(target, allow_loopback=self._settings.webhook_dev_mode)
         except ProtocolError as error:
             return _failed(f"webhook url rejected: {error.message}")
         except DeliveryRefused as error:
@@ -129,18 +164,6 @@ class Deliverer:
             except (httpx.HTTPError, OSError) as error:
                 return _failed(_describe(error))
         return _failed("cannot connect: " + "; ".join(errors))
-
-    async def _checked_addresses(self, target: WebhookTarget) -> list[IPAddress]:
-        if target.address is not None:
-            return [target.address]
-        addresses = await resolve_addresses(target.host, target.port)
-        if not addresses:
-            raise DeliveryRefused(f"{target.host} resolves to no address")
-        for address in addresses:
-            reason = address_rejection(address, allow_loopback=self._settings.webhook_dev_mode)
-            if reason:
-                raise DeliveryRefused(f"webhook host {target.host} resolves to {address}, which is {reason}")
-        return addresses
 
     async def _post(self, target: WebhookTarget, address: IPAddress, body: bytes) -> DeliveryResult:
         literal = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
