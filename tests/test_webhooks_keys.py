@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import jwt as pyjwt
@@ -243,3 +244,21 @@ def test_a_corrupt_wake_secret_refuses_start(tmp_path: Path, content: bytes) -> 
         WakeTokens.load_or_create(tmp_path, FakeWall())
     assert "\n" not in str(caught.value)
     assert path.read_bytes() == content
+
+
+def test_the_readme_receiver_example_verifies_our_signatures(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Webhook signing"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (our own documentation)
+    verify = namespace["verify"]
+    keys = SigningKeys.load_or_create(tmp_path, time.time)
+    body = b'{"subscription_id":"s"}'
+    header = keys.signature_header(int(time.time()), body)
+    assert verify(body, header, keys.jwks())  # type: ignore[operator]
+    assert not verify(body + b"x", header, keys.jwks())  # type: ignore[operator]
+    assert not verify(body, header.replace("kid=ds_", "kid=ds_x"), keys.jwks())  # type: ignore[operator]
+    old = keys.signature_header(int(time.time()) - 301, body)
+    assert not verify(body, old, keys.jwks())  # type: ignore[operator]
