@@ -79,7 +79,7 @@ class WebhookReceiver:
         self.send_failed = threading.Event()
         self._changed = threading.Condition()
         self._released = threading.Event()
-        self._server = http.server.ThreadingHTTPServer((host, 0), _handler_for(self))
+        self._server = _Server((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self.scheme = "http"
         if tls is not None:
@@ -127,9 +127,16 @@ class WebhookReceiver:
             self._changed.notify_all()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops connections of a burst of deliveries (1 s SYN retry)
+
+
 def _handler_for(receiver: WebhookReceiver) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # The head and the body are two writes: with Nagle on, the body waits for the
+        # client's delayed ACK (40 ms) on every response.
+        disable_nagle_algorithm = True
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             self._answer()
