@@ -285,3 +285,34 @@ async def test_subscribing_checks_the_url_itself_first() -> None:
         await check_webhook_destination("http://10.0.0.1/hook", settings())
     assert caught.value.code == "WEBHOOK_URL_REJECTED"
     await check_webhook_destination("http://127.0.0.1:1/hook", settings())  # development mode, no DNS
+
+
+# -- receivers that misbehave at the HTTP level: a result, never an exception ---------------
+
+@pytest.mark.parametrize("answer", [
+    b"",  # closes without a response
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"done\": true}",  # body cut short
+    b"HTTP/1.1 200 OK\r\n" + b"x-pad: " + b"a" * 200_000 + b"\r\n\r\n",  # an endless head
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+])
+async def test_a_broken_http_answer_is_a_failed_delivery(keys: SigningKeys, answer: bytes) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    async def serve_once() -> None:
+        connection, _ = await listener.accept()
+        with connection:
+            await connection.recv(65536)
+            if answer:
+                with trio.move_on_after(5):
+                    await connection.send(answer)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_once)
+        result = await Deliverer(settings(webhook_timeout_s=5), keys, time.time).deliver(
+            f"http://127.0.0.1:{port}/", BODY)
+    listener.close()
+    assert (result.ok, result.done, result.status) == (False, False, None) and result.error, result

@@ -151,6 +151,9 @@ REJECTED = [
     ("https://hooks.example.com:/x", False, "host"),
     ("https://hooks.example.com/x#frag", False, "fragment"),
     ("https:///x", False, "host"),
+    ("https://[", False, "host"),  # urlsplit raises ValueError here: must be a 400, not a 500
+    ("https://[::1/x", True, "host"),
+    ("https://::1]/x", True, "host"),
     ("https://" + "a" * 64 + ".example.com/x", False, "DNS name"),
     ("https://hooks.example.com/" + "a" * 2048, False, "longer"),
     ("", False, "ASCII"),
@@ -226,3 +229,36 @@ def test_webhook_settings_from_the_environment() -> None:
                                   "TRIO_STREAMS_WEBHOOK_DELIVERIES_MAX": "8"})
     assert (settings.webhook_dev_mode, settings.webhook_timeout_s, settings.webhook_deliveries_max) == (True, 3.0, 8)
     assert Settings().webhook_dev_mode is False  # production by default
+
+
+# -- property: what is accepted is connected to exactly as checked ---------------------------
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+import httpx  # noqa: E402
+
+_PIECES = st.sampled_from([
+    "https://", "http://", "localhost", "127.0.0.1", "10.0.0.1", "example.com", "hooks.", "[", "]", "::1",
+    "::ffff:", "@", ":", "443", "0x7f", "/", "//", "?", "#", "%2F", "%40", "\\", ".", "-", "a", "1", "0",
+    "evil.com", "\t", " ", "\u00e9", "[fe80::1]", "[2606:4700::1]",
+])
+
+
+@hsettings(max_examples=1000, deadline=None)
+@given(pieces=st.lists(_PIECES, max_size=12), dev=st.booleans())
+def test_an_accepted_url_is_reached_at_its_checked_host_and_nowhere_else(pieces: list[str], dev: bool) -> None:
+    url = "".join(pieces)
+    try:
+        target = parse_webhook_url(url, allow_local_http=dev)
+    except ProtocolError as error:
+        assert error.code == "WEBHOOK_URL_REJECTED"
+        return
+    # httpx, which makes the connection, reads the same host and port from the URL...
+    seen = httpx.URL(url)
+    assert (seen.host, seen.port or (443 if seen.scheme == "https" else 80)) == (target.host, target.port)
+    # ...and from the URL a delivery builds around the checked address (deliver.py).
+    address = target.address or ipaddress.ip_address("93.184.216.34")
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    built = httpx.URL(f"{target.scheme}://{literal}:{target.port}{target.target}")
+    assert (built.host, built.port or target.port) == (str(address), target.port)
+    if target.address is not None:
+        assert address_rejection(target.address, allow_loopback=dev) is None

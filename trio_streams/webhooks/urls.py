@@ -114,7 +114,10 @@ def parse_webhook_url(url: object, *, allow_local_http: bool,
         raise _rejected(f"webhook url is longer than {url_bytes_max} bytes")
     if not _URL_CHARACTERS.fullmatch(url):
         raise _rejected("webhook url may hold only printable ASCII characters, without spaces, quotes or backslashes")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced "[" or "]" in the authority
+        raise _rejected("webhook url has no valid host (unbalanced brackets)") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not url[len(scheme):].startswith("://"):
         raise _rejected("webhook url must start with https://")
