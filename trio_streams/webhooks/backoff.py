@@ -24,5 +24,5 @@ def retry_delay_s(attempt: int, rng: random.Random) -> float:
     """
     if attempt < 1:
         raise ValueError(f"attempt counts failed deliveries from 1, not {attempt}")
-    base = min(RETRY_FIRST_DELAY_S * 2 ** min(attempt - 1, _EXPONENT_MAX), RETRY_DELAY_CAP_S)
+    base = min(RETRY_FIRST_DELAY_S * (1 << min(attempt - 1, _EXPONENT_MAX)), RETRY_DELAY_CAP_S)
     return base * rng.uniform(1 - RETRY_JITTER_FRACTION, 1 + RETRY_JITTER_FRACTION)
