@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_streams.config import Settings
 from trio_streams.webhooks import deliver as deliver_module
