@@ -47,6 +47,7 @@ def test_cli_rotates_a_stopped_servers_key(tmp_path: Path) -> None:
 
 
 def test_cli_creates_the_first_key_without_retiring_one(tmp_path: Path) -> None:
+    (tmp_path / "wal").mkdir()  # a server ran here, before webhook keys existed
     done = rotate_cli("--data-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     active, retired = kids_in_file(tmp_path)
@@ -69,8 +70,10 @@ def test_cli_refuses_a_directory_a_server_holds(tmp_path: Path) -> None:
 
 def test_cli_refuses_a_missing_directory_and_reports_a_corrupt_key(tmp_path: Path) -> None:
     missing = rotate_cli("--data-dir", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "not a directory" in missing.stderr
+    assert missing.returncode == 2 and "not a trio-streams data directory" in missing.stderr
     assert not (tmp_path / "nope").exists()
+    unrelated = rotate_cli("--data-dir", str(tmp_path))
+    assert unrelated.returncode == 2 and not (tmp_path / "webhook-keys").exists()
     SigningKeys.load_or_create(tmp_path, time.time)
     (tmp_path / "webhook-keys" / "signing-keys.json").write_text("{")
     corrupt = rotate_cli("--data-dir", str(tmp_path))

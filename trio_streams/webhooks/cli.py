@@ -3,8 +3,8 @@
 A running server keeps its keys in memory, so this refuses a data
 directory whose lock is held and names the endpoint that rotates a running
 server's key instead (``POST /admin/webhook-key/rotate``). Exit status: 0
-rotated; 1 failed (a corrupt key file, a write that failed); 2 refused (no
-such directory, in use, bad configuration).
+rotated; 1 failed (a corrupt key file, a write that failed); 2 refused (not a data
+directory, in use, bad configuration).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TextIO
 
 from ..config_file import load_configuration
 from ..service import DataDirectoryLocked, lock_data_directory
+from ._files import DIRECTORY_NAME
 from .keys import rotate_offline
 
 COMMAND = "webhook-key"
@@ -39,8 +40,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     except ValueError as error:
         print(f"trio-streams webhook-key: {error}", file=err)
         return EXIT_REFUSED
-    if not directory.is_dir():
-        print(f"trio-streams webhook-key: {directory} is not a directory", file=err)
+    if not any((directory / sub).is_dir() for sub in ("wal", "checkpoints", "streams", DIRECTORY_NAME)):
+        # A mistyped path must not get a key directory of its own.
+        print(f"trio-streams webhook-key: {directory} is not a trio-streams data directory "
+              "(no wal/, checkpoints/, streams/ or webhook-keys/)", file=err)
         return EXIT_REFUSED
     try:
         lock_fd = lock_data_directory(directory)
