@@ -14,12 +14,17 @@ Once the suite has run, the last line printed is
 `conformance: N passed, N failed, N skipped`.
 
   python3 scripts/run_conformance.py [--server ours|node | --url URL]
-      [--auth] [--allow-fail-prefix "Fork - "]... [-t PATTERN]
+      [--auth] [--subscriptions] [--allow-fail-prefix "Fork - "]... [-t PATTERN]
 
 With --auth our server starts with a config file holding one static token
-(scopes read, write, delete) and every request of the suite carries it
+(scopes read, write, delete, admin) and every request of the suite carries it
 (tests/conformance/auth_fetch.setup.mjs wraps fetch); the runner first
 checks that a request without the token is refused with 401.
+
+With --subscriptions the suite's "Reserved subscription APIs" block runs
+(`subscriptions: true`); our server then starts in webhook development mode
+(TRIO_STREAMS_WEBHOOK_DEV_MODE=1), since the suite's webhook receiver listens
+on http://localhost.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--url", help="test an already running server instead")
     p.add_argument("--auth", action="store_true",
                    help="run our server with access control on, the suite sending a bearer token")
+    p.add_argument("--subscriptions", action="store_true",
+                   help="run the suite's subscription block too (webhooks to a local receiver)")
     p.add_argument("--allow-fail-prefix", action="append", default=[],
                    metavar="PREFIX", help="failures of tests whose full name "
                    "starts with PREFIX (a describe title) are allowed")
@@ -79,14 +86,14 @@ def free_port() -> int:
 
 
 def auth_config(data_dir: str) -> tuple[str, str]:
-    """A config file with one token allowed every stream operation; (its path, the token)."""
+    """A config file with one token allowed every operation; (its path, the token)."""
     token = secrets.token_urlsafe(32)
     path = Path(data_dir).parent / f"{Path(data_dir).name}-auth.toml"
     path.write_text(
         "[[auth.tokens]]\n"
         "name = \"conformance\"\n"
         f"sha256 = \"{hashlib.sha256(token.encode()).hexdigest()}\"\n"
-        "scopes = [\"read\", \"write\", \"delete\"]\n")
+        "scopes = [\"read\", \"write\", \"delete\", \"admin\"]\n")
     return str(path), token
 
 
@@ -145,13 +152,13 @@ def log_tail(log_path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(server log is empty)"
 
 
-def start_server(kind: str, data_dir: str, log_path: Path, extra: list[str]):
+def start_server(kind: str, data_dir: str, log_path: Path, extra: list[str], env: dict[str, str]):
     """Start the server in its own process group; return (proc, base URL)."""
     port = free_port()
     cmd = server_command(kind, port, data_dir) + extra
     print(f"starting {kind} server: {' '.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, env=dict(os.environ, **env),
                                 stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -187,7 +194,7 @@ def kill_group(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
 
 
 def run_vitest(base: str, report: Path, pattern: str | None,
-               timeout: float, token: str | None = None) -> int:
+               timeout: float, token: str | None = None, subscriptions: bool = False) -> int:
     vitest = SUITE_DIR / "node_modules" / ".bin" / "vitest"
     if not vitest.exists():
         raise RunError(f"{vitest} not found (run `make node-deps`)")
@@ -198,6 +205,7 @@ def run_vitest(base: str, report: Path, pattern: str | None,
         cmd += ["-t", pattern]
     env = dict(os.environ, CONFORMANCE_TEST_URL=base)
     env.pop("CONFORMANCE_AUTH_TOKEN", None)
+    env["CONFORMANCE_SUBSCRIPTIONS"] = "1" if subscriptions else "0"
     if token:
         env["CONFORMANCE_AUTH_TOKEN"] = token
     if not sys.stdout.isatty() and "FORCE_COLOR" not in env:
@@ -286,11 +294,12 @@ def conduct(args: argparse.Namespace, data_dir: str, procs: list) -> int:
     if args.url:
         base = args.url.rstrip("/")
     else:
-        server, base = start_server(args.server, data_dir, log_path, extra)
+        env = {"TRIO_STREAMS_WEBHOOK_DEV_MODE": "1"} if args.subscriptions and args.server == "ours" else {}
+        server, base = start_server(args.server, data_dir, log_path, extra, env)
         procs.append(server)
     if args.auth:
         check_auth_is_on(base)
-    rc = run_vitest(base, report, args.filter, args.timeout, token)
+    rc = run_vitest(base, report, args.filter, args.timeout, token, args.subscriptions)
     s = summarise(report, args.allow_fail_prefix)
     problems = report_results(s, args.allow_fail_prefix)
     if rc != 0 and not (s["failed"] or s["allowed"] or s["file_errors"]):

@@ -7,4 +7,6 @@ if (!baseUrl) {
   throw new Error("CONFORMANCE_TEST_URL must be set (e.g. http://127.0.0.1:4437)")
 }
 
-runConformanceTests({ baseUrl, subscriptions: false })
+// CONFORMANCE_SUBSCRIPTIONS=1 (run_conformance.py --subscriptions) adds the
+// suite's "Reserved subscription APIs" block.
+runConformanceTests({ baseUrl, subscriptions: process.env.CONFORMANCE_SUBSCRIPTIONS === "1" })
