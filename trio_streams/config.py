@@ -213,6 +213,26 @@ class Settings:
     # A recovery that replays for longer logs its progress this often (0: never).
     recovery_progress_interval_s: float = 5.0
 
+    # Subscriptions (protocol/subscriptions.py, subscriptions/; README "Subscriptions").
+    # Live subscriptions at most; a PUT creating one more is 507 SUBSCRIPTIONS_FULL.
+    subscriptions_max: int = 1000
+    # Streams one subscription links at most (glob and explicit together); links
+    # beyond it are refused (explicit: 400) or not made (glob: logged).
+    subscription_streams_max: int = 10000
+    # Explicit paths one request (PUT or POST .../streams) may name.
+    subscription_request_streams_max: int = 1000
+    # A subscription id's length; ids are [A-Za-z0-9._~-].
+    subscription_id_chars_max: int = 128
+    subscription_pattern_chars_max: int = 512
+    subscription_description_chars_max: int = 1024
+    # Largest __ds request body; larger is 413.
+    subscription_body_bytes_max: int = 256 * 1024
+    # The range a subscription's lease_ttl_ms may take (the spec's 1 s to 10 min).
+    subscription_lease_ttl_ms_min: int = 1000
+    subscription_lease_ttl_ms_max: int = 600_000
+    # How long a wake-scoped token stays valid (it is fenced sooner by a newer generation).
+    subscription_wake_token_ttl_s: float = 3600.0
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -240,6 +260,7 @@ class Settings:
         self._check_streams_layer()
         self._check_access_control()
         self._check_observability()
+        self._check_subscriptions()
 
     def _check_access_control(self) -> None:
         if self.cors_allow_origin and not self.cors_allow_origins:  # frozen: resolve the old name once
@@ -253,6 +274,15 @@ class Settings:
             raise ValueError("auth_jwks_*_s settings must be positive")
         if self.auth_jwks_refetch_min_interval_s > self.auth_jwks_refresh_interval_s:
             raise ValueError("auth_jwks_refetch_min_interval_s must be at most auth_jwks_refresh_interval_s")
+
+    def _check_subscriptions(self) -> None:
+        if min(self.subscription_streams_max, self.subscription_request_streams_max, self.subscription_id_chars_max,
+               self.subscription_pattern_chars_max, self.subscription_body_bytes_max) < 1:
+            raise ValueError("subscription_*_max settings must be at least 1")
+        if not 1 <= self.subscription_lease_ttl_ms_min <= self.subscription_lease_ttl_ms_max:
+            raise ValueError("subscription_lease_ttl_ms_min must be in 1..subscription_lease_ttl_ms_max")
+        if self.subscription_wake_token_ttl_s <= 0:
+            raise ValueError("subscription_wake_token_ttl_s must be positive")
 
     def _check_observability(self) -> None:
         if self.log_level not in LOG_LEVELS:
