@@ -163,7 +163,7 @@ def _delivery(kind: str, doc: Mapping[str, Any], limits: Limits) -> tuple[str | 
     if kind == WEBHOOK:
         webhook = doc.get("webhook")
         url = webhook.get("url") if isinstance(webhook, dict) else None
-        if not isinstance(url, str) or not url or len(url) > 2048 or len(webhook) != 1:
+        if not isinstance(url, str) or not url or len(url) > 2048 or len(webhook or ()) != 1:
             raise bad_request("a webhook subscription needs webhook.url (a URL of at most 2048 characters)",
                               "INVALID_SUBSCRIPTION")
         if doc.get("wake_stream") is not None:
@@ -347,6 +347,14 @@ SubscriptionEvent = Union[SubscriptionCreated, Linked, ExplicitUnlinked, Acked, 
                           Released, DeliveryFailed, SubscriptionDeleted]
 SUBSCRIPTION_EVENTS: Final = (SubscriptionCreated, Linked, ExplicitUnlinked, Acked, Woken, Claimed, LeaseExtended,
                               Released, DeliveryFailed, SubscriptionDeleted)
+
+
+def unappliable_subscription(table: SubscriptionTable, event: SubscriptionEvent) -> str | None:
+    """Why ``table.apply`` must not take ``event`` (None: it may); said of its WAL record."""
+    exists = event.subscription_id in table.by_id
+    if isinstance(event, SubscriptionCreated):
+        return f"creates subscription {event.subscription_id!r}, which exists" if exists else None
+    return None if exists else f"changes subscription {event.subscription_id!r}, which does not exist"
 
 
 class SubscriptionTable:
