@@ -246,6 +246,7 @@ class Subscription:
     lease_expires_at: float | None = None  # the wake in flight ends then unless extended
     attempts: int = 0  # failed webhook deliveries in a row
     next_attempt_at: float | None = None  # a failed webhook delivery is retried then
+    base_url: str = ""  # as in SubscriptionCreated
 
     @property
     def status(self) -> str:
@@ -269,6 +270,9 @@ class SubscriptionCreated:
     stream_id_floor: int
     generation: int  # where fencing starts: above any earlier subscription of this id
     links: tuple[LinkSpec, ...]
+    # ``scheme://host[:port]`` + stream prefix the subscription was created through:
+    # where its webhook's callback_url points.
+    base_url: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -382,7 +386,7 @@ class SubscriptionTable:
         assert event.subscription_id not in self.by_id, event.subscription_id
         self.tombstones.pop(event.subscription_id, None)
         sub = Subscription(event.subscription_id, event.config, event.created_at, event.stream_id_floor,
-                           generation=event.generation)
+                           generation=event.generation, base_url=event.base_url)
         self.by_id[sub.id] = sub
         self._link(sub, event.links)
         return sub
@@ -477,7 +481,7 @@ _APPLY: Final[dict[type, Callable[[SubscriptionTable, Subscription, Any], None]]
 
 def decide_put(table: SubscriptionTable, subscription_id: str, config: SubscriptionConfig, now: float,
                stream_id_floor: int, existing: Iterable[tuple[str, int]], tails: Tails,
-               links_max: int) -> tuple[int, list[SubscriptionEvent]]:
+               links_max: int, base_url: str = "") -> tuple[int, list[SubscriptionEvent]]:
     """201 and the creating event, 200 and nothing for the same configuration, 409 otherwise.
 
     ``existing``: every stream (path, tail) now, for the pattern's eager
@@ -501,7 +505,7 @@ def decide_put(table: SubscriptionTable, subscription_id: str, config: Subscript
     _check_links_max(len(links), links_max)
     generation = table.tombstones.get(subscription_id, 0)
     return 201, [SubscriptionCreated(subscription_id, config, now, stream_id_floor, generation,
-                                     tuple(links[p] for p in sorted(links)))]
+                                     tuple(links[p] for p in sorted(links)), base_url)]
 
 
 def _check_links_max(count: int, links_max: int) -> None:
@@ -738,7 +742,7 @@ def event_from_json(doc: Mapping[str, Any]) -> SubscriptionEvent:
     cls = _KINDS[doc["k"]]
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
-        value = doc[field.name]
+        value = doc[field.name] if field.name in doc or field.default is dataclasses.MISSING else field.default
         if field.name == "config":
             value = SubscriptionConfig.from_normalised(value)
         elif field.name in ("links", "acks"):
@@ -759,6 +763,7 @@ def _sub_to_json(sub: Subscription) -> dict[str, Any]:
         "id": sub.id, "config": sub.config.normalised(), "created_at": sub.created_at,
         "floor": sub.stream_id_floor, "generation": sub.generation, "wake_id": sub.wake_id, "holder": sub.holder,
         "lease": sub.lease_expires_at, "attempts": sub.attempts, "next_attempt_at": sub.next_attempt_at,
+        "base": sub.base_url,
         "links": [[p, link.acked, link.glob, link.explicit] for p, link in sub.links.items()],
     }
 
@@ -770,6 +775,7 @@ def table_from_json(doc: Mapping[str, Any]) -> SubscriptionTable:
             s["id"], SubscriptionConfig.from_normalised(s["config"]), s["created_at"], s["floor"],
             {p: Link(acked, glob, explicit) for p, acked, glob, explicit in s["links"]},
             s["generation"], s["wake_id"], s["holder"], s["lease"], s["attempts"], s["next_attempt_at"],
+            s.get("base", ""),
         ))
     table.tombstones = {k: v for k, v in doc.get("tombstones", [])}
     return table
