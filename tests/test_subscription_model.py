@@ -327,3 +327,11 @@ def test_every_event_and_the_table_round_trip_through_json() -> None:
     assert restored.by_path == table.by_path
     table.apply(S.SubscriptionDeleted("s"))
     assert S.table_from_json(orjson.loads(orjson.dumps(S.table_to_json(table)))).tombstones == {"s": 2}
+
+
+def test_a_pattern_never_links_the_subscriptions_own_wake_stream() -> None:
+    config = S.parse_config(body(type="pull-wake", pattern="**", wake_stream="wake/pool"), LIMITS)
+    table, sub = make(config, {"wake/pool": 3, "e/a": 1})
+    assert set(sub.links) == {"e/a"}
+    assert S.decide_stream_created(table, "wake/pool", 99, 0, 10) == []
+    assert len(S.decide_stream_created(table, "wake/other", 99, 0, 10)) == 1

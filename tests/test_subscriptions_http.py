@@ -443,3 +443,29 @@ async def test_leases_expire_unless_heartbeats_extend_them(
         assert (late.status_code, late.json()["error"]["code"]) == (409, "FENCED")
         claim = await post(client, "l", "claim", {"worker": "w2"})
         assert claim.status_code == 200 and claim.json()["generation"] > claimed["generation"]
+
+
+async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up(
+        autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
+    """A crash between a stream's creation and its link (two log batches) loses no wake."""
+    from trio_streams.protocol import subscriptions as S
+    from trio_streams.protocol.headers import Expiry
+    from trio_streams.protocol.state import Created
+    from trio_streams.storage.events import encode_event
+    from trio_streams.storage.wal import SegmentedLog, encode_record
+
+    config = S.parse_config(orjson.dumps(HOOK), S.Limits())
+    events = [S.SubscriptionCreated("crash", config, WALL_START, 1, 0, (), f"http://127.0.0.1:4437{PREFIX}"),
+              Created(1, "events/late", "application/json", Expiry(), WALL_START, False, b'{"e":1}\n')]
+    with SegmentedLog.open(data_dir / "wal", 1 << 20) as wal:
+        for _ in wal.recover(0):
+            pass
+        wal.append(b"".join(encode_record(*encode_event(e)) for e in events))
+        wal.sync()
+    (data_dir / "streams").mkdir(exist_ok=True)
+    (data_dir / "streams" / f"{1:016x}.dat").write_bytes(b'{"e":1}\n')
+    async with app(data_dir) as client:
+        await until(lambda: deliverer.calls)
+        (stream,) = deliverer.calls[0][1]["streams"]
+        assert (stream["path"], stream["acked_offset"], stream["has_pending"]) == \
+            ("events/late", format_offset(0), True)

@@ -484,6 +484,9 @@ def decide_put(table: SubscriptionTable, subscription_id: str, config: Subscript
                links_max: int, base_url: str = "") -> tuple[int, list[SubscriptionEvent]]:
     """201 and the creating event, 200 and nothing for the same configuration, 409 otherwise.
 
+    A pattern never links the subscription's own wake stream: its wake events
+    would be pending work, and every wake would cause the next.
+
     ``existing``: every stream (path, tail) now, for the pattern's eager
     backfill at the current tail (no replay); explicit streams are linked at
     their tail too (0 if they do not exist yet: their first data is pending).
@@ -497,7 +500,7 @@ def decide_put(table: SubscriptionTable, subscription_id: str, config: Subscript
     links: dict[str, LinkSpec] = {}
     if config.pattern is not None:
         for path, tail in existing:
-            if glob_matches(config.pattern, path):
+            if glob_matches(config.pattern, path) and path != config.wake_stream:
                 links[path] = (path, tail, True, False)
     for path in config.streams:
         glob = path in links
@@ -532,7 +535,8 @@ def decide_stream_created(table: SubscriptionTable, path: str, stream_id: int, s
     events: list[SubscriptionEvent] = []
     for sub in table.by_id.values():
         pattern = sub.config.pattern
-        if pattern is None or stream_id < sub.stream_id_floor or not glob_matches(pattern, path):
+        if pattern is None or stream_id < sub.stream_id_floor or path == sub.config.wake_stream \
+                or not glob_matches(pattern, path):
             continue
         link = sub.links.get(path)
         if link is not None and link.glob:

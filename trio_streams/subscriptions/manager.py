@@ -155,7 +155,7 @@ class SubscriptionManager:
         request = S.parse_ack(body, self.limits)
         claims = self._verified(subscription_id, token)
         async with self._lock:
-            sub = self._current(subscription_id)
+            sub = await self._current(subscription_id)
             S.check_fence(sub, claims.generation, claims.wake_id, request)
             events, next_wake = S.decide_ack(sub, request, self.tail, self._clock.wall())
             await self._commit(events)
@@ -167,7 +167,7 @@ class SubscriptionManager:
         request = S.parse_ack(body, self.limits, with_acks=False)
         claims = self._verified(subscription_id, token)
         async with self._lock:
-            sub = self._current(subscription_id)
+            sub = await self._current(subscription_id)
             S.check_fence(sub, claims.generation, claims.wake_id, request)
             await self._commit([S.Released(sub.id, sub.generation)])
             self._recheck.add(subscription_id)
@@ -181,11 +181,19 @@ class SubscriptionManager:
             raise ProtocolError(401, "INVALID_WAKE_TOKEN", "the bearer token is not a valid wake token "
                                 "for this subscription") from None
 
-    def _current(self, subscription_id: str) -> S.Subscription:
-        """A deleted subscription fences whatever was in flight for it."""
+    async def _current(self, subscription_id: str) -> S.Subscription:
+        """The subscription a wake-token request is checked against: a deleted one
+        fences whatever was in flight for it, and a lease that ran out has ended
+        its wake even if the task has not got round to it yet."""
         if subscription_id in self.table.tombstones:
             raise S.fenced()
-        return S.require(self.table, subscription_id)
+        sub = S.require(self.table, subscription_id)
+        expired = S.decide_expiry(sub, self._clock.wall())
+        if expired is not None:
+            await self._commit([expired])
+            self._recheck.add(subscription_id)
+            self._dirty.set()
+        return sub
 
     def _require_ports(self) -> Ports:
         if self.ports is None:
@@ -203,7 +211,8 @@ class SubscriptionManager:
             self._nursery = nursery
             async with self._lock:
                 await self._link_streams_created_while_down()
-                self._recheck.update(self.table.by_id)
+                self._recheck.update(self.table.by_id)  # pending work from before the restart wakes
+                self._dirty.set()
                 await self._announce_unclaimed_wakes()
             while True:
                 with trio.move_on_at(self._next_deadline()):
@@ -250,10 +259,16 @@ class SubscriptionManager:
             self._start_delivery(sub)
 
     async def _link_streams_created_while_down(self) -> None:
-        """A stream created just before a crash may be durable without its link."""
-        for state in list(self._streams_table.by_id.values()):
+        """A stream created just before a crash may be durable without its link.
+        Only streams created after the oldest pattern subscription can be."""
+        floors = [s.stream_id_floor for s in self.table.by_id.values() if s.config.pattern is not None]
+        if not floors:
+            return
+        floor = min(floors)
+        for state in [s for s in self._streams_table.by_id.values() if s.stream_id >= floor]:
             await self._commit(S.decide_stream_created(self.table, state.path, state.stream_id, state.base,
                                                        self.settings.subscription_streams_max))
+            await trio.lowlevel.checkpoint()
 
     async def _announce_unclaimed_wakes(self) -> None:
         """A crash may have come between a pull wake and its wake event: announce it
