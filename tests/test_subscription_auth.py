@@ -15,7 +15,7 @@ from conftest import PREFIX, inproc_settings_for
 from inproc import running_app
 from test_subscriptions_http import FakeDeliverer, deliverer  # noqa: F401 (a fixture)
 from trio_streams.auth.config import auth_config
-from trio_streams.auth.policy import ADMIN, PUBLIC, SERVICE, STREAM, request_kind
+from trio_streams.auth.policy import PUBLIC, SERVICE, STREAM, SUBSCRIPTION_ADMIN as ADMIN, request_kind
 from trio_streams.auth.tokens import token_digest
 
 
@@ -76,3 +76,15 @@ async def test_access_to_subscription_routes(tmp_path: Path, deliverer: FakeDeli
             "content-type": "application/json", "authorization": f"Bearer {claimed['token']}"})
         assert response.status_code == 204, response.text
         assert await status("GET", f"{PREFIX}__ds/jwks.json", None, None) == 200
+
+
+async def test_without_auth_the_control_plane_is_open_even_to_browsers(
+        tmp_path: Path, deliverer: FakeDeliverer) -> None:  # noqa: F811
+    """Like stream routes, not like /admin/: fetch from Node and browsers sends Sec-Fetch-Mode."""
+    config = orjson.dumps({"type": "pull-wake", "streams": ["events/a"], "wake_stream": "wake/pool"})
+    headers = {"content-type": "application/json", "sec-fetch-mode": "cors", "origin": "https://app.example"}
+    async with running_app(inproc_settings_for(tmp_path)) as server:
+        response = await server.client.request("PUT", f"{PREFIX}__ds/subscriptions/open", headers=headers,
+                                               content=config)
+        assert response.status_code == 201, response.text
+        assert (await server.client.request("GET", "/admin/backup", headers=headers)).status_code == 403

@@ -81,7 +81,7 @@ class Guard:
         return principal
 
     def _needs(self, req: Request, kind: str) -> tuple[policy.Need, ...]:
-        if kind == policy.ADMIN:
+        if kind in (policy.ADMIN, policy.SUBSCRIPTION_ADMIN):
             return (policy.Need("admin"),)
         path = stream_name(req.path, self.settings)
         fork = req.headers.get("stream-forked-from") if req.method == "PUT" else None

@@ -9,7 +9,9 @@ needs ``admin``. Any other method or path needs nothing here: the router
 answers it 404 or 405, which reveals nothing.
 
 Reserved ``{prefix}__ds/`` routes (subscriptions): the control plane needs
-``admin``; ``claim`` needs any valid token (SERVICE: the handler checks
+``admin`` (SUBSCRIPTION_ADMIN: without authentication it is open, like every
+stream route, not loopback-only like ``/admin/``: the official suite's
+clients send browser fetch headers); ``claim`` needs any valid token (SERVICE: the handler checks
 ``read`` on the subscription's wake stream, which the path does not name);
 ``callback``, ``ack`` and ``release`` carry a wake-scoped token the handler
 verifies, and ``jwks.json`` is public: PUBLIC here.
@@ -35,6 +37,7 @@ PUBLIC = "public"
 ADMIN = "admin"
 STREAM = "stream"
 SERVICE = "service"
+SUBSCRIPTION_ADMIN = "subscription_admin"
 DS_SEGMENT = "__ds"
 _WAKE_TOKEN_ACTIONS = ("callback", "ack", "release")
 
@@ -65,7 +68,7 @@ def _reserved_kind(method: str, rest: str) -> str:
             return PUBLIC
         if parts[2] == "claim":
             return SERVICE
-    return ADMIN
+    return SUBSCRIPTION_ADMIN
 
 
 def stream_needs(method: str, path: str, fork_source: str | None = None) -> tuple[Need, ...]:
