@@ -168,13 +168,17 @@ def test_reconfirm_is_200_and_a_changed_config_is_409() -> None:
 
 def test_streams_created_later_are_linked_at_their_start() -> None:
     table, sub = make(pull(pattern="e/*"), {})
-    assert S.decide_stream_created(table, "e/new", 49, 0, 10) == []  # below the floor: backfill's business
-    assert S.decide_stream_created(table, "f/new", 60, 0, 10) == []
-    events = S.decide_stream_created(table, "e/new", 60, 0, 10)
+    assert S.decide_streams_created(table, [("e/new", 49, 0)], 10) == []  # below the floor: backfill's business
+    assert S.decide_streams_created(table, [("f/new", 60, 0)], 10) == []
+    events = S.decide_streams_created(table, [("e/new", 60, 0), ("f/x", 61, 0), ("e/two", 62, 5)], 10)
+    assert events == [S.Linked("s", (("e/new", 0, True, False), ("e/two", 5, True, False)))]
     table.apply(events[0])
     assert sub.links["e/new"].acked == 0
     assert S.pending_paths(sub, {"e/new": 12}.get) == ["e/new"]
-    assert S.decide_stream_created(table, "e/new", 60, 0, 10) == []  # linked already
+    assert S.decide_streams_created(table, [("e/new", 60, 0)], 10) == []  # linked already
+    # The bound holds within one decision too.
+    assert S.decide_streams_created(table, [(f"e/{n}", 70 + n, 0) for n in range(20)], 5) == \
+        [S.Linked("s", (("e/0", 0, True, False), ("e/1", 0, True, False), ("e/2", 0, True, False)))]
 
 
 # -- cursors, wakes, leases, fencing -------------------------------------------
@@ -333,5 +337,5 @@ def test_a_pattern_never_links_the_subscriptions_own_wake_stream() -> None:
     config = S.parse_config(body(type="pull-wake", pattern="**", wake_stream="wake/pool"), LIMITS)
     table, sub = make(config, {"wake/pool": 3, "e/a": 1})
     assert set(sub.links) == {"e/a"}
-    assert S.decide_stream_created(table, "wake/pool", 99, 0, 10) == []
-    assert len(S.decide_stream_created(table, "wake/other", 99, 0, 10)) == 1
+    assert S.decide_streams_created(table, [("wake/pool", 99, 0)], 10) == []
+    assert len(S.decide_streams_created(table, [("wake/other", 99, 0)], 10)) == 1

@@ -528,23 +528,26 @@ def decide_remove_stream(sub: Subscription, path: str) -> list[SubscriptionEvent
     return [ExplicitUnlinked(sub.id, path)] if link is not None and link.explicit else []
 
 
-def decide_stream_created(table: SubscriptionTable, path: str, stream_id: int, start: int,
-                          links_max: int) -> list[SubscriptionEvent]:
-    """A stream created after a pattern subscription is linked at its start, so
-    the data it was created with is pending (linked "before that append")."""
-    events: list[SubscriptionEvent] = []
-    for sub in table.by_id.values():
-        pattern = sub.config.pattern
-        if pattern is None or stream_id < sub.stream_id_floor or path == sub.config.wake_stream \
-                or not glob_matches(pattern, path):
-            continue
-        link = sub.links.get(path)
-        if link is not None and link.glob:
-            continue
-        if link is None and len(sub.links) >= links_max:
-            continue  # bounded; the operator sees it in GET (the stream is absent)
-        events.append(Linked(sub.id, ((path, start if link is None else link.acked, True, False),)))
-    return events
+def decide_streams_created(table: SubscriptionTable, created: Iterable[tuple[str, int, int]],
+                           links_max: int) -> list[SubscriptionEvent]:
+    """Streams (path, id, start) created after a pattern subscription are linked at
+    their start, so the data each was created with is pending (linked "before
+    that append"). One decision for many streams: one event per subscription."""
+    links: dict[str, list[LinkSpec]] = {}
+    for path, stream_id, start in created:
+        for sub in table.by_id.values():
+            pattern = sub.config.pattern
+            if pattern is None or stream_id < sub.stream_id_floor or path == sub.config.wake_stream \
+                    or not glob_matches(pattern, path):
+                continue
+            link = sub.links.get(path)
+            if link is not None and link.glob:
+                continue
+            added = links.setdefault(sub.id, [])
+            if link is None and len(sub.links) + len(added) >= links_max:
+                continue  # bounded; the operator sees it in GET (the stream is absent)
+            added.append((path, start if link is None else link.acked, True, False))
+    return [Linked(sub_id, tuple(specs)) for sub_id, specs in links.items() if specs]
 
 
 # -- decisions: wakes, claims, acks, leases ----------------------------------

@@ -230,10 +230,8 @@ class SubscriptionManager:
 
     async def _round(self) -> None:
         created, self._created = self._created, []
-        for path, stream_id, start in created:
-            await self._commit(S.decide_stream_created(self.table, path, stream_id, start,
-                                                       self.settings.subscription_streams_max))
-            self._touched.add(path)
+        await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max))
+        self._touched.update(path for path, _, _ in created)
         now = self._clock.wall()
         candidates = self._recheck | {i for p in self._touched for i in self.table.by_path.get(p, ())}
         candidates |= {sub.id for sub in self.table.by_id.values()
@@ -242,21 +240,20 @@ class SubscriptionManager:
         expired = [e for i in sorted(candidates) if i in self.table.by_id
                    and (e := S.decide_expiry(self.table.by_id[i], now)) is not None]
         await self._commit(expired)
-        for subscription_id in sorted(candidates):
-            await self._maybe_wake(subscription_id, now)
+        woken = [w for i in sorted(candidates) if (w := self._decide_wake(i, now)) is not None]
+        await self._commit(woken)
+        for wake in woken:  # durable first: a crash now re-wakes, never loses the wake
+            sub = self.table.by_id[wake.subscription_id]
+            if sub.config.type == S.PULL_WAKE:
+                await self._announce(sub)
+            else:
+                self._start_delivery(sub)
 
-    async def _maybe_wake(self, subscription_id: str, now: float) -> None:
+    def _decide_wake(self, subscription_id: str, now: float) -> S.Woken | None:
         sub = self.table.by_id.get(subscription_id)
         if sub is None or subscription_id in self._delivering:
-            return
-        woken = S.decide_wake(sub, self.tail, now, _wake_id())
-        if woken is None:
-            return
-        await self._commit([woken])
-        if sub.config.type == S.PULL_WAKE:
-            await self._announce(sub)
-        else:
-            self._start_delivery(sub)
+            return None
+        return S.decide_wake(sub, self.tail, now, _wake_id())
 
     async def _link_streams_created_while_down(self) -> None:
         """A stream created just before a crash may be durable without its link.
@@ -265,10 +262,8 @@ class SubscriptionManager:
         if not floors:
             return
         floor = min(floors)
-        for state in [s for s in self._streams_table.by_id.values() if s.stream_id >= floor]:
-            await self._commit(S.decide_stream_created(self.table, state.path, state.stream_id, state.base,
-                                                       self.settings.subscription_streams_max))
-            await trio.lowlevel.checkpoint()
+        created = [(s.path, s.stream_id, s.base) for s in self._streams_table.by_id.values() if s.stream_id >= floor]
+        await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max))
 
     async def _announce_unclaimed_wakes(self) -> None:
         """A crash may have come between a pull wake and its wake event: announce it
