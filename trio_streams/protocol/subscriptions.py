@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -199,14 +200,34 @@ def _description(doc: Mapping[str, Any], limits: Limits) -> str | None:
 # -- globs -------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> tuple[tuple[str, ...], str, bool]:
+    """A pattern's segments, its literal prefix (every match starts with it) and
+    whether it has ``**``: matching runs for every stream created, so once."""
+    parts = tuple(pattern.split("/"))
+    literal: list[str] = []
+    for part in parts:
+        if part in ("*", "**"):
+            break
+        literal.append(part)
+    return parts, "/".join(literal), "**" in parts
+
+
 def glob_matches(pattern: str, path: str) -> bool:
     """``*`` matches exactly one segment, ``**`` zero or more; other segments literally.
 
-    Over segment positions (a set of reachable path indices per pattern
-    segment), so time is patterns × path segments whatever the input."""
+    The literal prefix rejects most paths at once; a pattern without ``**``
+    compares segment by segment; one with it runs over segment positions (a
+    set of reachable path indices per pattern segment), so time is pattern ×
+    path segments whatever the input."""
+    parts, prefix, deep = _compiled(pattern)
+    if not path.startswith(prefix):
+        return False
     segments = path.split("/")
+    if not deep:
+        return len(segments) == len(parts) and all(p == "*" or p == s for p, s in zip(parts, segments))
     reachable = {0}
-    for part in pattern.split("/"):
+    for part in parts:
         if part == "**":
             reachable = set(range(min(reachable), len(segments) + 1)) if reachable else set()
         else:
