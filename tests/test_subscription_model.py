@@ -339,3 +339,14 @@ def test_a_pattern_never_links_the_subscriptions_own_wake_stream() -> None:
     assert set(sub.links) == {"e/a"}
     assert S.decide_streams_created(table, [("wake/pool", 99, 0)], 10) == []
     assert len(S.decide_streams_created(table, [("wake/other", 99, 0)], 10)) == 1
+
+
+@pytest.mark.parametrize("bad", [{"subscription_streams_max": 0}, {"subscription_body_bytes_max": 0},
+                                 {"subscription_lease_ttl_ms_min": 0},
+                                 {"subscription_lease_ttl_ms_min": 5000, "subscription_lease_ttl_ms_max": 4000},
+                                 {"subscription_wake_token_ttl_s": 0}])
+def test_subscription_settings_are_checked_at_start_up(bad: dict[str, int]) -> None:
+    from trio_streams.config import Settings
+
+    with pytest.raises(ValueError, match="subscription_"):
+        Settings(**bad)  # type: ignore[arg-type]

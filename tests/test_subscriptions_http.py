@@ -469,3 +469,31 @@ async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up
         (stream,) = deliverer.calls[0][1]["streams"]
         assert (stream["path"], stream["acked_offset"], stream["has_pending"]) == \
             ("events/late", format_offset(0), True)
+
+
+async def test_hostile_data_plane_requests_get_a_clear_4xx(
+        autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
+    async with app(data_dir) as client:
+        await create_stream(client, "wake/pool", b"[]")
+        await put_sub(client, "h", **{**PULL, "lease_ttl_ms": 60_000})
+        await create_stream(client, "events/h", b'{"e":1}')
+        huge = b'{"worker":"' + b"x" * 300_000 + b'"}'
+        assert (await client.request("POST", sub_url("h", "claim"), headers=JSON, content=huge)).status_code == 413
+        for doc in ({}, {"worker": ""}, {"worker": 7}, {"worker": "x" * 129}):
+            response = await post(client, "h", "claim", doc)
+            assert (response.status_code, response.json()["error"]["code"]) == (400, "INVALID_CLAIM")
+        claimed = (await post(client, "h", "claim", {"worker": "w"})).json()
+        base = {"wake_id": claimed["wake_id"], "generation": claimed["generation"]}
+        tail = claimed["streams"][0]["tail_offset"]
+        beyond = format_offset(int(tail.rpartition("_")[2]) + 1)
+        for extra, code in [({"acks": [{"stream": "events/other", "offset": tail}]}, "STREAM_NOT_LINKED"),
+                            ({"acks": [{"stream": "events/h", "offset": beyond}]}, "ACK_BEYOND_TAIL"),
+                            ({"acks": [{"stream": "events/h", "offset": "now"}]}, "INVALID_OFFSET"),
+                            ({"acks": [{"stream": "events/h", "offset": "zz"}]}, "INVALID_OFFSET"),
+                            ({"acks": "all"}, "INVALID_ACK"), ({"done": "yes"}, "INVALID_ACK"),
+                            ({"generation": "1"}, "INVALID_ACK")]:
+            response = await post(client, "h", "ack", {**base, **extra}, claimed["token"])
+            assert (response.status_code, response.json()["error"]["code"]) == (400, code), extra
+        assert (await get_sub(client, "h"))["streams"][0]["acked_offset"] == format_offset(0)
+        claim_on_webhook = await post(client, "c", "claim", {"worker": "w"})
+        assert claim_on_webhook.status_code == 404
