@@ -344,7 +344,8 @@ def test_a_pattern_never_links_the_subscriptions_own_wake_stream() -> None:
 @pytest.mark.parametrize("bad", [{"subscription_streams_max": 0}, {"subscription_body_bytes_max": 0},
                                  {"subscription_lease_ttl_ms_min": 0},
                                  {"subscription_lease_ttl_ms_min": 5000, "subscription_lease_ttl_ms_max": 4000},
-                                 {"subscription_wake_token_ttl_s": 0}])
+                                 {"subscription_wake_token_ttl_s": 0},
+                                 {"subscription_streams_max": 200_000}])  # would not fit one WAL record
 def test_subscription_settings_are_checked_at_start_up(bad: dict[str, int]) -> None:
     from trio_streams.config import Settings
 

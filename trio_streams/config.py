@@ -25,6 +25,8 @@ EVENT_DATA_BYTES_MAX = RECORD_PAYLOAD_BYTES_MAX - RECORD_META_BYTES_RESERVE
 WAL_RECOVERY_MODES = ("tolerate_corrupted_tail", "fence_damaged_streams", "absolute_consistency", "point_in_time")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+# A link's JSON in a subscription event beside its path: cursor, flags, punctuation.
+SUBSCRIPTION_LINK_JSON_BYTES = 64
 # Below this, ordinary browser and client requests would be refused.
 REQUEST_HEADER_BYTES_MIN = 1024
 
@@ -283,6 +285,12 @@ class Settings:
             raise ValueError("subscription_lease_ttl_ms_min must be in 1..subscription_lease_ttl_ms_max")
         if self.subscription_wake_token_ttl_s <= 0:
             raise ValueError("subscription_wake_token_ttl_s must be positive")
+        # A subscription's creation (its backfilled links) is one WAL record; a path
+        # is at most twice its bytes in JSON ('"' escaped; control characters refused).
+        if self.subscription_streams_max * (2 * self.stream_path_bytes_max + SUBSCRIPTION_LINK_JSON_BYTES) \
+                > RECORD_PAYLOAD_BYTES_MAX:
+            raise ValueError("subscription_streams_max links of stream_path_bytes_max must fit one WAL record "
+                             f"({RECORD_PAYLOAD_BYTES_MAX} bytes)")
 
     def _check_observability(self) -> None:
         if self.log_level not in LOG_LEVELS:

@@ -22,6 +22,7 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -105,7 +106,9 @@ class SubscriptionManager:
         if config.webhook_url is not None:
             # webhook_dev_mode belongs to the "Webhooks" settings block (trio_streams/webhooks/).
             dev_mode = bool(getattr(self.settings, "webhook_dev_mode", False))
-            self._require_ports().check_url(config.webhook_url, allow_local_http=dev_mode)
+            # In a worker thread: the check resolves the host name, which may block.
+            await trio.to_thread.run_sync(
+                partial(self._require_ports().check_url, config.webhook_url, allow_local_http=dev_mode))
         async with self._lock:
             if subscription_id not in self.table.by_id and len(self.table.by_id) >= self.settings.subscriptions_max:
                 raise ProtocolError(507, "SUBSCRIPTIONS_FULL",
