@@ -351,3 +351,22 @@ def test_subscription_settings_are_checked_at_start_up(bad: dict[str, int]) -> N
 
     with pytest.raises(ValueError, match="subscription_"):
         Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_links_of_all_subscriptions_together_are_bounded() -> None:
+    table, sub = make(pull(pattern="e/*", streams=["x"]), {"e/a": 1, "e/b": 1})
+    assert table.link_count == 3
+    with pytest.raises(ProtocolError) as caught:
+        S.decide_put(table, "t", pull(streams=["y", "z"]), 0.0, 0, [], lambda p: None, 100, "", links_total_max=4)
+    assert (caught.value.status, caught.value.code) == (507, "SUBSCRIPTION_LINKS_FULL")
+    with pytest.raises(ProtocolError):
+        S.decide_add_streams(sub, ["y", "z"], lambda p: None, 100, table, links_total_max=4)
+    assert S.decide_add_streams(sub, ["x", "y"], lambda p: None, 100, table, links_total_max=4)  # x is linked
+    events = S.decide_streams_created(table, [("e/c", 99, 0), ("e/d", 100, 0)], 100, links_total_max=4)
+    assert events == [S.Linked("s", (("e/c", 0, True, False),))]
+    for event in events + S.decide_remove_stream(sub, "x"):
+        table.apply(event)
+    assert table.link_count == 3 == len(sub.links)
+    assert S.table_from_json(S.table_to_json(table)).link_count == 3
+    table.apply(S.SubscriptionDeleted("s"))
+    assert table.link_count == 0

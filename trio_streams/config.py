@@ -221,6 +221,9 @@ class Settings:
     # Streams one subscription links at most (glob and explicit together); links
     # beyond it are refused (explicit: 400) or not made (glob: logged).
     subscription_streams_max: int = 10000
+    # Links of all subscriptions together (memory, and what each checkpoint encodes
+    # at once); a request that would add more is 507 SUBSCRIPTION_LINKS_FULL.
+    subscription_links_total_max: int = 1_000_000
     # Explicit paths one request (PUT or POST .../streams) may name.
     subscription_request_streams_max: int = 1000
     # A subscription id's length; ids are [A-Za-z0-9._~-].

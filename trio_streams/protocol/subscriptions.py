@@ -392,6 +392,8 @@ class SubscriptionTable:
         self.tombstones: dict[str, int] = {}
         # Stream path → ids of the subscriptions linking it.
         self.by_path: dict[str, set[str]] = {}
+        # Links of every subscription together: what memory and checkpoints hold.
+        self.link_count = 0
 
     def apply(self, event: SubscriptionEvent) -> Subscription | None:
         if isinstance(event, SubscriptionCreated):
@@ -415,6 +417,7 @@ class SubscriptionTable:
     def _delete(self, sub: Subscription) -> None:
         for path in sub.links:
             self._index_remove(path, sub.id)
+        self.link_count -= len(sub.links)
         del self.by_id[sub.id]
         self.tombstones[sub.id] = sub.generation
 
@@ -424,6 +427,7 @@ class SubscriptionTable:
             if link is None:
                 sub.links[path] = Link(acked, glob, explicit)
                 self.by_path.setdefault(path, set()).add(sub.id)
+                self.link_count += 1
             else:
                 link.glob, link.explicit = link.glob or glob, link.explicit or explicit
 
@@ -435,6 +439,7 @@ class SubscriptionTable:
         if not link.glob:
             del sub.links[path]
             self._index_remove(path, sub.id)
+            self.link_count -= 1
 
     def _index_remove(self, path: str, subscription_id: str) -> None:
         ids = self.by_path[path]
@@ -445,6 +450,7 @@ class SubscriptionTable:
     def restore(self, sub: Subscription) -> None:
         """One subscription from a checkpoint."""
         self.by_id[sub.id] = sub
+        self.link_count += len(sub.links)
         for path in sub.links:
             self.by_path.setdefault(path, set()).add(sub.id)
 
@@ -502,7 +508,8 @@ _APPLY: Final[dict[type, Callable[[SubscriptionTable, Subscription, Any], None]]
 
 def decide_put(table: SubscriptionTable, subscription_id: str, config: SubscriptionConfig, now: float,
                stream_id_floor: int, existing: Iterable[tuple[str, int]], tails: Tails,
-               links_max: int, base_url: str = "") -> tuple[int, list[SubscriptionEvent]]:
+               links_max: int, base_url: str = "", links_total_max: int | None = None,
+               ) -> tuple[int, list[SubscriptionEvent]]:
     """201 and the creating event, 200 and nothing for the same configuration, 409 otherwise.
 
     A pattern never links the subscription's own wake stream: its wake events
@@ -527,6 +534,7 @@ def decide_put(table: SubscriptionTable, subscription_id: str, config: Subscript
         glob = path in links
         links[path] = (path, links[path][1] if glob else tails(path) or 0, glob, True)
     _check_links_max(len(links), links_max)
+    _check_links_free(len(links), table, links_total_max)
     generation = table.tombstones.get(subscription_id, 0)
     return 201, [SubscriptionCreated(subscription_id, config, now, stream_id_floor, generation,
                                      tuple(links[p] for p in sorted(links)), base_url)]
@@ -537,10 +545,20 @@ def _check_links_max(count: int, links_max: int) -> None:
         raise ProtocolError(400, "TOO_MANY_STREAMS", f"a subscription links at most {links_max} streams")
 
 
-def decide_add_streams(sub: Subscription, paths: Iterable[str], tails: Tails, links_max: int) -> list[SubscriptionEvent]:
+def _check_links_free(new: int, table: SubscriptionTable, links_total_max: int | None) -> None:
+    if links_total_max is not None and table.link_count + new > links_total_max:
+        raise ProtocolError(507, "SUBSCRIPTION_LINKS_FULL",
+                            f"this server holds at most {links_total_max} subscription links in all")
+
+
+def decide_add_streams(sub: Subscription, paths: Iterable[str], tails: Tails, links_max: int,
+                       table: SubscriptionTable | None = None, links_total_max: int | None = None,
+                       ) -> list[SubscriptionEvent]:
     """New explicit links at the stream's tail; an existing link only gains the explicit flag."""
     links = tuple((p, sub.links[p].acked if p in sub.links else tails(p) or 0, False, True) for p in paths)
     _check_links_max(len(sub.links.keys() | {p for p, *_ in links}), links_max)
+    if table is not None:
+        _check_links_free(sum(p not in sub.links for p, *_ in links), table, links_total_max)
     return [Linked(sub.id, links)] if links else []
 
 
@@ -550,11 +568,12 @@ def decide_remove_stream(sub: Subscription, path: str) -> list[SubscriptionEvent
 
 
 def decide_streams_created(table: SubscriptionTable, created: Iterable[tuple[str, int, int]],
-                           links_max: int) -> list[SubscriptionEvent]:
+                           links_max: int, links_total_max: int | None = None) -> list[SubscriptionEvent]:
     """Streams (path, id, start) created after a pattern subscription are linked at
     their start, so the data each was created with is pending (linked "before
     that append"). One decision for many streams: one event per subscription."""
     links: dict[str, list[LinkSpec]] = {}
+    free = links_total_max - table.link_count if links_total_max is not None else None
     for path, stream_id, start in created:
         for sub in table.by_id.values():
             pattern = sub.config.pattern
@@ -565,8 +584,10 @@ def decide_streams_created(table: SubscriptionTable, created: Iterable[tuple[str
             if link is not None and link.glob:
                 continue
             added = links.setdefault(sub.id, [])
-            if link is None and len(sub.links) + len(added) >= links_max:
+            if link is None and (len(sub.links) + len(added) >= links_max or free == 0):
                 continue  # bounded; the operator sees it in GET (the stream is absent)
+            if link is None and free is not None:
+                free -= 1
             added.append((path, start if link is None else link.acked, True, False))
     return [Linked(sub_id, tuple(specs)) for sub_id, specs in links.items() if specs]
 

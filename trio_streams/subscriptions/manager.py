@@ -117,7 +117,8 @@ class SubscriptionManager:
             existing = await self._matching_streams(config) if subscription_id not in self.table.by_id else []
             status, events = S.decide_put(
                 self.table, subscription_id, config, self._clock.wall(), floor,
-                existing, self.tail, self.settings.subscription_streams_max, base_url)
+                existing, self.tail, self.settings.subscription_streams_max, base_url,
+                self.settings.subscription_links_total_max)
             await self._commit(events)
             self._recheck.add(subscription_id)
         self._dirty.set()
@@ -146,7 +147,8 @@ class SubscriptionManager:
     async def add_streams(self, subscription_id: str, paths: Sequence[str]) -> None:
         async with self._lock:
             sub = S.require(self.table, subscription_id)
-            await self._commit(S.decide_add_streams(sub, paths, self.tail, self.settings.subscription_streams_max))
+            await self._commit(S.decide_add_streams(sub, paths, self.tail, self.settings.subscription_streams_max,
+                                                    self.table, self.settings.subscription_links_total_max))
             self._recheck.add(subscription_id)
         self._dirty.set()
 
@@ -251,7 +253,8 @@ class SubscriptionManager:
 
     async def _round(self) -> None:
         created, self._created = self._created, []
-        await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max))
+        await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max,
+                                                      self.settings.subscription_links_total_max))
         self._touched.update(path for path, _, _ in created)
         now = self._clock.wall()
         candidates = self._recheck | {i for p in self._touched for i in self.table.by_path.get(p, ())}
@@ -284,7 +287,8 @@ class SubscriptionManager:
             return
         floor = min(floors)
         created = [(s.path, s.stream_id, s.base) for s in self._streams_table.by_id.values() if s.stream_id >= floor]
-        await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max))
+        await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max,
+                                                      self.settings.subscription_links_total_max))
 
     async def _announce_unclaimed_wakes(self) -> None:
         """A crash may have come between a pull wake and its wake event: announce it
