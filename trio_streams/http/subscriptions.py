@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ..auth.guard import forbidden
 from ..auth.principal import Principal
 from ..auth.scopes import allows
 from ..config import Settings
@@ -121,7 +122,7 @@ class SubscriptionRoutes:
             raise ProtocolError(400, "INVALID_CLAIM", f"worker is a name of 1 to {manager.limits.id_chars_max} characters")
         wake_stream = manager.get(sub_id).config.wake_stream
         if principal is not None and (wake_stream is None or not allows(principal.scopes, "read", wake_stream)):
-            raise ProtocolError(403, "FORBIDDEN", "claiming needs the read scope on the subscription's wake stream")
+            raise forbidden("claiming needs the read scope on the subscription's wake stream", "read")
         try:
             answer = await manager.claim(sub_id, worker)
         except S.Claimed409 as conflict:

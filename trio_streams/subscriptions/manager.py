@@ -34,6 +34,7 @@ from ..protocol import subscriptions as S
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import AppendRequest, is_json
 from ..protocol.state import Appended, Created, Event, StreamState, StreamTable
+from ..storage.log import StorageFailed
 from ..streams.facade import Streams
 from .ports import Ports
 
@@ -72,6 +73,7 @@ class SubscriptionManager:
         # Noted by ``on_applied`` (the log writer's hook, synchronous): streams
         # created (path, id, start) and paths appended to since the last round.
         self._created: list[tuple[str, int, int]] = []
+        self._created_pending: list[tuple[str, int, int]] = []
         self._touched: set[str] = set()
         self._recheck: set[str] = set()
         self._delivering: set[str] = set()
@@ -224,25 +226,45 @@ class SubscriptionManager:
         return self.ports
 
     async def _commit(self, events: Sequence[S.SubscriptionEvent]) -> None:
+        """Returns once ``events`` are durable and applied; a refused write is the
+        request's 503/507 (nothing changed), as for an append."""
         if events:
-            await self._submit(list(events))
+            try:
+                await self._submit(list(events))
+            except StorageFailed as error:
+                raise error.protocol_error() from None
 
     # -- the task ---------------------------------------------------------------
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            async with self._lock:
-                await self._link_streams_created_while_down()
-                self._recheck.update(self.table.by_id)  # pending work from before the restart wakes
-                self._dirty.set()
-                await self._announce_unclaimed_wakes()
+            await self._decide_or_retry(self._start_up)
             while True:
                 with trio.move_on_at(self._next_deadline()):
                     await self._dirty.wait()
                 self._dirty = trio.Event()
-                async with self._lock:
-                    await self._round()
+                await self._decide_or_retry(self._round)
+
+    async def _decide_or_retry(self, decide: Callable[[], Awaitable[None]]) -> None:
+        """A round the log refused (a full disk) changed nothing: every subscription
+        is decided again after ``disk_full_retry_after_s``."""
+        try:
+            async with self._lock:
+                await decide()
+        except ProtocolError as error:
+            log.error("subscription decisions not written, retrying in %d s: %s",
+                      self.settings.disk_full_retry_after_s, error.message)
+            await trio.sleep(self.settings.disk_full_retry_after_s)
+            self._created += self._created_pending
+            self._recheck.update(self.table.by_id)
+            self._dirty.set()
+
+    async def _start_up(self) -> None:
+        await self._link_streams_created_while_down()
+        self._recheck.update(self.table.by_id)  # pending work from before the restart wakes
+        self._dirty.set()
+        await self._announce_unclaimed_wakes()
 
     def _next_deadline(self) -> float:
         """The trio time of the soonest lease end or retry (inf: none)."""
@@ -253,6 +275,7 @@ class SubscriptionManager:
 
     async def _round(self) -> None:
         created, self._created = self._created, []
+        self._created_pending = created  # given back if the round's write is refused
         await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max,
                                                       self.settings.subscription_links_total_max))
         self._touched.update(path for path, _, _ in created)
@@ -352,6 +375,8 @@ class SubscriptionManager:
                     events = S.decide_delivery_failed(sub, generation, self._clock.wall(), delay)
                 await self._commit(events)
                 self._recheck.add(subscription_id)
+        except ProtocolError as error:  # the outcome is lost: the wake's lease runs out and it is sent again
+            log.error("outcome of a webhook delivery for subscription %r not written: %s", subscription_id, error.message)
         finally:
             self._delivering.discard(subscription_id)
             self._dirty.set()
