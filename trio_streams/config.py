@@ -25,6 +25,8 @@ EVENT_DATA_BYTES_MAX = RECORD_PAYLOAD_BYTES_MAX - RECORD_META_BYTES_RESERVE
 WAL_RECOVERY_MODES = ("tolerate_corrupted_tail", "fence_damaged_streams", "absolute_consistency", "point_in_time")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+# A link's JSON in a subscription event beside its path: cursor, flags, punctuation.
+SUBSCRIPTION_LINK_JSON_BYTES = 64
 # Below this, ordinary browser and client requests would be refused.
 REQUEST_HEADER_BYTES_MIN = 1024
 # Room for a receiver's {"done": true} with whitespace around it.
@@ -235,6 +237,29 @@ class Settings:
     # Longest webhook URL accepted in a subscription.
     webhook_url_bytes_max: int = 2048
 
+    # Subscriptions (protocol/subscriptions.py, subscriptions/; README "Subscriptions").
+    # Live subscriptions at most; a PUT creating one more is 507 SUBSCRIPTIONS_FULL.
+    subscriptions_max: int = 1000
+    # Streams one subscription links at most (glob and explicit together); links
+    # beyond it are refused (explicit: 400) or not made (glob: logged).
+    subscription_streams_max: int = 10000
+    # Links of all subscriptions together (memory, and what each checkpoint encodes
+    # at once); a request that would add more is 507 SUBSCRIPTION_LINKS_FULL.
+    subscription_links_total_max: int = 1_000_000
+    # Explicit paths one request (PUT or POST .../streams) may name.
+    subscription_request_streams_max: int = 1000
+    # A subscription id's length; ids are [A-Za-z0-9._~-].
+    subscription_id_chars_max: int = 128
+    subscription_pattern_chars_max: int = 512
+    subscription_description_chars_max: int = 1024
+    # Largest __ds request body; larger is 413.
+    subscription_body_bytes_max: int = 256 * 1024
+    # The range a subscription's lease_ttl_ms may take (the spec's 1 s to 10 min).
+    subscription_lease_ttl_ms_min: int = 1000
+    subscription_lease_ttl_ms_max: int = 600_000
+    # How long a wake-scoped token stays valid (it is fenced sooner by a newer generation).
+    subscription_wake_token_ttl_s: float = 3600.0
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -263,6 +288,7 @@ class Settings:
         self._check_access_control()
         self._check_observability()
         self._check_webhooks()
+        self._check_subscriptions()
 
     def _check_access_control(self) -> None:
         if self.cors_allow_origin and not self.cors_allow_origins:  # frozen: resolve the old name once
@@ -288,6 +314,21 @@ class Settings:
             raise ValueError("webhook_key_replay_window_s must be positive")
         if self.webhook_url_bytes_max < WEBHOOK_URL_BYTES_MIN:
             raise ValueError(f"webhook_url_bytes_max must be at least {WEBHOOK_URL_BYTES_MIN}")
+
+    def _check_subscriptions(self) -> None:
+        if min(self.subscription_streams_max, self.subscription_request_streams_max, self.subscription_id_chars_max,
+               self.subscription_pattern_chars_max, self.subscription_body_bytes_max) < 1:
+            raise ValueError("subscription_*_max settings must be at least 1")
+        if not 1 <= self.subscription_lease_ttl_ms_min <= self.subscription_lease_ttl_ms_max:
+            raise ValueError("subscription_lease_ttl_ms_min must be in 1..subscription_lease_ttl_ms_max")
+        if self.subscription_wake_token_ttl_s <= 0:
+            raise ValueError("subscription_wake_token_ttl_s must be positive")
+        # A subscription's creation (its backfilled links) is one WAL record; a path
+        # is at most twice its bytes in JSON ('"' escaped; control characters refused).
+        if self.subscription_streams_max * (2 * self.stream_path_bytes_max + SUBSCRIPTION_LINK_JSON_BYTES) \
+                > RECORD_PAYLOAD_BYTES_MAX:
+            raise ValueError("subscription_streams_max links of stream_path_bytes_max must fit one WAL record "
+                             f"({RECORD_PAYLOAD_BYTES_MAX} bytes)")
 
     def _check_observability(self) -> None:
         if self.log_level not in LOG_LEVELS:

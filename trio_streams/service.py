@@ -32,11 +32,14 @@ from .storage import lastaccess
 from .storage.fileops import REAL, FileOps
 from .storage.log import Log, LogObserver, StorageFailed
 from .storage.recovery import RecoveryRefused, recover
-from .protocol.state import StreamTable
+from .protocol.state import Event, StreamState, StreamTable
+from .protocol.subscriptions import SUBSCRIPTION_EVENTS
 from .storage.store import Store
 from .streams.facade import Streams
 from .streams.registry import Registry
 from .streams.view import DurableView
+from .subscriptions import ports as subscription_ports
+from .subscriptions.manager import SubscriptionManager
 
 log = logging.getLogger("trio_streams")
 
@@ -79,6 +82,7 @@ class Service:
         self.clock = clock
         # What the HTTP layer uses, once ready; the rest is for this service and tests of the layer.
         self.streams: Streams | None = None
+        self.subscriptions: SubscriptionManager | None = None
         self.registry: Registry | None = None
         self.view: DurableView | None = None
         self._store: Store | None = None
@@ -214,12 +218,25 @@ class Service:
             registry.lifetimes.restore(last_access)
             self.registry = registry
             self.streams = Streams(registry)
+            manager = SubscriptionManager(self.settings, table, wal_log.submit, self.streams, self.clock,
+                                          await self._subscription_ports())
+            wal_log.on_applied = partial(_on_applied, registry, manager)
+            self.subscriptions = manager
+            actors.start_soon(manager.run)
             actors.start_soon(registry.sweep_expired_forever)
             self.ready.set()
             log.info("ready: %d streams in %s", self.view.count(), self.settings.data_dir)
             await self._stop.wait()
             log.info("shutting down: stopping stream actors, flushing the log")
             actors.cancel_scope.cancel()
+
+    async def _subscription_ports(self) -> subscription_ports.Ports | None:
+        """Webhook signing keys and the wake-token secret (files under data_dir)."""
+        try:
+            return await trio.to_thread.run_sync(subscription_ports.load_ports, self.settings, self.clock.wall)
+        except subscription_ports.PortsUnavailable as error:
+            log.warning("subscriptions: webhooks and wake tokens unavailable (%s)", error)
+            return None
 
     def _storage_failed(self, error: BaseException) -> None:
         if self.settings.storage_failure == "exit":
@@ -229,3 +246,12 @@ class Service:
             self._stop.set()
         else:
             log.error("storage failed: serving reads only until restarted (storage_failure=read-only)")
+
+
+def _on_applied(registry: Registry, manager: SubscriptionManager, state: StreamState | None, event: Event) -> None:
+    """Stream events go to the registry's readers and to the subscriptions task;
+    subscription events are answered by their own submitter."""
+    if isinstance(event, SUBSCRIPTION_EVENTS):
+        return
+    registry.on_applied(state, event)
+    manager.on_applied(state, event)

@@ -7,6 +7,14 @@ never needs a token: browsers send none. ``/healthz*`` are public;
 ``/metrics`` needs ``admin`` only when ``metrics_require_admin``; ``/admin/*``
 needs ``admin``. Any other method or path needs nothing here: the router
 answers it 404 or 405, which reveals nothing.
+
+Reserved ``{prefix}__ds/`` routes (subscriptions): the control plane needs
+``admin`` (SUBSCRIPTION_ADMIN: without authentication it is open, like every
+stream route, not loopback-only like ``/admin/``: the official suite's
+clients send browser fetch headers); ``claim`` needs any valid token (SERVICE: the handler checks
+``read`` on the subscription's wake stream, which the path does not name);
+``callback``, ``ack`` and ``release`` carry a wake-scoped token the handler
+verifies, and ``jwks.json`` is public: PUBLIC here.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ class Need:
 PUBLIC = "public"
 ADMIN = "admin"
 STREAM = "stream"
+SERVICE = "service"
+SUBSCRIPTION_ADMIN = "subscription_admin"
+DS_SEGMENT = "__ds"
+_WAKE_TOKEN_ACTIONS = ("callback", "ack", "release")
 
 
 def request_kind(method: str, url_path: str, stream_prefix: str, metrics_require_admin: bool) -> str:
@@ -38,9 +50,25 @@ def request_kind(method: str, url_path: str, stream_prefix: str, metrics_require
         return ADMIN if metrics_require_admin else PUBLIC
     if url_path.startswith(ADMIN_PREFIX):
         return ADMIN
-    if url_path.startswith(stream_prefix) and method in STREAM_ACTIONS:
+    rest = url_path[len(stream_prefix):] if url_path.startswith(stream_prefix) else None
+    if rest is not None and (rest == DS_SEGMENT or rest.startswith(DS_SEGMENT + "/")):
+        return _reserved_kind(method, rest[len(DS_SEGMENT) + 1:])
+    if rest is not None and method in STREAM_ACTIONS:
         return STREAM
     return PUBLIC
+
+
+def _reserved_kind(method: str, rest: str) -> str:
+    """``rest``: the path below ``__ds/``."""
+    if method == "OPTIONS" or rest == "jwks.json":
+        return PUBLIC
+    parts = rest.split("/")
+    if len(parts) == 3 and parts[0] == "subscriptions" and method == "POST":
+        if parts[2] in _WAKE_TOKEN_ACTIONS:
+            return PUBLIC
+        if parts[2] == "claim":
+            return SERVICE
+    return SUBSCRIPTION_ADMIN
 
 
 def stream_needs(method: str, path: str, fork_source: str | None = None) -> tuple[Need, ...]:

@@ -27,7 +27,8 @@ from ..config_file import load_configuration
 from ..protocol.errors import ProtocolError, not_found
 from ..service import Service
 from ..streams.facade import Streams
-from . import access_log, admin, fd_budget, handlers, hypercorn_guard, reads
+from ..subscriptions.manager import SubscriptionManager
+from . import access_log, admin, fd_budget, handlers, hypercorn_guard, reads, subscriptions
 from .asgi import (
     ALLOWED_METHODS, EXPOSED_HEADERS, ClientGone, Receive, Request, Scope, Send, common_headers, encode_headers,
     error_body, parse_request, respond,
@@ -54,6 +55,7 @@ class App:
         self.cors = Cors(parse_allow_origins(settings.cors_allow_origins), EXPOSED_HEADERS)
         self._base = common_headers()
         self._reads: reads.Reads | None = None
+        self._subscriptions = subscriptions.SubscriptionRoutes(settings, self._base)
         self._admin = admin.Admin(self.service, settings, self._base, self.send_deadlines, _until_disconnect)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,7 +140,7 @@ class App:
             log.debug("could not send error response", exc_info=True)
 
     async def _route(self, req: Request, send: Send) -> None:
-        self.guard.check(req)
+        principal = self.guard.check(req)
         if req.path in OPERATIONS_PATHS:
             await self._operations(req, send)
             return
@@ -149,13 +151,13 @@ class App:
         if req.method == "OPTIONS":
             await handlers.options(req, self.settings, self._base, send)
             return
+        if subscriptions.is_reserved(req.path, self.settings):
+            await self._subscriptions.handle(req, self._ready_subscriptions(), principal, send)
+            return
         path = stream_name(req.path, self.settings)
+        self._refuse_unless_serving()
         streams = self.service.streams
-        if self.service.failure is not None:
-            raise ProtocolError(503, "STORAGE_FAILED", "the server's storage failed; it must be restarted",
-                                (("retry-after", "1"),))
-        if streams is None or not self.service.ready.is_set():
-            raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
+        assert streams is not None, "set before the service is ready"
         streams.refuse_if_damaged(path)
         handler = _HANDLERS.get(req.method)
         if handler is not None:
@@ -165,6 +167,18 @@ class App:
         else:
             raise ProtocolError(405, "METHOD_NOT_ALLOWED", f"method {req.method} is not allowed",
                                 (("allow", ALLOWED_METHODS),))
+
+    def _refuse_unless_serving(self) -> None:
+        if self.service.failure is not None:
+            raise ProtocolError(503, "STORAGE_FAILED", "the server's storage failed; it must be restarted",
+                                (("retry-after", "1"),))
+        if not self.service.ready.is_set():
+            raise ProtocolError(503, "NOT_READY", "the server is recovering its log; retry shortly", (("retry-after", "1"),))
+
+    def _ready_subscriptions(self) -> SubscriptionManager:
+        self._refuse_unless_serving()
+        assert self.service.subscriptions is not None, "set before the service is ready"
+        return self.service.subscriptions
 
     async def _get(self, req: Request, path: str, streams: Streams, send: Send) -> None:
         state = streams.open(path)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Union
 
 from .headers import Expiry, Producer, is_json
+from .subscriptions import SUBSCRIPTION_EVENTS, SubscriptionEvent, SubscriptionTable
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,7 +110,10 @@ class Deleted:
     stream_id: int
 
 
-Event = Union[Created, Appended, Deleted]
+StreamEvent = Union[Created, Appended, Deleted]
+# Subscription state changes go through the same log, in the same order as the
+# stream data they refer to (protocol/subscriptions.py).
+Event = Union[Created, Appended, Deleted, SubscriptionEvent]
 
 
 class ContinuityError(AssertionError):
@@ -144,6 +148,8 @@ class StreamTable:
         # it: a checkpoint being encoded in slices keeps the state as of its
         # position this way (storage/checkpoint.py, ``TableSnapshot``).
         self.before_change: Callable[[StreamState], None] | None = None
+        # Subscriptions live beside the streams: applied, checkpointed and replayed with them.
+        self.subscriptions = SubscriptionTable()
 
     def _changing(self, state: StreamState) -> StreamState:
         if self.before_change is not None:
@@ -151,7 +157,11 @@ class StreamTable:
         return state
 
     def apply(self, event: Event) -> StreamState | None:
-        """Applies one durable event; returns the stream it touched (None once deleted)."""
+        """Applies one durable event; returns the stream it touched (None once deleted,
+        and for a subscription event)."""
+        if isinstance(event, SUBSCRIPTION_EVENTS):
+            self.subscriptions.apply(event)
+            return None
         if isinstance(event, Appended):
             state = self._changing(self.by_id[event.stream_id])
             apply_append(state, event)
@@ -231,7 +241,7 @@ def check_batch(table: StreamTable, events: Sequence[Event]) -> dict[int, int]:
     ends: dict[int, int] = {}
     bases: dict[int, int] = {}
     for event in events:
-        if isinstance(event, Deleted):
+        if isinstance(event, (Deleted, *SUBSCRIPTION_EVENTS)):
             continue
         if isinstance(event, Created):
             bases[event.stream_id] = event.position

@@ -24,6 +24,7 @@ import orjson
 
 from ..protocol.headers import Expiry, Producer
 from ..protocol.state import ForkOrigin, ProducerState, StreamState, StreamTable
+from ..protocol.subscriptions import table_from_json, table_to_json
 from .fileops import REAL, FileOps
 from .snapshot import SnapshotWriter, list_snapshots
 from .wal import SegmentedLog
@@ -67,6 +68,8 @@ class TableSnapshot:
         self._saved: dict[int, list[Any]] = {}
         self._head = orjson.dumps({"version": FORMAT_VERSION, "next_stream_id": table.next_stream_id})[:-1]
         self._fenced = orjson.dumps([[k, v] for k, v in table.fenced_ids.items()])
+        # Subscriptions are few (subscriptions_max) and small: encoded whole, at once.
+        self._subscriptions = orjson.dumps(table_to_json(table.subscriptions))
         table.before_change = self._before_change
 
     def _before_change(self, state: StreamState) -> None:
@@ -93,7 +96,7 @@ class TableSnapshot:
             if encoded:
                 yield separator + encoded
                 separator = b","
-        yield b'],"fenced_ids":' + self._fenced + b"}"
+        yield b'],"fenced_ids":' + self._fenced + b',"subscriptions":' + self._subscriptions + b"}"
 
     def _encode_slice(self, start: int, end: int) -> bytes:
         assert start == self._next_id
@@ -173,6 +176,8 @@ def decode_table(payload: bytes) -> StreamTable:
             table.add(StreamState(s[0], s[1], s[2], no_expiry, s[3], s[4]) if len(s) == _REQUIRED
                       else _stream(s, no_expiry))
     table.fenced_ids = {k: v for k, v in doc.get("fenced_ids", [])}
+    if "subscriptions" in doc:  # absent from checkpoints written before subscriptions existed
+        table.subscriptions = table_from_json(doc["subscriptions"])
     table.next_stream_id = max(table.next_stream_id, doc["next_stream_id"], *(k + 1 for k in table.fenced_ids))
     return table
 

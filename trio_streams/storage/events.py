@@ -20,10 +20,13 @@ import orjson
 
 from ..protocol.headers import Expiry, Producer
 from ..protocol.state import Appended, Created, Deleted, Event, ForkOrigin, StreamTable
+from ..protocol.subscriptions import SUBSCRIPTION_EVENTS, event_from_json, event_to_json
 
 CREATED: Final = 1
 APPENDED: Final = 2
 DELETED: Final = 3
+# Every subscription event: its kind and fields as the metadata, no data.
+SUBSCRIPTION: Final = 4
 _META_LENGTH = struct.Struct("<I")
 
 
@@ -38,6 +41,8 @@ def encode_event_parts(event: Event) -> tuple[int, list[bytes | memoryview]]:
         return APPENDED, _parts(_append_meta(event), event.data)
     if isinstance(event, Created):
         return CREATED, _parts(_create_meta(event), event.data)
+    if isinstance(event, SUBSCRIPTION_EVENTS):
+        return SUBSCRIPTION, _parts(event_to_json(event), b"")
     return DELETED, _parts({"id": event.stream_id}, b"")
 
 
@@ -58,6 +63,8 @@ def _decode_other(rtype: int, meta: Any, data: bytes) -> Event:
         return Created(meta["id"], meta["path"], meta["ct"], expiry, meta["at"], meta.get("closed", False), data, fork)
     if rtype == DELETED:
         return Deleted(meta["id"])
+    if rtype == SUBSCRIPTION:
+        return event_from_json(meta)
     raise ValueError(f"unknown event record type {rtype}")
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, event_end
+from ..protocol.subscriptions import SUBSCRIPTION_EVENTS, SubscriptionEvent, unappliable_subscription
 from .blocksums import DataCorrupt, last_entry
 from .checkpoint import Recovered, decode_table
 from .events import DELETED, decode_event, positioned
@@ -335,7 +336,9 @@ class _Replayer:
         self.replayed += 1
         if self._progress is not None:
             self._progress.tick(self.replayed, record.position)
-        if isinstance(event, Created):
+        if isinstance(event, SUBSCRIPTION_EVENTS):
+            self._subscription_event(event, record)
+        elif isinstance(event, Created):
             self._created_event(event, gap, record)
         elif event.stream_id not in self._table.by_id:
             self._unknown(event, record)
@@ -344,6 +347,17 @@ class _Replayer:
         else:
             self._seen_deleted.add(event.stream_id)
             self._table.apply(event)
+
+    def _subscription_event(self, event: SubscriptionEvent, record: Record) -> None:
+        """Subscription state has no files to fence: a change to a subscription whose
+        creation a WAL gap lost is left out (logged); anywhere else it is a bug."""
+        why = unappliable_subscription(self._table.subscriptions, event)
+        if why is None:
+            self._table.apply(event)
+            return
+        if not self._fence and not self._gaps:
+            raise RecoveryRefused(f"refusing to start: the record at {self._where(record)} {why}")
+        log.error("left out: the record at %s %s", self._where(record), why)
 
     def _decoded(self, record: Record) -> Event:
         event = decoded(record)
@@ -442,7 +456,7 @@ class _Replayer:
                 store.truncate_sync(stream_id, tail - state.base, tail)
         for record in records:
             event = decode_event(record.rtype, record.payload)
-            if isinstance(event, Deleted):
+            if isinstance(event, (Deleted, *SUBSCRIPTION_EVENTS)):
                 continue
             owner = self._table.by_id.get(event.stream_id)
             if owner is None or owner.stream_id in held or \
@@ -514,6 +528,8 @@ def decoded(record: Record) -> Event | str:
 def unappliable(table: StreamTable, event: Event) -> str | None:
     """Why ``table.apply`` must not take ``event`` as the table stands (None: it may).
     Said of the event's record: "its record at <where> <why>"."""
+    if isinstance(event, SUBSCRIPTION_EVENTS):
+        return unappliable_subscription(table.subscriptions, event)
     if isinstance(event, Created):
         return _uncreatable(table, event)
     state = table.by_id.get(event.stream_id)

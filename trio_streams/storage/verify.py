@@ -209,7 +209,7 @@ def _replay(table: StreamTable, record: Record, starts: list[int], report: Repor
     if isinstance(event, str):
         _unapplied(report, starts, record, None, event)
     elif (why := unappliable(table, event)) is not None:
-        _unapplied(report, starts, record, event.stream_id, why)
+        _unapplied(report, starts, record, getattr(event, "stream_id", None), why)
     else:
         table.apply(positioned(table, event))
         table.removed.clear()
