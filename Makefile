@@ -75,7 +75,7 @@ unit: install
 test: install node-deps
 	$(PY) -m mypy
 	$(PY) -m pytest -q
-	$(PY) scripts/run_conformance.py
+	$(PY) scripts/run_conformance.py --subscriptions
 
 # The long run: 50,000 fuzz examples, 300 model histories of 50 steps and 200
 # storage simulation seeds (TRIO_STREAMS_SIM_SEED=N replays one), the first two on a
@@ -84,10 +84,10 @@ test-all: install node-deps
 	$(PY) -m mypy
 	TRIO_STREAMS_FUZZ_EXAMPLES=50000 TRIO_STREAMS_MODEL_EXAMPLES=300 TRIO_STREAMS_MODEL_STEPS=50 TRIO_STREAMS_SIM_SEEDS=200 \
 		$(PY) -m pytest -q -m ""
-	$(PY) scripts/run_conformance.py
+	$(PY) scripts/run_conformance.py --subscriptions
 
 conformance: install node-deps
-	$(PY) scripts/run_conformance.py
+	$(PY) scripts/run_conformance.py --subscriptions
 
 # The same suite against a server with access control on, every request carrying a token.
 conformance-auth: install node-deps

@@ -59,7 +59,7 @@ class NoDeliveries:
 
 
 def _load(settings: Settings, clock_wall: Callable[[], float]) -> ports.Ports:
-    def any_url(url: str, *, allow_local_http: bool) -> None:
+    async def any_url(url: str) -> None:
         pass
 
     def one_second(attempt: int, rng: random.Random) -> float:

@@ -86,7 +86,7 @@ class FakeDeliverer:
         return Result(True, self.answer == "done", 200, None)
 
 
-def check_url(url: str, *, allow_local_http: bool) -> None:
+async def check_url(url: str) -> None:
     if url.startswith("http://10.") or url.startswith("http://169.254."):
         raise ProtocolError(400, "WEBHOOK_URL_REJECTED", "private address")
 

@@ -40,6 +40,7 @@ from .streams.registry import Registry
 from .streams.view import DurableView
 from .subscriptions import ports as subscription_ports
 from .subscriptions.manager import SubscriptionManager
+from .webhooks.keys import SigningKeys
 
 log = logging.getLogger("trio_streams")
 
@@ -126,6 +127,11 @@ class Service:
         stats: dict[str, float] = {**self.streams.statistics(), **self._store.statistics()}
         stats.update({f"log_{name}": float(value) for name, value in dataclasses.asdict(self._log.statistics()).items()})
         return stats
+
+    def webhook_keys(self) -> SigningKeys | None:
+        """The running server's webhook signing keys, once loaded (POST /admin/webhook-key/rotate)."""
+        ports = self.subscriptions.ports if self.subscriptions is not None else None
+        return ports.keys if ports is not None and isinstance(ports.keys, SigningKeys) else None
 
     @property
     def log(self) -> Log | None:
@@ -234,9 +240,8 @@ class Service:
         """Webhook signing keys and the wake-token secret (files under data_dir)."""
         try:
             return await trio.to_thread.run_sync(subscription_ports.load_ports, self.settings, self.clock.wall)
-        except subscription_ports.PortsUnavailable as error:
-            log.warning("subscriptions: webhooks and wake tokens unavailable (%s)", error)
-            return None
+        except ValueError as error:  # a damaged key file: the operator decides, nothing is regenerated
+            raise RecoveryRefused(f"webhook keys: {error}") from None
 
     def _storage_failed(self, error: BaseException) -> None:
         if self.settings.storage_failure == "exit":

@@ -56,7 +56,8 @@ class App:
         self._base = common_headers()
         self._reads: reads.Reads | None = None
         self._subscriptions = subscriptions.SubscriptionRoutes(settings, self._base)
-        self._admin = admin.Admin(self.service, settings, self._base, self.send_deadlines, _until_disconnect)
+        self._admin = admin.Admin(self.service, settings, self._base, self.send_deadlines, _until_disconnect,
+                                  webhook_keys=self.service.webhook_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -54,6 +54,7 @@ class Limits:
     path_bytes_max: int = 1024
     lease_ttl_ms_min: int = 1000
     lease_ttl_ms_max: int = 600_000
+    webhook_url_bytes_max: int = 2048
 
 
 # -- configuration ---------------------------------------------------------
@@ -164,8 +165,9 @@ def _delivery(kind: str, doc: Mapping[str, Any], limits: Limits) -> tuple[str | 
     if kind == WEBHOOK:
         webhook = doc.get("webhook")
         url = webhook.get("url") if isinstance(webhook, dict) else None
-        if not isinstance(url, str) or not url or len(url) > 2048 or len(webhook or ()) != 1:
-            raise bad_request("a webhook subscription needs webhook.url (a URL of at most 2048 characters)",
+        if not isinstance(url, str) or not url or len(url) > limits.webhook_url_bytes_max or len(webhook or ()) != 1:
+            raise bad_request(f"a webhook subscription needs webhook.url (a URL of at most "
+                              f"{limits.webhook_url_bytes_max} characters)",
                               "INVALID_SUBSCRIPTION")
         if doc.get("wake_stream") is not None:
             raise bad_request("wake_stream is for pull-wake subscriptions", "INVALID_SUBSCRIPTION")

@@ -22,7 +22,6 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any
 
 import orjson
@@ -54,6 +53,7 @@ def limits(settings: Settings) -> S.Limits:
         path_bytes_max=settings.stream_path_bytes_max,
         lease_ttl_ms_min=settings.subscription_lease_ttl_ms_min,
         lease_ttl_ms_max=settings.subscription_lease_ttl_ms_max,
+        webhook_url_bytes_max=settings.webhook_url_bytes_max,
     )
 
 
@@ -106,11 +106,7 @@ class SubscriptionManager:
 
     async def put(self, subscription_id: str, config: S.SubscriptionConfig, base_url: str) -> tuple[int, S.Subscription]:
         if config.webhook_url is not None:
-            # webhook_dev_mode belongs to the "Webhooks" settings block (trio_streams/webhooks/).
-            dev_mode = bool(getattr(self.settings, "webhook_dev_mode", False))
-            # In a worker thread: the check resolves the host name, which may block.
-            await trio.to_thread.run_sync(
-                partial(self._require_ports().check_url, config.webhook_url, allow_local_http=dev_mode))
+            await self._require_ports().check_url(config.webhook_url)
         async with self._lock:
             if subscription_id not in self.table.by_id and len(self.table.by_id) >= self.settings.subscriptions_max:
                 raise ProtocolError(507, "SUBSCRIPTIONS_FULL",

@@ -10,13 +10,17 @@ that builds the real ones. Never: signs, delivers or verifies anything itself.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import Settings
+from ..webhooks.backoff import retry_delay_s
+from ..webhooks.deliver import Deliverer, check_webhook_destination
+from ..webhooks.keys import SigningKeys
+from ..webhooks.tokens import InvalidWakeToken, WakeTokens
 
 
 class SigningKeysPort(Protocol):
@@ -68,27 +72,20 @@ class Ports:
     deliverer: DelivererPort
     # Raised by ``tokens.verify`` for a token that is not valid for the subscription.
     invalid_token: type[Exception]
-    # Raises ProtocolError(400, "WEBHOOK_URL_REJECTED") for a URL the server must not call.
-    check_url: Callable[..., None]
+    # Raises ProtocolError(400, "WEBHOOK_URL_REJECTED") for a URL the server must not call
+    # (its host resolved and every address checked).
+    check_url: Callable[[str], Awaitable[None]]
     retry_delay_s: Callable[[int, random.Random], float]
 
 
-class PortsUnavailable(Exception):
-    """The webhook package is not installed: subscriptions answer 503."""
-
-
 def load_ports(settings: Settings, clock_wall: Callable[[], float]) -> Ports:
-    """The real ports from ``trio_streams.webhooks`` (keys and token secret under data_dir)."""
-    try:
-        keys_mod = importlib.import_module("trio_streams.webhooks.keys")
-        tokens_mod = importlib.import_module("trio_streams.webhooks.tokens")
-        urls_mod = importlib.import_module("trio_streams.webhooks.urls")
-        deliver_mod = importlib.import_module("trio_streams.webhooks.deliver")
-        backoff_mod = importlib.import_module("trio_streams.webhooks.backoff")
-    except ImportError as error:
-        raise PortsUnavailable(f"the webhook package is missing: {error}") from None
+    """The real ports from ``trio_streams.webhooks`` (keys and token secret under data_dir).
+
+    Blocking (reads, and on first start writes, the key files); a damaged key
+    file raises ValueError naming it (never silently regenerated).
+    """
     data_dir = Path(settings.data_dir)
-    keys = keys_mod.SigningKeys.load_or_create(data_dir, clock_wall)
-    tokens = tokens_mod.WakeTokens.load_or_create(data_dir, clock_wall)
-    return Ports(keys, tokens, deliver_mod.Deliverer(settings, keys, clock_wall), tokens_mod.InvalidWakeToken,
-                 urls_mod.check_webhook_url, backoff_mod.retry_delay_s)
+    keys = SigningKeys.load_or_create(data_dir, clock_wall, replay_window_s=settings.webhook_key_replay_window_s)
+    tokens = WakeTokens.load_or_create(data_dir, clock_wall)
+    return Ports(keys, tokens, Deliverer(settings, keys, clock_wall), InvalidWakeToken,
+                 partial(check_webhook_destination, settings=settings), retry_delay_s)
