@@ -91,7 +91,7 @@ conformance: install node-deps
 
 # The same suite against a server with access control on, every request carrying a token.
 conformance-auth: install node-deps
-	$(PY) scripts/run_conformance.py --auth
+	$(PY) scripts/run_conformance.py --auth --subscriptions
 
 conformance-node: install node-deps
 	$(PY) scripts/run_conformance.py --server node
