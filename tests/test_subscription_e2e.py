@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,73 @@ def test_a_pull_wake_worker_reads_the_wake_stream_claims_and_acks(srv: Server) -
     assert acked_all(srv, "pull", reached)
     stale = sub_post(srv, "pull", "ack", ack, work["token"])
     assert (stale.status_code, stale.json()["error"]["code"]) == (409, "FENCED")
+
+
+# -- the examples of docs/subscriptions.md -------------------------------------------
+
+
+def doc_example(heading: str, srv: Server) -> dict[str, Any]:
+    """The first Python block under ``heading`` in docs/subscriptions.md, run as a module
+    (not as __main__) and pointed at ``srv``."""
+    text = (ROOT / "docs" / "subscriptions.md").read_text()
+    section = text[text.index(f"## {heading}\n"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    namespace: dict[str, Any] = {"__name__": "docs_example"}
+    exec(compile(code[:code.index("```")], "docs/subscriptions.md", "exec"), namespace)  # noqa: S102 (our own docs)
+    namespace["STREAMS"] = srv.url + PREFIX
+    if "JWKS_URL" in namespace:
+        namespace["JWKS_URL"] = ds_url(srv, "jwks.json")
+    return namespace
+
+
+def recorder(namespace: dict[str, Any], name: str) -> list[tuple[str, list[Any]]]:
+    """Replaces the example's work function ``name`` by one that records what it was given."""
+    seen: list[tuple[str, list[Any]]] = []
+    namespace[name] = lambda path, messages: seen.append((path, messages))
+    return seen
+
+
+def test_the_documented_webhook_receiver_verifies_and_calls_back(srv: Server) -> None:
+    example = doc_example("A webhook receiver", srv)
+    processed = recorder(example, "process")
+    receiver = example["ThreadingHTTPServer"](("127.0.0.1", 0), example["WakeHandler"])
+    threading.Thread(target=receiver.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/wake"
+        forged = httpx.post(url, content=b'{"subscription_id":"doc"}', timeout=5.0,
+                            headers={"webhook-signature": f"t={int(time.time())},kid=ds_x,ed25519=AAAA"})
+        assert forged.status_code == 401
+        create_stream(srv, "events/doc", b'{"n":0}')
+        put_sub(srv, "doc", {"type": "webhook", "pattern": "events/*", "webhook": {"url": url}})
+        tail = append(srv, "events/doc", b'{"n":1}')
+        deadline_poll(lambda: processed, DELIVERY_TIMEOUT_S, what="the example's work")
+        assert processed == [("events/doc", [{"n": 1}])]
+        deadline_poll(lambda: acked_all(srv, "doc", tail), what="the example's callback")
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def test_the_documented_pull_wake_worker_claims_and_acks(srv: Server) -> None:
+    example = doc_example("A pull-wake worker", srv)
+    handled = recorder(example, "handle")
+    create_stream(srv, "wake/jobs", b"[]")
+    put_sub(srv, "jobs", {"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/jobs"})
+    create_stream(srv, "jobs/1", b'{"job":1}')
+    original, outcomes = example["work_once"], []
+
+    def once_then_stop(worker: str) -> bool:
+        outcomes.append(original(worker))
+        raise StopWorker  # run_worker follows the wake stream for ever: leave after the first wake
+
+    example["work_once"] = once_then_stop
+    with pytest.raises(StopWorker):
+        example["run_worker"]("worker-1")
+    assert outcomes == [True]
+    assert handled == [("jobs/1", [{"job": 1}])]
+    tail = httpx.head(srv.stream_url("jobs/1"), timeout=5.0).headers["stream-next-offset"]
+    assert acked_all(srv, "jobs", tail)
+
+
+class StopWorker(Exception):
+    pass
