@@ -167,6 +167,19 @@ def test_a_wake_in_flight_at_a_restart_wakes_again(srv: Server, receiver: Webhoo
     deadline_poll(lambda: acked_all(srv, "crash", tail), what="the re-woken work acked")
 
 
+def test_an_append_answered_just_before_kill_9_is_delivered_and_acked(srv: Server, receiver: WebhookReceiver) -> None:
+    receiver.reply = DONE
+    create_stream(srv, "events/k9", b'{"n":0}')
+    # The shortest lease: a wake decided but not yet delivered at the kill is delivered
+    # again only once its lease has run out (a webhook wake in flight is not re-sent at start-up).
+    put_sub(srv, "k9", hook(receiver, lease_ttl_ms=1000))
+    tail = append(srv, "events/k9", b'{"n":1}')
+    srv.restart(signal.SIGKILL)  # the delivery may or may not have happened before the kill
+    deadline_poll(lambda: acked_all(srv, "k9", tail), DELIVERY_TIMEOUT_S, what="the appended data acked")
+    delivered = deliveries(srv, receiver, len(receiver.received))
+    assert delivered and all(r.json()["streams"][0]["tail_offset"] == tail for r in delivered)
+
+
 def test_after_a_rotation_deliveries_carry_the_new_kid_and_both_verify(
         srv: Server, receiver: WebhookReceiver) -> None:
     receiver.reply = DONE
