@@ -503,9 +503,9 @@ async def test_a_deleted_wake_stream_loses_no_wake_once_created_again(
         assert (claim.status_code, claim.json()["generation"]) == (200, 1)
 
 
-async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up(
-        autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
-    """A crash between a stream's creation and its link (two log batches) loses no wake."""
+def write_crashed_log(data_dir: Path, links: tuple[Any, ...]) -> None:
+    """A log as a crash leaves it: HOOK's subscription "crash" with ``links``, then
+    stream 1 ``events/late`` created with one message, and nothing after."""
     from trio_streams.protocol import subscriptions as S
     from trio_streams.protocol.headers import Expiry
     from trio_streams.protocol.state import Created
@@ -513,7 +513,7 @@ async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up
     from trio_streams.storage.wal import SegmentedLog, encode_record
 
     config = S.parse_config(orjson.dumps(HOOK), S.Limits())
-    events = [S.SubscriptionCreated("crash", config, WALL_START, 1, 0, (), f"http://127.0.0.1:4437{PREFIX}"),
+    events = [S.SubscriptionCreated("crash", config, WALL_START, 1, 0, links, f"http://127.0.0.1:4437{PREFIX}"),
               Created(1, "events/late", "application/json", Expiry(), WALL_START, False, b'{"e":1}\n')]
     with SegmentedLog.open(data_dir / "wal", 1 << 20) as wal:
         for _ in wal.recover(0):
@@ -522,7 +522,16 @@ async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up
         wal.sync()
     (data_dir / "streams").mkdir(exist_ok=True)
     (data_dir / "streams" / f"{1:016x}.dat").write_bytes(b'{"e":1}\n')
-    async with app(data_dir) as client:
+
+
+@pytest.mark.parametrize("links", [(), (("events/late", 500, False, True),)], ids=["unlinked", "stale-cursor"])
+async def test_a_stream_durable_without_its_link_or_its_restart_is_woken_at_start_up(
+        links: tuple[Any, ...], autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
+    """A crash between a stream's creation and its link (two log batches) loses
+    no wake; nor does one before the restart of a link whose cursor counted in
+    an older ``events/late`` (acked 500, beyond the new stream's tail)."""
+    write_crashed_log(data_dir, links)
+    async with app(data_dir):
         await until(lambda: deliverer.calls)
         (stream,) = deliverer.calls[0][1]["streams"]
         assert (stream["path"], stream["acked_offset"], stream["has_pending"]) == \
