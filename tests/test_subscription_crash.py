@@ -24,6 +24,8 @@ from conftest import Server, deadline_poll
 
 JSON = {"content-type": "application/json"}
 STREAMS = ("events/a", "events/b")
+# A client's pause after a refused connection (the server being restarted).
+RETRY_PAUSE_S = 0.05
 
 
 @dataclass
@@ -48,7 +50,8 @@ def produce(srv: Server, ledger: Ledger, stop: threading.Event, rng: random.Rand
             n += 1
             try:
                 response = client.post(srv.stream_url(rng.choice(STREAMS)), content=f'{{"n":{n}}}', headers=JSON)
-            except httpx.TransportError:
+            except httpx.TransportError:  # the server is down: retry, without spinning its start-up off the CPU
+                stop.wait(RETRY_PAUSE_S)
                 continue
             if response.status_code in (200, 204):
                 with ledger.lock:
@@ -61,7 +64,7 @@ def work(srv: Server, ledger: Ledger, stop: threading.Event, name: str) -> None:
             try:
                 one_wake(srv, client, ledger, name)
             except httpx.TransportError:
-                pass
+                stop.wait(RETRY_PAUSE_S)
 
 
 def one_wake(srv: Server, client: httpx.Client, ledger: Ledger, name: str) -> None:
