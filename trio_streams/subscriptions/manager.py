@@ -287,6 +287,7 @@ class SubscriptionManager:
         recreated, self._recreated = self._recreated, []
         self._recreated_pending = recreated
         await self._commit(S.decide_streams_recreated(self.table, recreated))
+        self._recreated_pending = []  # written: retrying it would move cursors acked since back
         await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max,
                                                       self.settings.subscription_links_total_max))
         self._touched.update(path for path, _, _ in created)
