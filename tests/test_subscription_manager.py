@@ -15,7 +15,7 @@ from trio_streams.config import Settings
 from trio_streams.protocol import subscriptions as S
 from trio_streams.protocol.errors import ProtocolError
 from trio_streams.protocol.headers import Expiry
-from trio_streams.protocol.state import Appended, Created, Event, StreamTable
+from trio_streams.protocol.state import Appended, Created, Deleted, Event, StreamTable
 from trio_streams.storage.log import DiskFull
 from trio_streams.subscriptions.manager import SubscriptionManager
 
@@ -63,4 +63,39 @@ async def test_a_refused_write_is_a_507_and_the_task_decides_again(autojump_cloc
         flaky.full = False
         await trio.sleep(Settings().disk_full_retry_after_s + 0.5)
         assert table.subscriptions.by_id["s"].generation == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_restart_written_before_a_refused_write_is_not_made_again(autojump_clock: MockClock) -> None:
+    """A round restarts the link of a re-created stream, then its wake is refused;
+    the retried round must not restart the link again (an ack came meanwhile)."""
+    table = StreamTable()
+    table.apply(Created(1, "a", "application/json", Expiry(), 0.0, False, b"1\n"))
+    flaky = FlakyLog(table)
+    manager = SubscriptionManager(Settings(), table, flaky.submit, None, trio_driven_clock(0.0), None)  # type: ignore[arg-type]
+    await manager.put("s", CONFIG, "")
+    link = table.subscriptions.by_id["s"].links["a"]
+    assert link.acked == 2
+    submit = flaky.submit
+
+    async def refuse_wakes(events: Sequence[Event]) -> None:
+        if any(isinstance(e, S.Woken) for e in events):
+            flaky.full = True
+        try:
+            await submit(events)
+        finally:
+            flaky.full = False
+    manager._submit = refuse_wakes
+    async with trio.open_nursery() as nursery:
+        manager._announce = lambda sub: trio.lowlevel.checkpoint()  # type: ignore[method-assign]
+        table.apply(Deleted(1))
+        created = Created(2, "a", "application/json", Expiry(), 0.0, False, b"new\n")
+        manager.on_applied(table.apply(created), created)
+        nursery.start_soon(manager.run)
+        await trio.sleep(0.5)
+        assert flaky.refused >= 1 and link.acked == 0
+        manager._submit = submit
+        table.apply(S.Acked("s", (("a", 4),)))  # a worker's ack, durable meanwhile
+        await trio.sleep(Settings().disk_full_retry_after_s + 0.5)
+        assert link.acked == 4
         nursery.cancel_scope.cancel()

@@ -317,7 +317,7 @@ def test_every_event_and_the_table_round_trip_through_json() -> None:
     config = hook(pattern="e/*", streams=["x"], description="d")
     events: list[S.SubscriptionEvent] = [
         S.SubscriptionCreated("s", config, 1.5, 7, 0, (("x", 0, False, True), ("e/a", 3, True, False))),
-        S.Linked("s", (("e/b", 2, True, False),)), S.ExplicitUnlinked("s", "x"), S.Acked("s", (("e/a", 4),)),
+        S.Linked("s", (("e/b", 2, True, False),)), S.LinksRestarted("s", (("e/b", 0),)), S.ExplicitUnlinked("s", "x"), S.Acked("s", (("e/a", 4),)),
         S.Woken("s", 1, "w", 9.0), S.LeaseExtended("s", 1, 10.0), S.DeliveryFailed("s", 1, 1, 11.0),
         S.Woken("s", 2, "w2", None), S.Claimed("s", 2, "k", 12.0), S.Released("s", 2, True),
     ]
@@ -331,6 +331,37 @@ def test_every_event_and_the_table_round_trip_through_json() -> None:
     assert restored.by_path == table.by_path
     table.apply(S.SubscriptionDeleted("s"))
     assert S.table_from_json(orjson.loads(orjson.dumps(S.table_to_json(table)))).tombstones == {"s": 2}
+
+
+def test_a_recreated_stream_restarts_the_links_it_had_and_no_cursor_stays_beyond_a_tail() -> None:
+    """A stream deleted and created again at a linked path: the old cursor
+    counted in the deleted stream, so the link restarts at the new start."""
+    table, sub = make(pull(pattern="e/*", streams=["x"]), {"x": 40, "e/a": 30})
+    assert (sub.links["x"].acked, sub.links["e/a"].acked) == (40, 30)
+    events = S.decide_streams_recreated(table, [("x", 0, {"s"}), ("e/a", 5, {"s"}), ("e/new", 0, set())])
+    assert events == [S.LinksRestarted("s", (("x", 0), ("e/a", 5)))]
+    for event in events:
+        table.apply(event)
+    assert (sub.links["x"].acked, sub.links["e/a"].acked) == (0, 5)
+    assert sorted(S.pending_paths(sub, {"x": 3, "e/a": 9}.get)) == ["e/a", "x"]
+    # A link made after the creation (not among its linking ids) is left alone.
+    table.apply(S.Acked("s", (("x", 3),)))
+    assert S.decide_streams_recreated(table, [("x", 0, set())]) == []
+    # Start-up: a cursor beyond its stream's tail (the restart lost to a crash)
+    # restarts; an absent stream's at 0; a cursor within its tail stays.
+    table.apply(S.Acked("s", (("x", 50),)))
+    starts = {"x": (0, 7), "e/a": (5, 9)}.get
+    assert S.decide_stale_cursors(table, starts) == [S.LinksRestarted("s", (("x", 0),))]
+    assert S.decide_stale_cursors(table, {"e/a": (5, 9)}.get) == [S.LinksRestarted("s", (("x", 0),))]
+    assert S.decide_stale_cursors(table, {"x": (0, 50), "e/a": (5, 9)}.get) == []
+
+
+def test_a_webhook_done_acks_no_further_than_a_recreated_streams_tail() -> None:
+    table, sub = make(hook(streams=["a"]), {"a": 0})
+    table.apply(S.Woken("s", 1, "w", 9.0))
+    table.apply(S.LinksRestarted("s", (("a", 0),)))
+    events = S.decide_delivered(sub, 1, True, {"a": 40}, {"a": 4}.get)
+    assert events == [S.Acked("s", (("a", 4),)), S.Released("s", 1, succeeded=True)]
 
 
 def test_a_pattern_never_links_the_subscriptions_own_wake_stream() -> None:

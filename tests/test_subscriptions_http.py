@@ -445,9 +445,67 @@ async def test_leases_expire_unless_heartbeats_extend_them(
         assert claim.status_code == 200 and claim.json()["generation"] > claimed["generation"]
 
 
-async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up(
+async def claim_and_ack_all(client: InprocClient, sub_id: str) -> dict[str, Any]:
+    claim = (await post(client, sub_id, "claim", {"worker": "w"})).json()
+    acks = [{"stream": v["path"], "offset": v["tail_offset"]} for v in claim["streams"]]
+    done = {"wake_id": claim["wake_id"], "generation": claim["generation"], "acks": acks, "done": True}
+    response = await post(client, sub_id, "ack", done, claim["token"])
+    assert response.status_code == 200, response.text
+    return claim  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("link", ["explicit", "glob"])
+async def test_a_linked_stream_deleted_and_created_again_restarts_at_its_start(
+        link: str, autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
+    """The old cursor (beyond the new stream's tail) must neither hide the new
+    stream's data nor show in GET; the restart is in the WAL (same after restart)."""
+    config = dict(PULL, streams=["events/a"]) if link == "explicit" else PULL
+    async with app(data_dir) as client:
+        await create_stream(client, "wake/pool", b"[]")
+        await create_stream(client, "events/a", b'[{"e":"' + b"x" * 200 + b'"}]')
+        assert (await put_sub(client, "r", **config)).status_code == 201
+        await append(client, "events/a", b'{"e":2}')
+        old_tail = (await claim_and_ack_all(client, "r"))["streams"][0]["tail_offset"]
+        assert (await client.request("DELETE", PREFIX + "events/a")).status_code == 204
+        await create_stream(client, "events/a", b'{"e":"new"}')
+
+        async def rewoken() -> bool:
+            return any(e["generation"] == 2 and e["stream"] == "events/a" for e in await wake_events(client, "wake/pool"))
+        await until(rewoken)
+        (view,) = (await get_sub(client, "r"))["streams"]
+        assert (view["link_type"], view["acked_offset"]) == (link, format_offset(0))
+        claim = await claim_and_ack_all(client, "r")
+        assert claim["streams"][0]["has_pending"] and claim["streams"][0]["tail_offset"] < old_tail
+    async with app(data_dir) as client:
+        (view,) = (await get_sub(client, "r"))["streams"]
+        assert view["acked_offset"] == claim["streams"][0]["tail_offset"]
+
+
+async def test_a_deleted_wake_stream_loses_no_wake_once_created_again(
         autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
-    """A crash between a stream's creation and its link (two log batches) loses no wake."""
+    """With its wake stream gone a wake is not announced but stays claimable;
+    the application creating the wake stream again gets it announced."""
+    async with app(data_dir) as client:
+        await create_stream(client, "wake/pool", b"[]")
+        assert (await put_sub(client, "d", **PULL)).status_code == 201
+        assert (await client.request("DELETE", PREFIX + "wake/pool")).status_code == 204
+        await create_stream(client, "events/d", b'{"e":1}')
+
+        async def woken() -> bool:
+            return bool((await get_sub(client, "d"))["generation"] == 1)
+        await until(woken)
+        await create_stream(client, "wake/pool", b"[]")
+
+        async def announced() -> bool:
+            return any(e["generation"] == 1 for e in await wake_events(client, "wake/pool"))
+        await until(announced)
+        claim = await post(client, "d", "claim", {"worker": "w"})
+        assert (claim.status_code, claim.json()["generation"]) == (200, 1)
+
+
+def write_crashed_log(data_dir: Path, links: tuple[Any, ...]) -> None:
+    """A log as a crash leaves it: HOOK's subscription "crash" with ``links``, then
+    stream 1 ``events/late`` created with one message, and nothing after."""
     from trio_streams.protocol import subscriptions as S
     from trio_streams.protocol.headers import Expiry
     from trio_streams.protocol.state import Created
@@ -455,7 +513,7 @@ async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up
     from trio_streams.storage.wal import SegmentedLog, encode_record
 
     config = S.parse_config(orjson.dumps(HOOK), S.Limits())
-    events = [S.SubscriptionCreated("crash", config, WALL_START, 1, 0, (), f"http://127.0.0.1:4437{PREFIX}"),
+    events = [S.SubscriptionCreated("crash", config, WALL_START, 1, 0, links, f"http://127.0.0.1:4437{PREFIX}"),
               Created(1, "events/late", "application/json", Expiry(), WALL_START, False, b'{"e":1}\n')]
     with SegmentedLog.open(data_dir / "wal", 1 << 20) as wal:
         for _ in wal.recover(0):
@@ -464,7 +522,16 @@ async def test_a_stream_durable_without_its_link_is_linked_and_woken_at_start_up
         wal.sync()
     (data_dir / "streams").mkdir(exist_ok=True)
     (data_dir / "streams" / f"{1:016x}.dat").write_bytes(b'{"e":1}\n')
-    async with app(data_dir) as client:
+
+
+@pytest.mark.parametrize("links", [(), (("events/late", 500, False, True),)], ids=["unlinked", "stale-cursor"])
+async def test_a_stream_durable_without_its_link_or_its_restart_is_woken_at_start_up(
+        links: tuple[Any, ...], autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
+    """A crash between a stream's creation and its link (two log batches) loses
+    no wake; nor does one before the restart of a link whose cursor counted in
+    an older ``events/late`` (acked 500, beyond the new stream's tail)."""
+    write_crashed_log(data_dir, links)
+    async with app(data_dir):
         await until(lambda: deliverer.calls)
         (stream,) = deliverer.calls[0][1]["streams"]
         assert (stream["path"], stream["acked_offset"], stream["has_pending"]) == \

@@ -307,6 +307,17 @@ class Linked:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LinksRestarted:
+    """A linked path has a new stream (deleted and created again): its cursor
+    restarts at that stream's start, so all of the new stream's data is
+    pending. The only event that moves a cursor back: the old cursor counted
+    in a stream that no longer exists."""
+
+    subscription_id: str
+    links: tuple[tuple[str, int], ...]  # path, the new stream's start
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ExplicitUnlinked:
     """Drops the explicit flag; the link stays while its glob flag is set."""
 
@@ -370,9 +381,9 @@ class SubscriptionDeleted:
     subscription_id: str
 
 
-SubscriptionEvent = Union[SubscriptionCreated, Linked, ExplicitUnlinked, Acked, Woken, Claimed, LeaseExtended,
+SubscriptionEvent = Union[SubscriptionCreated, Linked, LinksRestarted, ExplicitUnlinked, Acked, Woken, Claimed, LeaseExtended,
                           Released, DeliveryFailed, SubscriptionDeleted]
-SUBSCRIPTION_EVENTS: Final = (SubscriptionCreated, Linked, ExplicitUnlinked, Acked, Woken, Claimed, LeaseExtended,
+SUBSCRIPTION_EVENTS: Final = (SubscriptionCreated, Linked, LinksRestarted, ExplicitUnlinked, Acked, Woken, Claimed, LeaseExtended,
                               Released, DeliveryFailed, SubscriptionDeleted)
 
 
@@ -464,6 +475,13 @@ def _apply_acked(sub: Subscription, event: Acked) -> None:
             link.acked = position
 
 
+def _apply_restarted(sub: Subscription, event: LinksRestarted) -> None:
+    for path, start in event.links:
+        link = sub.links.get(path)
+        if link is not None:
+            link.acked = start
+
+
 def _apply_woken(sub: Subscription, event: Woken) -> None:
     assert event.generation > sub.generation, (event.generation, sub.generation)
     sub.generation, sub.wake_id, sub.holder = event.generation, event.wake_id, None
@@ -495,6 +513,7 @@ def _apply_failed(sub: Subscription, event: DeliveryFailed) -> None:
 
 _APPLY: Final[dict[type, Callable[[SubscriptionTable, Subscription, Any], None]]] = {
     Linked: lambda table, sub, e: table._link(sub, e.links),
+    LinksRestarted: lambda table, sub, e: _apply_restarted(sub, e),
     ExplicitUnlinked: lambda table, sub, e: table._unlink(sub, e.path),
     Acked: lambda table, sub, e: _apply_acked(sub, e),
     Woken: lambda table, sub, e: _apply_woken(sub, e),
@@ -592,6 +611,37 @@ def decide_streams_created(table: SubscriptionTable, created: Iterable[tuple[str
                 free -= 1
             added.append((path, start if link is None else link.acked, True, False))
     return [Linked(sub_id, tuple(specs)) for sub_id, specs in links.items() if specs]
+
+
+def decide_streams_recreated(table: SubscriptionTable, created: Iterable[tuple[str, int, Iterable[str]]],
+                             ) -> list[SubscriptionEvent]:
+    """Streams (path, start, ids of the subscriptions that linked the path when
+    it was created) made at a path already linked (explicit links survive a
+    stream's deletion, glob links too): the old cursor counted in the deleted
+    stream, so it restarts at the new stream's start. A link made after the
+    creation is at the new stream's tail already and is left alone."""
+    restarts: dict[str, list[tuple[str, int]]] = {}
+    for path, start, linked in created:
+        for sub_id in sorted(linked):
+            link = table.by_id[sub_id].links.get(path) if sub_id in table.by_id else None
+            if link is not None and link.acked != start:
+                restarts.setdefault(sub_id, []).append((path, start))
+    return [LinksRestarted(sub_id, tuple(links)) for sub_id, links in restarts.items()]
+
+
+def decide_stale_cursors(table: SubscriptionTable, starts: Callable[[str], "tuple[int, int] | None"],
+                         ) -> list[SubscriptionEvent]:
+    """At start-up: a cursor beyond its stream's tail counts in a stream deleted
+    (and perhaps created again) before a crash that came before its restart
+    was written. ``starts``: a path's (start, tail), None when absent; the
+    cursor of an absent stream restarts at 0, ready for its next creation."""
+    restarts: dict[str, list[tuple[str, int]]] = {}
+    for path in sorted(table.by_path):
+        start, tail = starts(path) or (0, 0)
+        for sub_id in sorted(table.by_path[path]):
+            if table.by_id[sub_id].links[path].acked > tail:
+                restarts.setdefault(sub_id, []).append((path, start))
+    return [LinksRestarted(sub_id, tuple(links)) for sub_id, links in restarts.items()]
 
 
 # -- decisions: wakes, claims, acks, leases ----------------------------------
@@ -727,13 +777,17 @@ def decide_ack(sub: Subscription, request: AckRequest, tails: Tails, now: float)
 
 
 def decide_delivered(sub: Subscription, generation: int, done: bool,
-                     snapshot: Mapping[str, int]) -> list[SubscriptionEvent]:
+                     snapshot: Mapping[str, int], tails: Tails | None = None) -> list[SubscriptionEvent]:
     """A webhook answered 2xx: with ``{done: true}``, ack the wake's snapshot of
-    tails and end the wake; else wait for the callback (the lease runs)."""
+    tails and end the wake; else wait for the callback (the lease runs). A
+    snapshot tail beyond today's tail (the stream was deleted and created
+    again meanwhile) is acked only up to today's tail."""
     if generation != sub.generation or sub.wake_id is None:
         return []
     if not done:
         return []
+    if tails is not None:
+        snapshot = {p: min(t, tails(p) or 0) for p, t in snapshot.items()}
     acks = tuple(sorted((p, t) for p, t in snapshot.items() if p in sub.links and t > sub.links[p].acked))
     events: list[SubscriptionEvent] = [Acked(sub.id, acks)] if acks else []
     return events + [Released(sub.id, generation, succeeded=True)]
@@ -796,7 +850,7 @@ def event_from_json(doc: Mapping[str, Any]) -> SubscriptionEvent:
         value = doc[field.name] if field.name in doc or field.default is dataclasses.MISSING else field.default
         if field.name == "config":
             value = SubscriptionConfig.from_normalised(value)
-        elif field.name in ("links", "acks"):
+        elif field.name in ("links", "acks"):  # LinksRestarted's links are pairs, the same way
             value = tuple(tuple(item) for item in value)
         values[field.name] = value
     return cls(**values)

@@ -74,6 +74,10 @@ class SubscriptionManager:
         # created (path, id, start) and paths appended to since the last round.
         self._created: list[tuple[str, int, int]] = []
         self._created_pending: list[tuple[str, int, int]] = []
+        self._recreated_pending: list[tuple[str, int, frozenset[str]]] = []
+        # Streams created at a path already linked: (path, start, the linking
+        # subscriptions then), whose cursors restart (a deleted stream's new incarnation).
+        self._recreated: list[tuple[str, int, frozenset[str]]] = []
         self._touched: set[str] = set()
         self._recheck: set[str] = set()
         self._delivering: set[str] = set()
@@ -93,6 +97,8 @@ class SubscriptionManager:
         """Called for every durable stream event: notes what may need a wake."""
         if isinstance(event, Created):
             self._created.append((event.path, event.stream_id, event.position))
+            if event.path in self.table.by_path:
+                self._recreated.append((event.path, event.position, frozenset(self.table.by_path[event.path])))
         elif isinstance(event, Appended) and state is not None and state.path in self.table.by_path:
             self._touched.add(state.path)
         else:
@@ -253,14 +259,20 @@ class SubscriptionManager:
                       self.settings.disk_full_retry_after_s, error.message)
             await trio.sleep(self.settings.disk_full_retry_after_s)
             self._created += self._created_pending
+            self._recreated += self._recreated_pending
             self._recheck.update(self.table.by_id)
             self._dirty.set()
 
     async def _start_up(self) -> None:
+        await self._commit(S.decide_stale_cursors(self.table, self._start_and_tail))
         await self._link_streams_created_while_down()
         self._recheck.update(self.table.by_id)  # pending work from before the restart wakes
         self._dirty.set()
         await self._announce_unclaimed_wakes()
+
+    def _start_and_tail(self, path: str) -> tuple[int, int] | None:
+        state = self._streams_table.by_path.get(path)
+        return None if state is None or state.soft_deleted else (state.base, state.tail)
 
     def _next_deadline(self) -> float:
         """The trio time of the soonest lease end or retry (inf: none)."""
@@ -272,9 +284,14 @@ class SubscriptionManager:
     async def _round(self) -> None:
         created, self._created = self._created, []
         self._created_pending = created  # given back if the round's write is refused
+        recreated, self._recreated = self._recreated, []
+        self._recreated_pending = recreated
+        await self._commit(S.decide_streams_recreated(self.table, recreated))
+        self._recreated_pending = []  # written: retrying it would move cursors acked since back
         await self._commit(S.decide_streams_created(self.table, created, self.settings.subscription_streams_max,
                                                       self.settings.subscription_links_total_max))
         self._touched.update(path for path, _, _ in created)
+        await self._announce_to_recreated_wake_streams({path for path, _, _ in created})
         now = self._clock.wall()
         candidates = self._recheck | {i for p in self._touched for i in self.table.by_path.get(p, ())}
         candidates |= {sub.id for sub in self.table.by_id.values()
@@ -314,6 +331,16 @@ class SubscriptionManager:
         again (a duplicate wake event is harmless; a lost one would strand the work)."""
         for sub in list(self.table.by_id.values()):
             if sub.config.type == S.PULL_WAKE and sub.wake_id is not None and sub.holder is None:
+                await self._announce(sub)
+
+    async def _announce_to_recreated_wake_streams(self, paths: set[str]) -> None:
+        """A wake stream deleted while its subscription had a wake unclaimed lost
+        the announcement (the wake stays claimable): once the application
+        creates it again, the wake is announced there."""
+        if not paths:
+            return
+        for sub in list(self.table.by_id.values()):
+            if sub.config.wake_stream in paths and sub.wake_id is not None and sub.holder is None:
                 await self._announce(sub)
 
     # -- pull wakes ---------------------------------------------------------------
@@ -363,7 +390,7 @@ class SubscriptionManager:
                 if sub is None:
                     return
                 if result.ok:
-                    events = S.decide_delivered(sub, generation, result.done, snapshot)
+                    events = S.decide_delivered(sub, generation, result.done, snapshot, self.tail)
                 else:
                     delay = ports.retry_delay_s(sub.attempts + 1, self._rng)
                     log.warning("webhook delivery for subscription %r failed (%s); retry %d in %.1f s",
