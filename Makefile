@@ -1,6 +1,6 @@
 # trio_streams — operate and test the server with ordinary tools.
 #   make run    serve on 127.0.0.1:4437 with ./data
-#   make test   unit + integration + one crash run + the official conformance suite
+#   make test   unit + integration + short crash runs (streams, subscriptions) + the official suite (all 338)
 #   make verify DATA=dir   check a data directory against its checksums (read-only; may run beside the server)
 #   make backup DEST=dir|file.tar [URL=http://host:port]   consistent backup of the running server
 #   make backup-offline DEST=dir|file.tar DATA=dir   backup of a stopped server's data directory

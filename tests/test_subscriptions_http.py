@@ -363,6 +363,25 @@ async def test_the_retry_schedule_survives_a_restart(
         assert deliverer.calls[calls][1]["generation"] == before["generation"] + 1
 
 
+async def test_a_webhook_wake_in_flight_at_a_restart_is_sent_again_at_once(
+        autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
+    """Not when its lease runs out: with a 10-minute lease the work would wait that long."""
+    deliverer.answer = "ok"  # accepted; the receiver would call back later
+    long_lease = {**HOOK, "lease_ttl_ms": 600_000}
+    async with app(data_dir) as client:
+        await put_sub(client, "w", **long_lease)
+        await create_stream(client, "events/w", b'{"e":1}')
+        await until(lambda: len(deliverer.calls) >= 1)
+    first = deliverer.calls[0][1]
+    restarted_at = trio.current_time()
+    async with app(data_dir) as client:
+        await until(lambda: len(deliverer.calls) >= 2)
+        again_at, again = deliverer.calls[1][2], deliverer.calls[1][1]
+        assert again_at - restarted_at < 1.0
+        assert (again["wake_id"], again["generation"]) == (first["wake_id"], first["generation"])
+        assert again["streams"] == first["streams"]
+
+
 async def test_a_slow_webhook_blocks_neither_appends_nor_other_subscriptions(
         autojump_clock: MockClock, deliverer: FakeDeliverer, data_dir: Path) -> None:
     deliverer.gate = trio.Event()

@@ -269,6 +269,7 @@ class SubscriptionManager:
         self._recheck.update(self.table.by_id)  # pending work from before the restart wakes
         self._dirty.set()
         await self._announce_unclaimed_wakes()
+        self._resend_webhook_wakes()
 
     def _start_and_tail(self, path: str) -> tuple[int, int] | None:
         state = self._streams_table.by_path.get(path)
@@ -342,6 +343,19 @@ class SubscriptionManager:
         for sub in list(self.table.by_id.values()):
             if sub.config.wake_stream in paths and sub.wake_id is not None and sub.holder is None:
                 await self._announce(sub)
+
+    def _resend_webhook_wakes(self) -> None:
+        """A crash may have come between a webhook wake and its delivery, or while the
+        receiver had it: send it again now, not when its lease runs out (up to 10 min).
+        The lease goes on from where it was.
+        A receiver may so see one wake twice, which at-least-once allows: both carry
+        the same wake_id and generation, and the first callback that is done fences
+        the other."""
+        now = self._clock.wall()
+        for sub in list(self.table.by_id.values()):
+            if sub.config.type == S.WEBHOOK and sub.wake_id is not None and sub.next_attempt_at is None \
+                    and (sub.lease_expires_at or now) >= now and sub.id not in self._delivering:
+                self._start_delivery(sub)  # an expired lease instead ends the wake and wakes anew
 
     # -- pull wakes ---------------------------------------------------------------
 
