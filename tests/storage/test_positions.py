@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -16,6 +15,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from logrun import running_log, small_store
 from trio_streams.config import Settings, settings_from_env
 from trio_streams.protocol.errors import ProtocolError
 from trio_streams.protocol.headers import AppendRequest, CreateRequest, Expiry, Producer
@@ -27,16 +27,11 @@ from trio_streams.storage.events import APPENDED, CREATED, decode_event, encode_
 from trio_streams.storage.log import Log, StorageFailed
 from trio_streams.service import Service
 from trio_streams.storage.recovery import RecoveryRefused, recover
-from trio_streams.storage.store import Store
 from trio_streams.storage.wal import SegmentedLog, encode_record
 
 
 def _created(stream_id: int, path: str, data: bytes = b"", fork: ForkOrigin | None = None) -> Created:
     return Created(stream_id, path, "text/plain", Expiry(), 0.0, False, data, fork)
-
-
-def _store(directory: Path) -> Store:
-    return Store(directory / "streams", open_files_max=8, hot_tail_bytes_max=1024, corrupt_ranges_logged_max=10)
 
 
 # ---------------------------------------------------------------- the table
@@ -91,24 +86,8 @@ def test_wal_records_carry_the_position_and_decode_it() -> None:
 # ---------------------------------------------------------------- the log writer
 
 
-@asynccontextmanager
-async def _running_log(directory: Path, **overrides: object) -> AsyncIterator[tuple[Log, StreamTable]]:
-    settings = Settings(data_dir=str(directory), fsync="always").replace(**overrides)
-    store = _store(directory)
-    recovered = recover(directory, store, settings)
-    log = Log(settings, directory, recovered.wal, store, recovered.table)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(log.run)
-            yield log, recovered.table
-            nursery.cancel_scope.cancel()  # a crash: no final checkpoint, the WAL is what restart replays
-    finally:
-        store.close_sync()
-        recovered.wal.close()
-
-
 def _recovered(directory: Path, **overrides: object) -> tuple[StreamTable, int]:
-    store = _store(directory)
+    store = small_store(directory)
     recovered = recover(directory, store, Settings(data_dir=str(directory)).replace(**overrides))
     store.close_sync()
     recovered.wal.close()
@@ -117,7 +96,7 @@ def _recovered(directory: Path, **overrides: object) -> tuple[StreamTable, int]:
 
 async def test_a_batch_that_does_not_continue_its_stream_stops_the_writer_before_it_is_written(tmp_path: Path) -> None:
     failures: list[BaseException] = []
-    async with _running_log(tmp_path) as (log, table):
+    async with running_log(tmp_path) as (log, table):
         log.on_failed = failures.append
         await log.submit([_created(1, "a", b"abc")])
         # The first append is fine, the second overlaps it: the whole batch is refused.
@@ -171,7 +150,7 @@ async def test_a_submitter_finds_its_events_in_the_table_when_submit_returns(tmp
     """The log wakes submitters before applying their batch; no submitter may run
     (and decide its next batch) before the apply: it would read a stale table."""
     seen: list[tuple[int, int]] = []
-    async with _running_log(tmp_path) as (log, table):
+    async with running_log(tmp_path) as (log, table):
         await log.submit([_created(1, "a"), _created(2, "b")])
 
         async def actor(stream_id: int, rounds: int) -> None:
@@ -193,7 +172,7 @@ async def test_the_log_batch_and_queue_are_bounded_by_their_settings(tmp_path: P
         # Submitters run in no fixed order: each appends to a stream of its own.
         _write_wal(directory, [encode_event(_created(stream_id, f"s{stream_id}")) for stream_id in (1, 2, 3)])
         settings = Settings(data_dir=str(directory), fsync="never").replace(**overrides)
-        store = _store(directory)
+        store = small_store(directory)
         recovered = recover(directory, store, settings)
         log = Log(settings, directory, recovered.wal, store, recovered.table)
         async with trio.open_nursery() as writer:
@@ -335,7 +314,7 @@ class _Decider:
 
 
 async def _write_through_log(directory: Path, batches: list[list[Event]], checkpoint_wal_bytes: int) -> StreamTable:
-    async with _running_log(directory, fsync="never", checkpoint_wal_bytes=checkpoint_wal_bytes) as (log, table):
+    async with running_log(directory, fsync="never", checkpoint_wal_bytes=checkpoint_wal_bytes) as (log, table):
         for batch in batches:
             await log.submit(batch)
     return table

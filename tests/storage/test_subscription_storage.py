@@ -3,23 +3,20 @@ applied to the subscriptions table, kept in checkpoints and replayed at recovery
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
 import pytest
 import trio
 
+from logrun import running_log, small_store
 from trio_streams.config import Settings
 from trio_streams.protocol import subscriptions as S
 from trio_streams.protocol.headers import Expiry
 from trio_streams.protocol.state import Appended, Created, Event, StreamTable
 from trio_streams.storage.checkpoint import decode_table, encode_table
 from trio_streams.storage.events import SUBSCRIPTION, decode_event, encode_event
-from trio_streams.storage.log import Log
 from trio_streams.storage.recovery import RecoveryRefused, recover
-from trio_streams.storage.store import Store
 from trio_streams.storage.wal import SegmentedLog, encode_record
 
 CONFIG = S.parse_config(orjson.dumps({"type": "pull-wake", "pattern": "e/*", "wake_stream": "w"}), S.Limits())
@@ -37,32 +34,12 @@ EVENTS: list[Event] = [
 ]
 
 
-def _store(directory: Path) -> Store:
-    return Store(directory / "streams", open_files_max=8, hot_tail_bytes_max=1024, corrupt_ranges_logged_max=10)
-
-
 def _recovered(directory: Path, **overrides: object) -> StreamTable:
-    store = _store(directory)
+    store = small_store(directory)
     recovered = recover(directory, store, Settings(data_dir=str(directory)).replace(**overrides))
     store.close_sync()
     recovered.wal.close()
     return recovered.table
-
-
-@asynccontextmanager
-async def _running_log(directory: Path, **overrides: object) -> AsyncIterator[tuple[Log, StreamTable]]:
-    settings = Settings(data_dir=str(directory), fsync="always").replace(**overrides)
-    store = _store(directory)
-    recovered = recover(directory, store, settings)
-    log = Log(settings, directory, recovered.wal, store, recovered.table)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(log.run)
-            yield log, recovered.table
-            nursery.cancel_scope.cancel()  # a crash: no final checkpoint
-    finally:
-        store.close_sync()
-        recovered.wal.close()
 
 
 def _expected() -> dict[str, object]:
@@ -82,7 +59,7 @@ def test_every_subscription_event_round_trips_through_its_record() -> None:
 
 @pytest.mark.parametrize("checkpoint_wal_bytes", [1, 1 << 30], ids=["checkpointed", "replayed"])
 async def test_state_after_a_crash_is_what_was_durable(tmp_path: Path, checkpoint_wal_bytes: int) -> None:
-    async with _running_log(tmp_path, checkpoint_wal_bytes=checkpoint_wal_bytes) as (log, table):
+    async with running_log(tmp_path, checkpoint_wal_bytes=checkpoint_wal_bytes) as (log, table):
         for event in EVENTS:
             await log.submit([event])
         live = S.table_to_json(table.subscriptions)
