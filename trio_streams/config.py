@@ -102,6 +102,10 @@ class Settings:
     actor_batch_max: int = 256
     actor_idle_s: float = 30.0
     subscribers_per_stream_max: int = 10_000
+    # Live readers woken per scheduler round after a change (streams/fanout.py):
+    # smaller keeps appends fast beside thousands of readers, larger wakes them
+    # with fewer rounds.
+    fanout_wakes_per_round: int = 16
     streams_max: int = 10_000_000
     open_stream_files_max: int = 256
 
@@ -345,6 +349,8 @@ class Settings:
             raise ValueError("expiry_sweep_interval_s must be positive")
         if self.expiry_sweep_slice_streams < 1:
             raise ValueError("expiry_sweep_slice_streams must be at least 1")
+        if self.fanout_wakes_per_round < 1:
+            raise ValueError("fanout_wakes_per_round must be at least 1")
 
     def _check_connections(self) -> None:
         if self.connections_max < 1:

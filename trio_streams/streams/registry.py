@@ -2,8 +2,8 @@
 
 Owns: path → actor (started on demand, unregistered by the registry when
 its run ends), stream expiry (TTL and Expires-At, evaluated at request time
-and by a periodic sweep, turned into a delete), and per-stream subscriber
-channels that wake live readers after each durable change.
+and by a periodic sweep, turned into a delete), and the reader fan-out
+(streams/fanout.py) that wakes live readers after each durable change.
 
 Path lookups, one rule each:
 * ``DurableView.at(path)``: the durable stream, exactly as the log left it
@@ -22,7 +22,7 @@ queues behind writes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -35,6 +35,7 @@ from ..protocol.rules import Reply
 from ..protocol.state import Deleted, Event, StreamState
 from .actor import Command, DeleteRequest, StreamActor
 from .context import ActorContext
+from .fanout import FanOut
 from .framing import JsonFraming
 from .lifetimes import Lifetimes
 from .view import DurableView
@@ -58,7 +59,7 @@ class Registry:
         # Called with a stream id when no actor or reader uses it any more (drops its hot tail).
         self._release = release
         self._actors: dict[str, StreamActor] = {}
-        self._subscribers: dict[int, set[trio.MemorySendChannel[None]]] = {}
+        self.fanout = FanOut(settings.subscribers_per_stream_max, settings.fanout_wakes_per_round)
         self._expiring: set[int] = set()
         self._next_stream_id = view.next_stream_id
         self.framing = JsonFraming(settings)
@@ -116,7 +117,7 @@ class Registry:
         if self._actors.get(actor.path) is actor:
             del self._actors[actor.path]
         state = self.view.at(actor.path)
-        if state is not None and not self._subscribers.get(state.stream_id):
+        if state is not None and not self.fanout.has_subscribers(state.stream_id):
             self._release(state.stream_id)
 
     def _allocate_stream_id(self) -> int:
@@ -203,38 +204,18 @@ class Registry:
 
     # -- fan-out -----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def subscribe(self, stream_id: int) -> Iterator[trio.MemoryReceiveChannel[None]]:
-        """A channel that receives a wake-up after each durable change to the stream.
-
-        Buffer 1 and ``send_nowait``: a reader that is busy simply finds one
-        pending wake-up and re-reads from its own offset — nothing queues.
-        """
-        subscribers = self._subscribers.setdefault(stream_id, set())
-        if len(subscribers) >= self.settings.subscribers_per_stream_max:
-            raise ProtocolError(503, "TOO_MANY_SUBSCRIBERS", "too many live readers on this stream")
-        send, receive = trio.open_memory_channel[None](1)
-        subscribers.add(send)
-        try:
-            yield receive
-        finally:
-            subscribers.discard(send)
-            if not subscribers:
-                del self._subscribers[stream_id]
+    def subscribe(self, stream_id: int) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[None]]:
+        """A channel that receives a wake-up after each durable change to the stream (``FanOut``)."""
+        return self.fanout.subscribe(stream_id)
 
     def on_applied(self, state: StreamState | None, event: Event) -> None:
         if isinstance(event, Deleted):
             self.lifetimes.forget(event.stream_id)
-        for send in self._subscribers.get(event.stream_id, ()):
-            try:
-                send.send_nowait(None)
-            except trio.WouldBlock:
-                pass
+        self.fanout.notify(event.stream_id)
 
     def statistics(self) -> dict[str, int]:
         return {
             "streams": self.view.count(),
             "actors": len(self._actors),
-            "subscribed_streams": len(self._subscribers),
-            "subscribers": sum(len(s) for s in self._subscribers.values()),
+            **self.fanout.statistics(),
         }

@@ -1,0 +1,142 @@
+"""The reader fan-out (streams/fanout.py): paced wake-ups keep an append's answer ahead of its readers.
+
+In process on the autojump clock (tests/inproc.py). What is checked is the
+order of events, never wall time: how many of N parked SSE readers had
+their data when the append's 204 arrived. Woken all at once, every reader
+runs in the rounds the writer's reply needs, so nearly all have it first;
+paced, at most a few rounds' worth have. scripts/bench measures the
+latency this buys (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from conftest import PREFIX, inproc_settings_for, offset_of, unique
+from inproc import InprocServer, running_app
+from trio_streams.protocol.errors import ProtocolError
+from trio_streams.streams.fanout import FanOut
+
+READERS = 200
+TEXT = "text/plain"
+
+
+async def _delivered_when_answered(tmp_path: Path, wakes_per_round: int) -> tuple[int, int]:
+    """(readers holding the data when the append was answered, readers holding it at the end)."""
+    settings = inproc_settings_for(tmp_path, fanout_wakes_per_round=wakes_per_round, sse_connection_s=3600.0)
+    async with running_app(settings) as server:
+        client = server.client
+        name = unique()
+        created = await client.put(PREFIX + name, headers={"content-type": TEXT})
+        tail = offset_of(created)
+        got: set[int] = set()
+
+        async def reader(i: int, ready: trio.Event) -> None:
+            async with client.stream("GET", PREFIX + name, params={"offset": tail, "live": "sse"}) as resp:
+                ready.set()
+                async for piece in resp.iter_bytes():
+                    if b"event: data" in piece:
+                        got.add(i)
+                        return
+
+        async with trio.open_nursery() as nursery:
+            for i in range(READERS):
+                ready = trio.Event()
+                nursery.start_soon(reader, i, ready)
+                await ready.wait()
+            await server.wait_subscribers(lambda n: n == READERS, f"{READERS} SSE readers")
+            answered = await client.post(PREFIX + name, content=b"news", headers={"content-type": TEXT})
+            assert answered.status_code == 204
+            at_answer = len(got)
+        return at_answer, len(got)
+
+
+async def test_an_append_is_answered_before_its_readers_are_served(autojump_clock: MockClock, tmp_path: Path) -> None:
+    at_answer, at_end = await _delivered_when_answered(tmp_path, wakes_per_round=4)
+    assert at_end == READERS
+    assert at_answer <= READERS // 20, f"{at_answer} of {READERS} readers were served before the writer"
+
+
+async def test_waking_every_reader_at_once_serves_them_before_the_writer(autojump_clock: MockClock, tmp_path: Path) -> None:
+    """The contrast that makes the test above meaningful: one round for all readers delays the reply."""
+    at_answer, at_end = await _delivered_when_answered(tmp_path, wakes_per_round=READERS)
+    assert at_end == READERS
+    assert at_answer > READERS // 20  # seen: 25 to 148 of 200, as trio orders each round at random
+
+
+# -- FanOut on its own ----------------------------------------------------------------
+
+
+async def test_every_reader_is_woken_once_however_often_it_was_queued() -> None:
+    fanout = FanOut(subscribers_per_stream_max=100, wakes_per_round=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fanout.run)
+        with fanout.subscribe(1) as a, fanout.subscribe(1) as b, fanout.subscribe(2) as other:
+            for _ in range(5):
+                fanout.notify(1)
+            assert fanout.statistics()["fanout_pending"] == 2
+            await trio.testing.wait_all_tasks_blocked()
+            assert fanout.statistics()["fanout_pending"] == 0
+            for channel in (a, b):
+                channel.receive_nowait()
+                with pytest.raises(trio.WouldBlock):
+                    channel.receive_nowait()
+            with pytest.raises(trio.WouldBlock):
+                other.receive_nowait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_wakes_are_spread_over_rounds() -> None:
+    """At most ``wakes_per_round`` readers get their wake-up before the next scheduler round."""
+    fanout = FanOut(subscribers_per_stream_max=100, wakes_per_round=3)
+    woken_per_round: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fanout.run)
+        with contextlib.ExitStack() as stack:
+            channels = [stack.enter_context(fanout.subscribe(7)) for _ in range(10)]
+            await trio.testing.wait_all_tasks_blocked()
+            fanout.notify(7)
+            while sum(woken_per_round) < 10:
+                await trio.lowlevel.checkpoint()
+                woken_per_round.append(sum(_take(c) for c in channels))
+        nursery.cancel_scope.cancel()
+    # The pacer and this task share rounds in either order, so one look may span two of its rounds.
+    assert max(woken_per_round) <= 2 * 3
+    assert sum(woken_per_round) == 10 and len(woken_per_round) >= 2
+
+
+def _take(channel: trio.MemoryReceiveChannel[None]) -> int:
+    try:
+        channel.receive_nowait()
+    except trio.WouldBlock:
+        return 0
+    return 1
+
+
+async def test_a_reader_that_leaves_is_no_longer_queued() -> None:
+    fanout = FanOut(subscribers_per_stream_max=100, wakes_per_round=1)
+    with fanout.subscribe(1):
+        with fanout.subscribe(1):
+            fanout.notify(1)
+            assert fanout.statistics()["fanout_pending"] == 2
+        assert fanout.statistics()["fanout_pending"] == 1
+    assert fanout.statistics() == {"subscribed_streams": 0, "subscribers": 0, "fanout_pending": 0}
+
+
+async def test_readers_over_the_limit_are_refused_and_leave_nothing_behind() -> None:
+    fanout = FanOut(subscribers_per_stream_max=1, wakes_per_round=1)
+    with fanout.subscribe(1):
+        with pytest.raises(ProtocolError) as refused:
+            with fanout.subscribe(1):
+                pass
+        assert refused.value.status == 503
+    refused_alone = FanOut(subscribers_per_stream_max=0, wakes_per_round=1)
+    with pytest.raises(ProtocolError):
+        with refused_alone.subscribe(2):
+            pass
+    assert refused_alone.statistics()["subscribed_streams"] == 0
