@@ -50,7 +50,8 @@ def path(name: str) -> str:
 
 @pytest.fixture
 def inproc_settings() -> dict[str, object]:
-    return {"long_poll_timeout_ms": int(LONG_POLL_S * 1000), "sse_connection_s": SSE_CONNECTION_S}
+    return {"long_poll_timeout_ms": int(LONG_POLL_S * 1000), "sse_connection_s": SSE_CONNECTION_S,
+            "sse_connection_jitter_fraction": 0.0}
 
 
 @pytest.fixture
@@ -409,6 +410,26 @@ async def test_sse_connection_ends_cleanly_after_its_lifetime(autojump_clock: Mo
     assert trio.current_time() - started == pytest.approx(SSE_CONNECTION_S)
     assert [e.event for e in events] == ["data", "control"]
     assert "streamClosed" not in events[-1].json()
+
+
+@pytest.mark.parametrize("inproc_settings", [{"sse_connection_s": SSE_CONNECTION_S, "sse_connection_jitter_fraction": 0.1}])
+async def test_sse_connections_opened_together_end_spread_out(autojump_clock: MockClock, client: InprocClient) -> None:
+    """sse_connection_jitter_fraction: a wave of connections does not come back as one wave."""
+    name = unique()
+    await create(client, name, TEXT, b"x")
+    started = trio.current_time()
+    lifetimes: list[float] = []
+
+    async def one() -> None:
+        await sse_events(client, name, "-1")
+        lifetimes.append(trio.current_time() - started)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(one)
+    assert all(0.9 * SSE_CONNECTION_S <= t <= SSE_CONNECTION_S for t in lifetimes), lifetimes
+    # 20 uniform draws over 6 s all within 1 s of each other: about 1 in 10^14.
+    assert max(lifetimes) - min(lifetimes) > 1.0, lifetimes
 
 
 async def test_sse_multibyte_text_split_across_read_chunks_arrives_intact(autojump_clock: MockClock, tmp_path: Path) -> None:

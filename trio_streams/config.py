@@ -90,6 +90,10 @@ class Settings:
     read_chunk_bytes_max: int = 1024 * 1024
     long_poll_timeout_ms: int = 30_000
     sse_connection_s: float = 60.0
+    # Each SSE connection's lifetime is cut short by a random part, up to this
+    # fraction of sse_connection_s, so connections opened together (a deploy, a
+    # reconnect storm) are spread out when they end and reconnect.
+    sse_connection_jitter_fraction: float = 0.1
     # Longest a response write may make no progress (per 256 KiB piece) before
     # the reader is dropped: a client that stops reading cannot hold a
     # connection, a task or shutdown.
@@ -349,6 +353,8 @@ class Settings:
             raise ValueError("expiry_sweep_interval_s must be positive")
         if self.expiry_sweep_slice_streams < 1:
             raise ValueError("expiry_sweep_slice_streams must be at least 1")
+        if not 0.0 <= self.sse_connection_jitter_fraction < 1.0:
+            raise ValueError("sse_connection_jitter_fraction must be at least 0 and below 1")
         if self.fanout_wakes_per_round < 1:
             raise ValueError("fanout_wakes_per_round must be at least 1")
 

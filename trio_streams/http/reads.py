@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 from ..clock import Clock
 from ..config import Settings
@@ -34,8 +35,10 @@ class Reads:
     and ``send``.
     """
 
-    def __init__(self, streams: Streams, settings: Settings, clock: Clock, base: Headers) -> None:
+    def __init__(self, streams: Streams, settings: Settings, clock: Clock, base: Headers,
+                 rng: random.Random | None = None) -> None:
         self.streams = streams
+        self.rng = rng or random.Random()
         self.settings = settings
         self.clock = clock
         self.base = base
@@ -101,8 +104,12 @@ class Reads:
             headers = self.base + encode_headers(rules.sse_response_headers(binary))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             session = _SseSession(self, position, binary, req.query_one("cursor"), send)
-            await session.run(watch, self.clock.monotonic() + self.settings.sse_connection_s)
+            await session.run(watch, self.clock.monotonic() + self._sse_lifetime_s())
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _sse_lifetime_s(self) -> float:
+        cut = self.rng.uniform(0.0, self.settings.sse_connection_jitter_fraction)
+        return self.settings.sse_connection_s * (1.0 - cut)
 
 
 class _SseSession:
