@@ -20,7 +20,7 @@ from trio.testing import MockClock
 from conftest import PREFIX, inproc_settings_for, offset_of, unique
 from inproc import InprocServer, running_app
 from trio_streams.protocol.errors import ProtocolError
-from trio_streams.streams.fanout import FanOut
+from trio_streams.streams.fanout import FanOut, Wakeup
 
 READERS = 200
 TEXT = "text/plain"
@@ -82,12 +82,9 @@ async def test_every_reader_is_woken_once_however_often_it_was_queued() -> None:
             assert fanout.statistics()["fanout_pending"] == 2
             await trio.testing.wait_all_tasks_blocked()
             assert fanout.statistics()["fanout_pending"] == 0
-            for channel in (a, b):
-                channel.receive_nowait()
-                with pytest.raises(trio.WouldBlock):
-                    channel.receive_nowait()
-            with pytest.raises(trio.WouldBlock):
-                other.receive_nowait()
+            assert a.pending and b.pending and not other.pending
+            await a.wait()
+            assert not a.pending
         nursery.cancel_scope.cancel()
 
 
@@ -98,23 +95,23 @@ async def test_wakes_are_spread_over_rounds() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fanout.run)
         with contextlib.ExitStack() as stack:
-            channels = [stack.enter_context(fanout.subscribe(7)) for _ in range(10)]
+            wakeups = [stack.enter_context(fanout.subscribe(7)) for _ in range(10)]
             await trio.testing.wait_all_tasks_blocked()
             fanout.notify(7)
             while sum(woken_per_round) < 10:
                 await trio.lowlevel.checkpoint()
-                woken_per_round.append(sum(_take(c) for c in channels))
+                woken_per_round.append(sum(_take(w) for w in wakeups))
         nursery.cancel_scope.cancel()
     # The pacer and this task share rounds in either order, so one look may span two of its rounds.
     assert max(woken_per_round) <= 2 * 3
     assert sum(woken_per_round) == 10 and len(woken_per_round) >= 2
 
 
-def _take(channel: trio.MemoryReceiveChannel[None]) -> int:
-    try:
-        channel.receive_nowait()
-    except trio.WouldBlock:
+def _take(wakeup: Wakeup) -> int:
+    """1 if a wake-up was pending (and is now taken), else 0."""
+    if not wakeup.pending:
         return 0
+    wakeup._pending = False
     return 1
 
 
@@ -140,3 +137,37 @@ async def test_readers_over_the_limit_are_refused_and_leave_nothing_behind() -> 
         with refused_alone.subscribe(2):
             pass
     assert refused_alone.statistics()["subscribed_streams"] == 0
+
+
+async def test_a_wakeup_wakes_its_waiting_task_or_is_kept_for_its_next_wait() -> None:
+    wakeup = Wakeup()
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await wakeup.wait()
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woke.is_set()
+        wakeup.set()
+        await woke.wait()
+    assert not wakeup.pending
+    wakeup.set()
+    wakeup.set()
+    assert wakeup.pending
+    await wakeup.wait()  # kept: returns at once
+    assert not wakeup.pending
+
+
+async def test_a_cancelled_wait_leaves_the_wakeup_usable() -> None:
+    wakeup = Wakeup()
+    with trio.move_on_after(0.01):
+        await wakeup.wait()
+    wakeup.set()
+    assert wakeup.pending  # nobody waits any more: kept, not lost
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await wakeup.wait()
+    assert wakeup.pending  # a wait cancelled before it began takes nothing

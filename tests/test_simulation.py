@@ -364,7 +364,7 @@ async def long_poll_reader(world: World, path: str) -> None:
                 if state.closed:
                     return
                 with trio.move_on_after(world.rng.choice((0.5, 5.0, 30.0))):
-                    await wake.receive()
+                    await wake.wait()
     finally:
         world.readers -= 1
 

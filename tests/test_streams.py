@@ -119,8 +119,8 @@ async def test_subscriber_wakes_on_append_and_not_before(service: Service) -> No
     woke = trio.Event()
 
     async def reader() -> None:
-        with registry.subscribe(state.stream_id) as wakeups:
-            await wakeups.receive()
+        with registry.subscribe(state.stream_id) as wakeup:
+            await wakeup.wait()
             woke.set()
 
     async with trio.open_nursery() as nursery:
@@ -137,12 +137,13 @@ async def test_subscriber_buffer_coalesces_wakeups(service: Service) -> None:
     await registry.create("c", _create())
     state = registry.visible("c")
     assert state is not None
-    with registry.subscribe(state.stream_id) as wakeups:
+    with registry.subscribe(state.stream_id) as wakeup:
         for _ in range(5):
             await registry.append("c", _append(b"x"))
-        await wakeups.receive()
-        with pytest.raises(trio.WouldBlock):
-            wakeups.receive_nowait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert wakeup.pending
+        await wakeup.wait()
+        assert not wakeup.pending  # five changes, one wake-up
 
 
 async def test_idle_actor_exits_and_restarts_on_demand(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:

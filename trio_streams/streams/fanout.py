@@ -1,8 +1,9 @@
 """FanOut: every live reader's wake-up channel, and the paced wake-ups that keep writers first.
 
-Owns: per-stream subscriber channels (buffer 1, so a busy reader finds one
-pending wake-up and re-reads from its own offset — nothing queues), and the
-order and pace in which they are woken after a durable change.
+Owns: per-stream readers' ``Wakeup``s (at most one pending, so a busy
+reader finds one wake-up and re-reads from its own offset — nothing
+queues), and the order and pace in which they are woken after a durable
+change.
 
 Why paced: Trio runs every runnable task once per scheduler round, in no
 particular order. Woken all at once, 1,000 readers of one stream would make
@@ -28,30 +29,71 @@ import trio
 from ..protocol.errors import ProtocolError
 
 
+class Wakeup:
+    """One reader's wake-up, for one waiting task: set wakes it, or is kept until its next wait.
+
+    What a memory channel of buffer 1 would do, in a few slots instead of
+    about two kilobytes of channel state per parked reader.
+    """
+
+    __slots__ = ("_pending", "_task")
+
+    def __init__(self) -> None:
+        self._pending = False
+        self._task: trio.lowlevel.Task | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._pending
+
+    def set(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+        else:
+            self._pending = True
+
+    async def wait(self) -> None:
+        """Returns at once (after a checkpoint) if a wake-up is pending, else at the next ``set``."""
+        assert self._task is None, "one waiting task per Wakeup"
+        if self._pending:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._pending = False
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 class FanOut:
     def __init__(self, subscribers_per_stream_max: int, wakes_per_round: int) -> None:
         self._subscribers_max = subscribers_per_stream_max
         self._wakes_per_round = wakes_per_round
-        self._subscribers: dict[int, set[trio.MemorySendChannel[None]]] = {}
+        self._subscribers: dict[int, set[Wakeup]] = {}
         # Readers to wake, oldest first, as an ordered set: a reader queued twice is woken once.
-        self._pending: collections.OrderedDict[trio.MemorySendChannel[None], None] = collections.OrderedDict()
+        self._pending: collections.OrderedDict[Wakeup, None] = collections.OrderedDict()
         self._queued = trio.Event()
 
     @contextlib.contextmanager
-    def subscribe(self, stream_id: int) -> Iterator[trio.MemoryReceiveChannel[None]]:
-        """A channel that receives a wake-up after each durable change to the stream."""
+    def subscribe(self, stream_id: int) -> Iterator[Wakeup]:
+        """A ``Wakeup`` set after each durable change to the stream."""
         subscribers = self._subscribers.setdefault(stream_id, set())
         if len(subscribers) >= self._subscribers_max:
             if not subscribers:
                 del self._subscribers[stream_id]
             raise ProtocolError(503, "TOO_MANY_SUBSCRIBERS", "too many live readers on this stream")
-        send, receive = trio.open_memory_channel[None](1)
-        subscribers.add(send)
+        wakeup = Wakeup()
+        subscribers.add(wakeup)
         try:
-            yield receive
+            yield wakeup
         finally:
-            subscribers.discard(send)
-            self._pending.pop(send, None)
+            subscribers.discard(wakeup)
+            self._pending.pop(wakeup, None)
             if not subscribers:
                 del self._subscribers[stream_id]
 
@@ -79,11 +121,8 @@ class FanOut:
     def _wake_some(self) -> None:
         pending = self._pending
         for _ in range(min(self._wakes_per_round, len(pending))):
-            send, _ = pending.popitem(last=False)
-            try:
-                send.send_nowait(None)
-            except trio.WouldBlock:
-                pass  # a wake-up is already waiting for this reader
+            wakeup, _ = pending.popitem(last=False)
+            wakeup.set()
 
     def statistics(self) -> dict[str, int]:
         return {

@@ -24,6 +24,7 @@ import trio
 
 from ..protocol.reads import Outcome, live_outcome
 from ..protocol.state import StreamState
+from .fanout import Wakeup
 from .registry import Registry
 
 
@@ -51,8 +52,8 @@ class LiveWaits:
     @contextlib.contextmanager
     def watch(self, stream: StreamState) -> Iterator[Watch]:
         """Waits on ``stream`` (this incarnation); 503 over ``subscribers_per_stream_max``."""
-        with self._registry.subscribe(stream.stream_id) as wakeups:
-            yield Watch(self._registry, self._bounded, stream, wakeups)
+        with self._registry.subscribe(stream.stream_id) as wakeup:
+            yield Watch(self._registry, self._bounded, stream, wakeup)
 
     @contextlib.contextmanager
     def _bounded(self, deadline: float) -> Iterator[None]:
@@ -70,12 +71,12 @@ class Watch:
         registry: Registry,
         bounded: Callable[[float], contextlib.AbstractContextManager[None]],
         stream: StreamState,
-        wakeups: trio.MemoryReceiveChannel[None],
+        wakeup: Wakeup,
     ) -> None:
         self._registry = registry
         self._bounded = bounded
         self._stream = stream
-        self._wakeups = wakeups
+        self._wakeup = wakeup
 
     async def wait_for_data(self, position: int, deadline: float) -> Waited:
         """Until the stream has data past ``position``, is closed there or gone, or ``deadline``
@@ -87,5 +88,5 @@ class Watch:
                 outcome = live_outcome(self._stream.stream_id, current, position)
                 if outcome is not None:
                     return Waited(outcome, current)
-                await self._wakeups.receive()
+                await self._wakeup.wait()
         return Waited(Outcome.TIMEOUT, current)

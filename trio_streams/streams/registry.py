@@ -35,7 +35,7 @@ from ..protocol.rules import Reply
 from ..protocol.state import Deleted, Event, StreamState
 from .actor import Command, DeleteRequest, StreamActor
 from .context import ActorContext
-from .fanout import FanOut
+from .fanout import FanOut, Wakeup
 from .framing import JsonFraming
 from .lifetimes import Lifetimes
 from .view import DurableView
@@ -204,8 +204,8 @@ class Registry:
 
     # -- fan-out -----------------------------------------------------------
 
-    def subscribe(self, stream_id: int) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[None]]:
-        """A channel that receives a wake-up after each durable change to the stream (``FanOut``)."""
+    def subscribe(self, stream_id: int) -> contextlib.AbstractContextManager[Wakeup]:
+        """A ``Wakeup`` set after each durable change to the stream (``FanOut``)."""
         return self.fanout.subscribe(stream_id)
 
     def on_applied(self, state: StreamState | None, event: Event) -> None:
