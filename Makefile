@@ -1,6 +1,6 @@
 # trio_streams — operate and test the server with ordinary tools.
 #   make run    serve on 127.0.0.1:4437 with ./data
-#   make test   unit + integration + short crash runs (streams, subscriptions) + the official suite (all 338)
+#   make test   unit + integration + short crash runs (streams, subscriptions) + the official suite (all 338), ~10 min on 2 cores
 #   make verify DATA=dir   check a data directory against its checksums (read-only; may run beside the server)
 #   make backup DEST=dir|file.tar [URL=http://host:port]   consistent backup of the running server
 #   make backup-offline DEST=dir|file.tar DATA=dir   backup of a stopped server's data directory
@@ -18,6 +18,10 @@ DATA ?= ./data
 URL ?= http://$(HOST):$(PORT)
 TRIO_STREAMS := $(VENV)/bin/trio-streams
 CONFORMANCE_DIR := tests/conformance
+# pytest-xdist workers for the suite (0: in this process). Each test file runs
+# whole on one worker, so a module's shared server is started once.
+PYTEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: install run test test-all unit conformance conformance-auth conformance-node node-deps bench crash verify lock clean
 .PHONY: backup backup-offline restore stats checkpoint status
@@ -70,11 +74,11 @@ status: install
 	$(TRIO_STREAMS) status --url $(URL)
 
 unit: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test: install node-deps
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PYTEST)
 	$(PY) scripts/run_conformance.py --subscriptions
 
 # The long run: 50,000 fuzz examples, 300 model histories of 50 steps and 200
@@ -83,7 +87,7 @@ test: install node-deps
 test-all: install node-deps
 	$(PY) -m mypy
 	TRIO_STREAMS_FUZZ_EXAMPLES=50000 TRIO_STREAMS_MODEL_EXAMPLES=300 TRIO_STREAMS_MODEL_STEPS=50 TRIO_STREAMS_SIM_SEEDS=200 \
-		$(PY) -m pytest -q -m ""
+		$(PYTEST) -m ""
 	$(PY) scripts/run_conformance.py --subscriptions
 
 conformance: install node-deps

@@ -7,7 +7,7 @@ then checks that `trio-streams verify` reports exactly the damaged streams
 serves a byte that differs from what was acknowledged: every read is the
 acknowledged bytes or a 500 DATA_CORRUPT, and any refusal is logged and
 counted. A failing case names its seed; rerun it with
-`pytest tests/test_corruption_streams.py -k 'seed-N'`.
+`pytest -m '' tests/test_corruption_streams.py -k 'seed-N-'`.
 """
 
 from __future__ import annotations
@@ -135,14 +135,16 @@ def run_case(tmp_path: Path, seed: int, sig: int) -> dict[str, object]:
         srv.kill_quietly()
 
 
-@pytest.mark.parametrize("seed", range(4), ids=lambda s: f"seed-{s}")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
-def test_damaged_stream_files_are_found_and_never_served(tmp_path: Path, seed: int, sig: int) -> None:
-    print(f"seed {seed} signal {sig}: {run_case(tmp_path, seed, sig)}")  # counts, with -s
+SIGNALS = {"sigterm": signal.SIGTERM, "kill9": signal.SIGKILL}
+# `make test` runs one seed per way of stopping (each case costs three server
+# start-ups and two verify runs); the other 78 are marked slow, for `make test-all`.
+QUICK_CASES = {(0, "sigterm"), (1, "kill9")}
+CASES = [
+    pytest.param(seed, how, id=f"seed-{seed}-{how}", marks=() if (seed, how) in QUICK_CASES else pytest.mark.slow)
+    for seed in range(40) for how in SIGNALS
+]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", range(4, 40), ids=lambda s: f"seed-{s}")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
-def test_damaged_stream_files_many_seeds(tmp_path: Path, seed: int, sig: int) -> None:
-    print(f"seed {seed} signal {sig}: {run_case(tmp_path, seed, sig)}")  # counts, with -s
+@pytest.mark.parametrize("seed, how", CASES)
+def test_damaged_stream_files_are_found_and_never_served(tmp_path: Path, seed: int, how: str) -> None:
+    print(f"seed {seed} {how}: {run_case(tmp_path, seed, SIGNALS[how])}")  # counts, with -s

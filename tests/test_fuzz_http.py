@@ -16,7 +16,7 @@ byte-exact (every 200 examples, after any restart, and at the end).
 Semantic requests go through httpx; paths and framings that httpx would
 normalise or refuse (dot segments, control bytes, pipelining, half-closes)
 go over raw sockets. Example counts and seeds: see fuzzlib (``make test``
-runs about 2,000 examples, ``make test-all`` 50,000).
+runs about 700 examples, ``make test-all`` 50,000).
 """
 
 from __future__ import annotations

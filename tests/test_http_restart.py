@@ -107,7 +107,10 @@ def test_state_survives_restart(fresh_server: Server, sig: int) -> None:
         assert c.get(path(deleted)).content == b""
 
 
-@pytest.mark.parametrize("sig", SIGNALS)
+# The SIGTERM case is slow (make test-all): test_state_survives_restart[SIGTERM] covers a
+# clean restart, and test_crash.py's test_crash_once restarts twice (kill -9, then SIGTERM).
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, id="SIGTERM", marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGKILL, id="SIGKILL")])
 def test_acknowledged_appends_survive_repeated_restarts(fresh_server: Server, sig: int) -> None:
     srv = fresh_server
     name = unique()

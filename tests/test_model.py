@@ -16,7 +16,7 @@ ended). Forging a token (only to aim inside a JSON message, past the tail,
 or at an arbitrary byte of a byte stream) relies on today's
 ``<16 digits>_<16 digits>`` format, whose last field counts bytes.
 
-Runs: 50 examples x 30 steps in `make test`; TRIO_STREAMS_MODEL_EXAMPLES and
+Runs: 12 examples x 30 steps in `make test`; TRIO_STREAMS_MODEL_EXAMPLES and
 TRIO_STREAMS_MODEL_STEPS set more (`make test-all`).
 """
 
