@@ -236,3 +236,11 @@ async def test_a_service_on_its_own_takes_the_lock_itself(tmp_path: Path) -> Non
         assert isinstance(service.failure, DataDirectoryLocked)
     finally:
         os.close(held)
+
+
+def test_the_command_line_refuses_bad_flags_with_startups_config_exit_code() -> None:
+    """``__main__`` keeps its own copy of the code so that commands other than serve start without the server."""
+    from trio_streams import __main__ as cli
+    from trio_streams import startup
+
+    assert cli.EXIT_INVALID_CONFIG == startup.EXIT_INVALID_CONFIG

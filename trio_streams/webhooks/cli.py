@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config_file import load_configuration
-from ..service import DataDirectoryLocked, lock_data_directory
 from ._files import DIRECTORY_NAME
 from .keys import rotate_offline
 
@@ -45,6 +44,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         print(f"trio-streams webhook-key: {directory} is not a trio-streams data directory "
               "(no wal/, checkpoints/, streams/ or webhook-keys/)", file=err)
         return EXIT_REFUSED
+    from ..service import DataDirectoryLocked, lock_data_directory  # the server's modules, only when needed
+
     try:
         lock_fd = lock_data_directory(directory)
     except DataDirectoryLocked as error:
