@@ -206,6 +206,24 @@ class Server:
                                          headers={"content-type": content_type})
         urllib.request.urlopen(request, timeout=10).close()
 
+    def cpu_s(self) -> float:
+        """User and system CPU of the server process, all threads."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_counters(self) -> dict[str, float]:
+        """Our server's WAL events and fsyncs so far (from /metrics); nothing for the Node server."""
+        if self.label == "node":
+            return {}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        counters = {}
+        for line in text.splitlines():
+            for key in ("events", "fsyncs"):
+                if line.startswith(f"trio_streams_log_{key}_total "):
+                    counters[key] = float(line.split()[1])
+        return counters
+
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=15)
@@ -224,6 +242,7 @@ def run_load(server: Server, scenario: str, tag: str, profile: Path | None) -> d
         spy = subprocess.Popen([py_spy, "record", "-p", str(server.proc.pid), "-r", "250", "--format", "raw",
                                 "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
+    cpu_before, log_before = server.cpu_s(), server.log_counters()
     done = subprocess.run([sys.executable, __file__, "_load"], input=json.dumps(
         dict(port=server.port, scenario=scenario, tag=tag)), capture_output=True, text=True, timeout=120)
     if spy is not None:
@@ -232,7 +251,13 @@ def run_load(server: Server, scenario: str, tag: str, profile: Path | None) -> d
         print(top_functions(profile / f"{server.label}-{scenario}.txt"), file=sys.stderr)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
-    return json.loads(done.stdout)
+    result = json.loads(done.stdout)
+    # Warm-up requests included: 5 per connection.
+    result["cpu_us"] = (server.cpu_s() - cpu_before) * 1e6 / (result["done"] + 5 * spec["conns"])
+    if log_before:
+        after = server.log_counters()
+        result["events_per_fsync"] = (after["events"] - log_before["events"]) / max(1, after["fsyncs"] - log_before["fsyncs"])
+    return result
 
 
 def top_functions(collapsed: Path, count: int = 25) -> str:
@@ -287,7 +312,8 @@ def main() -> int:
                         results[server.label, scenario].append(res)
                         flag = "  LOAD-BOUND" if res["load_cpu"] >= LOAD_BUSY else ""
                         print(f"round {rnd} {scenario:8} {server.label:6} {res['per_s']:9.0f}/s p50 {res['p50_ms']:6.2f} ms"
-                              f" p99 {res['p99_ms']:6.2f} ms load cpu {res['load_cpu']:.2f} {res['errors'] or ''}{flag}",
+                              f" p99 {res['p99_ms']:6.2f} ms cpu/req {res['cpu_us']:5.0f} us"
+                              f" events/fsync {res.get('events_per_fsync', 0):5.1f} load cpu {res['load_cpu']:.2f} {res['errors'] or ''}{flag}",
                               file=sys.stderr)
         finally:
             for server in servers:
@@ -305,6 +331,9 @@ def report(results: dict, labels: list[str], scenarios: list[str]) -> str:
         cells = [f"{med[l]:.2f} ms p50" if key == "p50_ms" else f"{med[l]:,.0f}/s" for l in labels]
         ratios = [f"{med[l] / med['node']:.2f}" for l in labels if l != "node" and "node" in med]
         rows.append(f"| {scenario} | " + " | ".join(cells + ratios) + " |")
+        cpu = {l: statistics.median(r["cpu_us"] for r in results[l, scenario]) for l in labels}
+        rows.append(f"| {scenario} server CPU per request | " + " | ".join(f"{cpu[l]:.0f} us" for l in labels)
+                    + " |" * (1 + len(ratios)))
     return "\n".join(rows)
 
 

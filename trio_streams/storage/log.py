@@ -30,14 +30,15 @@ and never lets a reader see an event before it is durable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
@@ -242,8 +243,14 @@ class Log:
         if any(len(e.data) > EVENT_DATA_BYTES_MAX for e in events if isinstance(e, (Appended, Created))):
             raise RecordTooLarge(f"a stored append may hold at most {EVENT_DATA_BYTES_MAX} bytes")
         submission = _Submission(events)
+        await trio.lowlevel.checkpoint_if_cancelled()  # as a send would: cancelled means not submitted
         try:
-            await self._send.send(submission)
+            try:
+                # A queue with room (the usual case) takes it without a trip through the
+                # scheduler, which would cost every actor batch one more task step.
+                self._send.send_nowait(submission)
+            except trio.WouldBlock:  # log_queue_depth submissions wait: backpressure
+                await self._send.send(submission)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise StorageFailed(str(self._failed or "the log is closed")) from None
         await submission.done.wait()
@@ -396,8 +403,9 @@ class Log:
         bases = check_batch(self._table, events)
         try:
             with trio.CancelScope(shield=True):  # a write already started must finish
-                async with self._wal_lock:
-                    appends, messages = await trio.to_thread.run_sync(self._write_sync, events, bases)
+                async with _taken(self._wal_lock):
+                    appends, messages = await trio.to_thread.run_sync(self._write_sync, events, bases,
+                                                                      limiter=_UNLIMITED)
         except OSError as error:
             if not is_disk_full(error) or self._wal.failed:
                 raise
@@ -679,6 +687,34 @@ def _count_lines(data: Buffer) -> int:
         return data.count(b"\n")
     view = memoryview(data)
     return sum(bytes(view[i:i + _COUNT_SLICE_BYTES]).count(b"\n") for i in range(0, len(view), _COUNT_SLICE_BYTES))
+
+
+class _Unlimited:
+    """A thread limiter that never waits. The writer makes one batch's worker-thread
+    call at a time; trio's default limiter would cost each batch a task step."""
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        pass
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        pass
+
+
+_UNLIMITED: Final = _Unlimited()
+
+
+@contextlib.asynccontextmanager
+async def _taken(lock: trio.Lock) -> AsyncIterator[None]:
+    """``async with lock`` without its scheduler trip when the lock is free: the
+    worker-thread call that follows is the batch's checkpoint."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:  # a background checkpoint holds it
+        await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _single(error: Exception) -> Exception:
