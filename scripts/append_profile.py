@@ -152,7 +152,10 @@ async def load(spec: dict) -> dict:
 
     await asyncio.gather(*(writer(i, 5) for i in range(len(clients))))  # warm-up, not measured
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(writer(i, None) for i in range(len(clients))))
+    try:  # a request still unanswered well after the time limit ends the run (counted as stuck)
+        await asyncio.wait_for(asyncio.gather(*(writer(i, None) for i in range(len(clients)))), TIME_LIMIT_S + 15)
+    except asyncio.TimeoutError:
+        errors[0] += 1
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     latencies.sort()
     per_request = 100 if scenario["json"] else 1

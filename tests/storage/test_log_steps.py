@@ -8,6 +8,7 @@ a needless yield there is one more pass of the scheduler per batch (with
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import trio.testing
 from trio_streams.config import Settings
 from trio_streams.protocol.headers import Expiry
 from trio_streams.protocol.state import Created
-from trio_streams.storage.log import Log
+from trio_streams.storage.log import Log, StorageFailed
 from trio_streams.storage.recovery import recover
 
 from logrun import small_store
@@ -59,16 +60,18 @@ async def _queued_in_first_step(log: Log) -> None:
 
     async def submit() -> None:
         submitters.append(trio.lowlevel.current_task())
-        await log.submit([created(1)])
+        with contextlib.suppress(StorageFailed):  # the writer, cancelled, refuses it
+            await log.submit([created(1)])
 
     trio.lowlevel.add_instrument(steps)
-    async with trio.open_nursery() as nursery:  # no writer runs: the submission stays queued
+    async with trio.open_nursery() as nursery:
         nursery.start_soon(submit)
-        await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_tasks_blocked()  # no writer runs yet: the submission stays queued
+        trio.lowlevel.remove_instrument(steps)
         assert log.statistics().queue_depth == 1
         assert steps.of[submitters[0]] == 1  # then it waits for the writer; no yield before
+        nursery.start_soon(log.run)  # which answers it: the submitter waits for that, cancelled or not
         nursery.cancel_scope.cancel()
-    trio.lowlevel.remove_instrument(steps)
 
 
 async def test_a_cancelled_submitter_submits_nothing(tmp_path: Path) -> None:
@@ -103,3 +106,29 @@ async def _batch_steps(log: Log) -> None:
         trio.lowlevel.remove_instrument(steps)
         assert steps.of[writers[0]] == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_submitter_cancelled_while_it_waits_still_gets_the_outcome(tmp_path: Path) -> None:
+    """Once queued, the events may become durable: their submitter's answer must say so
+    (an actor's reply must match the log), so its wait outlives a cancellation."""
+    async with idle_log(tmp_path) as log:
+        answered = trio.Event()
+        scopes: list[trio.CancelScope] = []
+
+        async def submit() -> None:
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                await log.submit([created(1)])
+                answered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit)
+            await trio.testing.wait_all_tasks_blocked()  # queued; no writer runs yet
+            scopes[0].cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not answered.is_set() and log.statistics().queue_depth == 1
+            nursery.start_soon(log.run)
+            with trio.fail_after(30):
+                await answered.wait()
+            assert log.statistics().events == 1
+            nursery.cancel_scope.cancel()

@@ -11,7 +11,7 @@ Order within a batch: check that every event continues its stream (before
 anything is written: a wrong position is never made durable), write,
 wake, apply. Waking first means a batch that is durable is acknowledged
 even if applying it fails (the writer then stops, and a restart replays
-it). It cannot expose a stale table: setting an Event only schedules the
+it). It cannot expose a stale table: settling a submission only schedules the
 submitter, and nothing between the wake and the end of ``_apply`` is a
 checkpoint, so no submitter runs — and no actor decides its next batch —
 before the table holds the events. Keep it that way: an ``await`` there
@@ -175,8 +175,25 @@ class _CheckpointRequest:
 @dataclasses.dataclass(slots=True)
 class _Submission:
     events: Sequence[Event]
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    settled: bool = False
     error: BaseException | None = None
+    waiter: trio.lowlevel.Task | None = None
+
+    def settle(self, error: BaseException | None = None) -> None:
+        if not self.settled:
+            self.settled, self.error = True, error
+            if self.waiter is not None:
+                trio.lowlevel.reschedule(self.waiter)
+
+    async def wait(self) -> None:
+        """Until settled, even if cancelled meanwhile (the cancellation then comes at
+        the waiter's next checkpoint): an answer must match what became durable. A
+        shielded cancel scope would do the same at several times the cost, per batch."""
+        if self.settled:
+            await trio.lowlevel.checkpoint()
+            return
+        self.waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
 
 class Log:
@@ -236,7 +253,10 @@ class Log:
     # -- producers' side -------------------------------------------------
 
     async def submit(self, events: Sequence[Event]) -> None:
-        """Returns once ``events`` are durable (per the fsync mode) and applied, in order."""
+        """Returns once ``events`` are durable (per the fsync mode) and applied, in order.
+
+        Cancelled before they are queued, it submits nothing; once queued, it waits
+        for their outcome whatever happens (see ``_Submission.wait``)."""
         if self._failed is not None:
             raise StorageFailed(str(self._failed))
         # config.py holds the body limit to this at start-up, but JSON framing can grow a body.
@@ -253,7 +273,7 @@ class Log:
                 await self._send.send(submission)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise StorageFailed(str(self._failed or "the log is closed")) from None
-        await submission.done.wait()
+        await submission.wait()
         if isinstance(submission.error, StorageFailed):
             raise submission.error
         if submission.error is not None:
@@ -417,7 +437,7 @@ class Log:
         self._stats["messages"] += messages
         self._resumed()
         for submission in batch:  # durable: acknowledged whatever follows (module docstring)
-            submission.done.set()
+            submission.settle()
         self._apply(events)  # no checkpoint before it ends: no woken submitter runs before
 
     async def _refuse_batch(self, batch: list[_Submission], events: list[Event], error: OSError) -> None:
@@ -725,6 +745,4 @@ def _single(error: Exception) -> Exception:
 
 
 def _settle(submission: _Submission, error: BaseException) -> None:
-    if not submission.done.is_set():
-        submission.error = error
-        submission.done.set()
+    submission.settle(error)
