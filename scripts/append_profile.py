@@ -150,7 +150,7 @@ async def load(spec: dict) -> dict:
             else:
                 errors[status] += 1
 
-    await asyncio.gather(*(writer(i, 5) for i in range(len(clients))))  # warm-up, not measured
+    await asyncio.wait_for(asyncio.gather(*(writer(i, 5) for i in range(len(clients)))), 30)  # warm-up
     cpu0, wall0 = time.process_time(), time.perf_counter()
     try:  # a request still unanswered well after the time limit ends the run (counted as stuck)
         await asyncio.wait_for(asyncio.gather(*(writer(i, None) for i in range(len(clients)))), TIME_LIMIT_S + 15)
@@ -246,8 +246,11 @@ def run_load(server: Server, scenario: str, tag: str, profile: Path | None) -> d
                                 "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
     cpu_before, log_before = server.cpu_s(), server.log_counters()
-    done = subprocess.run([sys.executable, __file__, "_load"], input=json.dumps(
-        dict(port=server.port, scenario=scenario, tag=tag)), capture_output=True, text=True, timeout=120)
+    try:
+        done = subprocess.run([sys.executable, __file__, "_load"], input=json.dumps(
+            dict(port=server.port, scenario=scenario, tag=tag)), capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:  # a server that stopped answering: the round goes on without it
+        done = subprocess.CompletedProcess([], 1, "", f"{server.label} {scenario}: no result within 120 s")
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=30)
@@ -311,7 +314,11 @@ def main() -> int:
                 order = servers if rnd % 2 == 0 else servers[::-1]
                 for scenario in scenarios:
                     for server in order:
-                        res = run_load(server, scenario, f"{scenario}-r{rnd}", args.profile if rnd == 0 else None)
+                        try:
+                            res = run_load(server, scenario, f"{scenario}-r{rnd}", args.profile if rnd == 0 else None)
+                        except RuntimeError as error:
+                            print(f"round {rnd} {scenario:8} {server.label:6} failed: {error}", file=sys.stderr)
+                            continue
                         results[server.label, scenario].append(res)
                         flag = "  LOAD-BOUND" if res["load_cpu"] >= LOAD_BUSY else ""
                         print(f"round {rnd} {scenario:8} {server.label:6} {res['per_s']:9.0f}/s p50 {res['p50_ms']:6.2f} ms"
@@ -330,7 +337,9 @@ def report(results: dict, labels: list[str], scenarios: list[str]) -> str:
     rows.append("|---" * (1 + len(labels) + sum(l != "node" for l in labels)) + "|")
     for scenario in scenarios:
         key = "p50_ms" if scenario == "seq" else "per_s"
-        med = {l: statistics.median(r[key] for r in results[l, scenario]) for l in labels}
+        med = {l: statistics.median(r[key] for r in results[l, scenario]) for l in labels if results[l, scenario]}
+        if len(med) < len(labels):
+            continue
         cells = [f"{med[l]:.2f} ms p50" if key == "p50_ms" else f"{med[l]:,.0f}/s" for l in labels]
         ratios = [f"{med[l] / med['node']:.2f}" for l in labels if l != "node" and "node" in med]
         rows.append(f"| {scenario} | " + " | ".join(cells + ratios) + " |")
