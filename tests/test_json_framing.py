@@ -173,6 +173,39 @@ def test_refusals_on_both_paths(body: bytes, code: str, window: int) -> None:
         assert isinstance(outcome, ProtocolError) and (outcome.status, outcome.code) == (400, code), outcome
 
 
+class _Counted:
+    """Counts the calls of a function it stands in for."""
+
+    def __init__(self, function: object) -> None:
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        return self.function(*args, **kwargs)  # type: ignore[operator]
+
+
+def test_an_ordinary_body_is_validated_once_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One validation pass (orjson), never a second parse by the stdlib decoder."""
+    loads = _Counted(orjson.loads)
+    monkeypatch.setattr(jsonmode.orjson, "loads", loads)
+    for decoder in ("PLAIN", "CAREFUL"):
+        monkeypatch.setattr(jsonmode, decoder, None)  # any use fails
+    body = orjson.dumps([{"id": i, "text": "héllo\n", "n": 1.5, "id64": 2**63 + 5, "neg": -(10**18 - 1), "tags": [i, None]} for i in range(100)])
+    assert frame_inline(body, JsonLimits()) == b"".join(orjson.dumps(m) + b"\n" for m in orjson.loads(body))
+    assert loads.calls == 1 + 1  # the framer's, and the expected value's above
+
+
+@pytest.mark.parametrize("body", [b"[18446744073709551616]", b"[-9223372036854775809]", b"[1e400]", b'["\\ud800"]', b"[1,]", b"[" * 2000])
+def test_what_orjson_cannot_keep_or_refuses_goes_to_the_stdlib_decoder(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact big integers, and every refusal in the stdlib's words: the careful path decides."""
+    decode = _Counted(jsonmode.CAREFUL.decode)
+    plain = _Counted(jsonmode.PLAIN.decode)
+    monkeypatch.setattr(jsonmode.CAREFUL, "decode", decode)
+    monkeypatch.setattr(jsonmode.PLAIN, "decode", plain)
+    frame_inline(body, JsonLimits())
+    assert decode.calls + plain.calls == 1
+
+
 def test_depth_limit_is_inclusive_on_both_paths() -> None:
     at_limit, over = b"[" * 128 + b"]" * 128, b"[" * 129 + b"]" * 129
     for window in (3, jsonmode.WINDOW_BYTES):

@@ -9,9 +9,15 @@ escaped), so ``\\n`` is an unambiguous message terminator: chunking cuts after
 a ``\\n``, counting messages counts ``\\n``, and a read of stored bytes becomes
 a JSON array by swapping terminators for commas — no re-encoding on reads.
 
-Framing a body: parse with the stdlib decoder (it keeps integers of any
-size exact and its C scanner reports where each value ends), re-encode each
-message with orjson. A body is refused (400) when it is not strict JSON
+Framing a body in one call: orjson parses and validates it in C, then each
+message is encoded by orjson in one C-level pass over the messages (no
+Python loop per message). Where orjson cannot keep a value exactly — it
+turns integers beyond 64 bits into floats — and for every body orjson
+refuses, the stdlib decoder decides instead (it keeps integers of any size
+exact, and its verdicts and messages are the ones clients get), so orjson
+only ever speeds up what the stdlib would have accepted with the same
+values. The windowed framer parses with the stdlib decoder alone (its C
+scanner reports where each value ends). A body is refused (400) when it is not strict JSON
 (invalid UTF-8, NaN/Infinity, numbers that overflow a double, lone
 surrogates) or nests deeper than ``JsonLimits.depth_max``, and (413) when
 it holds more than ``messages_max`` messages or one larger than
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -83,15 +90,29 @@ def frame(body: bytes, *, allow_empty: bool, limits: JsonLimits) -> Framed:
 def encode_messages(body: bytes, *, allow_empty: bool, limits: JsonLimits = JsonLimits()) -> bytes:
     """Validates ``body`` and returns it as stored messages (one array level flattened)."""
     body = bytes(body)  # no copy of bytes; a small copy of any other buffer
-    value = _decode(_text(body), needs_care(body), limits)
-    if count_brackets(body) > limits.depth_max and _deeper_than(value, limits.depth_max):
+    shape = body.translate(_NUMBER_SHAPE)
+    value = _parse(body, shape, limits)
+    if shape.count(b"[") > limits.depth_max and _deeper_than(value, limits.depth_max):
         raise too_deep(limits)
     items = value if isinstance(value, list) else [value]
     if not items and not allow_empty:
         raise empty_array()
     if len(items) > limits.messages_max:
         raise too_many(limits)
-    return b"".join(encode_message(item) for item in items)
+    try:
+        return b"".join(map(_ENCODE_MESSAGE, items))
+    except orjson.JSONEncodeError as exc:  # lone surrogates (the stdlib decoder lets them through)
+        raise unsupported(exc) from None
+
+
+def _parse(body: bytes, shape: bytes, limits: JsonLimits) -> Any:
+    """orjson where it keeps every value exactly, else (and for every refusal) the stdlib decoder."""
+    if _orjson_keeps_integers(shape):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # the stdlib decoder refuses it too, in its own words, or accepts what orjson cannot hold
+    return _decode(_text(body), _has_long_integer(shape) or _has_long_exponent(shape), limits)
 
 
 def _text(body: bytes) -> str:
@@ -112,9 +133,16 @@ def _decode(text: str, careful: bool, limits: JsonLimits) -> Any:
 
 def encode_message(value: Any) -> bytes:
     try:
-        return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE)
+        return _ENCODE_MESSAGE(value)
     except orjson.JSONEncodeError as exc:  # lone surrogates
-        raise bad_request(f"unsupported JSON value: {exc}", "INVALID_JSON") from None
+        raise unsupported(exc) from None
+
+
+_ENCODE_MESSAGE: Final = functools.partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def unsupported(exc: orjson.JSONEncodeError) -> ProtocolError:
+    return bad_request(f"unsupported JSON value: {exc}", "INVALID_JSON")
 
 
 def not_utf8(exc: UnicodeDecodeError) -> ProtocolError:
@@ -171,15 +199,33 @@ def _deeper_than(value: Any, limit: int, depth: int = 1) -> bool:
 # 64 bits, or a mantissa long enough to overflow) or an exponent of 3+ digits.
 # The hooks never change any other number, so the choice only affects speed.
 
+# The shape of a text: digits, exponent marks, signs and openers ("[" for both
+# "[" and "{": their count bounds the nesting depth), everything else blank.
+_SHAPE_KEPT: Final = b"0123456789eE+-[{"
 _NUMBER_SHAPE: Final = bytes.maketrans(
-    b"0123456789eE+-" + bytes(c for c in range(256) if c not in b"0123456789eE+-"),
-    b"9999999999ee++" + b" " * (256 - 14),
+    _SHAPE_KEPT + bytes(c for c in range(256) if c not in _SHAPE_KEPT),
+    b"9999999999ee++[[" + b" " * (256 - len(_SHAPE_KEPT)),
 )
 
 
 def needs_care(data: bytes | memoryview) -> bool:
     shape = bytes(data).translate(_NUMBER_SHAPE)
-    return b"9" * 19 in shape or b"e999" in shape or b"e+999" in shape
+    return _has_long_integer(shape) or _has_long_exponent(shape)
+
+
+def _has_long_integer(shape: bytes) -> bool:
+    """19+ digits in a row: an integer outside 64 bits (or a long mantissa) may be there."""
+    return b"9" * 19 in shape
+
+
+def _orjson_keeps_integers(shape: bytes) -> bool:
+    """orjson keeps integers in [-2**63, 2**64) exact and turns any other into a float:
+    those have 20+ digits, or 19 after a minus sign ("+" in the shape)."""
+    return b"9" * 20 not in shape and b"+" + b"9" * 19 not in shape
+
+
+def _has_long_exponent(shape: bytes) -> bool:
+    return b"e999" in shape or b"e+999" in shape
 
 
 def _reject_constant(name: str) -> Any:

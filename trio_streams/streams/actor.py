@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Union
 
 import trio
@@ -85,16 +86,26 @@ class StreamActor:
         """
         batch: list[Command] = []
         try:
-            while True:
-                with trio.move_on_after(self._idle_s):
-                    first = await self._receive.receive()
-                    batch = self._drain(first)
+            # One idle scope for the actor's life, not one per batch: with a stream
+            # per connection every append is a batch, and a scope costs more than deciding.
+            with trio.CancelScope() as idle:
+                while True:
+                    batch = self._drain(await self._next(idle))
                     await self._process_safely(batch)
-                    continue
-                return
         finally:
             self._abandon(batch)
             self._receive.close()
+
+    async def _next(self, idle: trio.CancelScope) -> Command:
+        """The next command; waiting for one, at most ``actor_idle_s`` (then ``idle`` is cancelled)."""
+        try:
+            return self._receive.receive_nowait()  # the batch before yielded while it was durable
+        except trio.WouldBlock:
+            pass
+        idle.deadline = trio.current_time() + self._idle_s
+        command = await self._receive.receive()
+        idle.deadline = math.inf  # a batch is never cut short for idleness
+        return command
 
     def _abandon(self, batch: list[Command]) -> None:
         """Cancelled (the service stops): answer what is left, or its callers wait forever.
@@ -160,8 +171,9 @@ class StreamActor:
             view = await self._decide(command, view, events, now)
         if events:
             try:
-                with trio.CancelScope(shield=True):  # answers must match what became durable
-                    await self._context.submit(events)
+                # Once submitted, it waits for the outcome even if cancelled: answers must
+                # match what became durable (Log.submit).
+                await self._context.submit(events)
             except StorageFailed as exc:
                 _fail_unanswered(batch, exc.protocol_error())
             except Exception:
