@@ -322,6 +322,10 @@ class GuardedTCPServer(TCPServer):
     async def protocol_send(self, event: Event) -> None:
         try:
             deadlines = _deadlines_of(self)
+            if isinstance(event, RawData) and not event.data:
+                # h11's end of a Content-Length body: nothing to write, and a write
+                # of nothing would still cost the response a scheduler round.
+                return
             if isinstance(event, RawData) and deadlines is not None:
                 await self._bounded_send(event.data, deadlines)
             else:
