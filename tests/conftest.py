@@ -171,10 +171,8 @@ class Server:
 
     def kill_quietly(self) -> None:
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
         if proc is not None:
+            kill_process_group(proc)
             _LIVE.discard(proc)
 
     # -- observation ---------------------------------------------------
@@ -246,6 +244,21 @@ def client(server: Server) -> Iterator[httpx.Client]:
     """A client for the shared server (one per session: building an httpx.Client is slow)."""
     with httpx.Client(base_url=server.url, timeout=10.0) as c:
         yield c
+
+
+def kill_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL for a process started with ``start_new_session`` and everything it started.
+
+    A plain ``hypercorn`` runs the app in a child process of its own, which
+    outlives a killed parent (holding its port and data directory) unless the
+    whole group goes.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+    if proc.poll() is None:
+        proc.wait(5)
 
 
 def unique(prefix: str = "s") -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import EXE, PREFIX, ROOT, Server, assert_error, deadline_poll, free_port
+from conftest import EXE, PREFIX, ROOT, Server, assert_error, deadline_poll, free_port, kill_process_group
 
 TOKEN = "s3cret-token-for-the-test"
 QUERY_TOKEN = "another-s3cret-for-the-query"
@@ -151,6 +151,6 @@ def test_plain_hypercorn_reads_trio_streams_config(tmp_path: Path) -> None:
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            pass
+        kill_process_group(proc)  # Hypercorn's worker process too
         log.close()
