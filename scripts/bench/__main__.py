@@ -53,6 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     p.add_argument("--scale", type=float, default=1.0, help="multiply request, reader and connection counts")
     p.add_argument("--keep-data", action="store_true", help="keep the servers' data directories and logs")
+    p.add_argument("--redraw", type=Path, metavar="BENCH_JSON", help="only draw the charts of an earlier run")
     a = p.parse_args(argv)
     try:
         a.scenarios = profiles.expand(a.scenarios)
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace, params: dict[str, Any], rounds: int) -> tuple[
                                                                                   dict[str, int | None]]:
     workdir = Path(tempfile.mkdtemp(prefix="trio-streams-bench-"))
     chosen, skipped = servers.build(args.servers, args.fsync, workdir)
-    outcome, exit_codes, running = Outcome(notes=list(skipped)), {}, []
+    outcome, exit_codes = Outcome(notes=list(skipped)), {}
+    running: list[servers.Server] = []
     for note in skipped:
         print(f"bench: {note}", flush=True)
     try:
@@ -94,10 +96,9 @@ def run(args: argparse.Namespace, params: dict[str, Any], rounds: int) -> tuple[
         outcome.notes += failed
         for note in failed:
             print(f"bench: {note}", flush=True)
-        result = run_rounds(running, args.scenarios, params, rounds)
-        outcome.runs, outcome.problems, outcome.notes = result.runs, result.problems, outcome.notes + result.notes
+        run_rounds(running, args.scenarios, params, rounds, outcome)
     except (RuntimeError, KeyboardInterrupt) as exc:
-        outcome.problems.append(f"run aborted: {exc}")
+        outcome.problems.append(f"run aborted: {exc!r}")
         print(f"bench: aborted: {exc}", file=sys.stderr)
     finally:
         for s in chosen:
@@ -130,6 +131,18 @@ def document(args: argparse.Namespace, params: dict[str, Any], rounds: int, star
     }
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The table and what went wrong, for pasting into docs/benchmarks.md."""
+    load = " ".join(f"{x:.1f}" for x in doc["machine"]["loadavg_start"])
+    lines = [f"{'Quick' if doc['quick'] else 'Full'} run, {doc['rounds']} rounds, {doc['elapsed_s'] / 60:.0f} min, "
+             f"{doc['date']}, commit {doc['machine'].get('git_commit', '?')}, load average at start {load}.", "",
+             report.markdown_table(doc["summary"]), ""]
+    for title, items in (("Problems", doc["problems"]), ("Notes", doc["notes"])):
+        if items:
+            lines += [f"{title}:", ""] + [f"- {item}" for item in items] + [""]
+    return "\n".join(lines)
+
+
 def print_report(doc: dict[str, Any], out: Path) -> None:
     print()
     print(report.text_table(doc["summary"]))
@@ -139,7 +152,7 @@ def print_report(doc: dict[str, Any], out: Path) -> None:
             print(f"{len(items)} {title}(s):")
             for item in items[:25]:
                 print(f"  - {item}")
-    print(f"wrote {out / 'bench.json'} ({doc['elapsed_s']:.0f} s)")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} ({doc['elapsed_s']:.0f} s)")
 
 
 def draw(doc: dict[str, Any], args: argparse.Namespace) -> None:
@@ -153,6 +166,9 @@ def draw(doc: dict[str, Any], args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.redraw is not None:
+        draw(json.loads(args.redraw.read_text()), args)
+        return 0
     params = profiles.profile(args.quick, args.scale)
     rounds = args.rounds or params["rounds"]
     raise_nofile_limit()
@@ -164,6 +180,7 @@ def main(argv: list[str]) -> int:
     doc = document(args, params, rounds, started, info, ran, outcome, exit_codes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(doc, indent=1))
+    (args.out / "bench.md").write_text(markdown(doc))
     print_report(doc, args.out)
     if not args.no_charts:
         draw(doc, args)

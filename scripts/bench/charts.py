@@ -85,16 +85,17 @@ def fanout_latency(runs: list[dict[str, Any]], servers: list[str], path: Path) -
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     drawn = False
     for ax, scenario, title in zip(axes, ("sse-fanout", "lp-fanout"), ("SSE", "long-poll")):
-        for server in servers:
-            run = median_run(runs, scenario, server)
-            if run is not None:
-                ax.plot(range(101), run["percentiles_ms"], label=server, color=color(server))
-                drawn = True
-        ax.set_title(f"{title} fan-out: append sent → reader has it ({title} readers)", fontsize=9)
+        chosen = [(s, r) for s in servers if (r := median_run(runs, scenario, s)) is not None]
+        for server, run in chosen:
+            ax.plot(range(101), run["percentiles_ms"], label=f"{server} ({run['readers']} readers)",
+                    color=color(server))
+        ax.set_title(f"{title} fan-out: append sent → reader has it (median run)", fontsize=9)
         ax.set_xlabel("percentile of readers", fontsize=8)
         ax.set_ylabel("ms", fontsize=8)
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if chosen:
+            ax.legend(fontsize=7)
+            drawn = True
     fig.tight_layout()
     if drawn:
         fig.savefig(path, dpi=90)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
 
 from scripts.serverproc import proc_memory
 
 from .client import Client, open_many
 from .loadgen import PREFIX, Meter, Result, Spec, create, latency_summary, quiesce
-from .scenarios import TEXT, Tally, closed_loop, time_limit_note, timed
+from .scenarios import TEXT, Runner, Tally, closed_loop, time_limit_note, timed
 
 NEXT_OFFSET_RE = re.compile(rb'"streamNextOffset"\s*:\s*"([^"]+)"')
 CONNECT_TIMEOUT_S = 60.0
@@ -68,11 +67,12 @@ class Readers:
                 self.everyone.set()
 
     async def _sse(self, i: int) -> None:
-        tail = b""
+        tail, headed = b"", False
 
         def on_data(chunk: bytes, t: float) -> None:
-            nonlocal tail
+            nonlocal tail, headed
             if not chunk:
+                headed = True
                 self.parked += 1
                 return
             window = tail + chunk
@@ -83,15 +83,19 @@ class Readers:
             tail = window[-256:]
 
         while not self.stopping:
+            failed = False
             try:
                 r = await self.clients[i].request("GET", f"{PREFIX}{self.name}?offset={self.offsets[i]}&live=sse",
                                                   on_data=on_data)
                 self.responses += 1  # the server ended the SSE response (a recycle): reconnect
-                self.errors += r.status != 200
+                failed = r.status != 200
             except ConnectionError:
-                self.errors += 1
-            self.parked -= 1
-            await asyncio.sleep(READER_ERROR_PAUSE_S if self.errors else 0)
+                failed = True
+            self.errors += failed
+            if headed:
+                headed = False
+                self.parked -= 1
+            await asyncio.sleep(READER_ERROR_PAUSE_S if failed else 0)
 
     async def _long_poll(self, i: int) -> None:
         cursor = ""
@@ -279,7 +283,7 @@ async def run_sse_idle_memory(spec: Spec) -> Result:
             "problems": problems, "notes": []}
 
 
-RUNNERS: dict[str, Callable[[Spec], Awaitable[Result]]] = {
+RUNNERS: dict[str, Runner] = {
     "sse-fanout": run_fanout,
     "lp-fanout": run_fanout,
     "append-under-sse": run_append_under_fanout,

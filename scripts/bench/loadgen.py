@@ -138,6 +138,7 @@ def main() -> int:
     raise_nofile_limit()
     spec = json.load(sys.stdin)
     runners = {**scenarios.RUNNERS, **live.RUNNERS}
+    result: Result
     try:
         result = asyncio.run(runners[spec["scenario"]](spec))
         result["reconnects"] = Client.reconnects

@@ -41,7 +41,7 @@ FULL: dict[str, Any] = {
 def quick() -> dict[str, Any]:
     """About two minutes for all servers: fewer rounds, requests and readers."""
     q = copy.deepcopy(FULL)
-    q["rounds"] = 2
+    q["rounds"] = 1
     for name in ("append-seq", "append-1", "append-64", "small-get"):
         q[name].update(requests=300, time_limit_s=5.0)
     q["json-batch"].update(requests=60, time_limit_s=5.0)

@@ -42,7 +42,7 @@ def run_loadgen(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 def timeout_for(params: dict[str, Any]) -> float:
     own = params.get("time_limit_s", 0) + params.get("events", 0) * params.get("deliver_timeout_s", 0)
-    return own * 2 + LOADGEN_SLACK_S
+    return float(own) * 2 + LOADGEN_SLACK_S
 
 
 def run_one(server: Server, scenario: str, params: dict[str, Any], rnd: int) -> dict[str, Any]:
@@ -74,8 +74,9 @@ def progress(result: dict[str, Any], rounds: int) -> str:
             + (f"  ERROR {result['error']}" if "error" in result else ""))
 
 
-def run_rounds(servers: list[Server], scenarios: list[str], params: dict[str, Any], rounds: int) -> Outcome:
-    outcome = Outcome()
+def run_rounds(servers: list[Server], scenarios: list[str], params: dict[str, Any], rounds: int,
+               outcome: Outcome) -> None:
+    """Records every run into ``outcome`` as it ends, so an aborted run keeps what it measured."""
     for rnd in range(rounds):
         order = servers[rnd % len(servers):] + servers[: rnd % len(servers)]
         for scenario in scenarios:
@@ -89,4 +90,3 @@ def run_rounds(servers: list[Server], scenarios: list[str], params: dict[str, An
                 print(progress(result, rounds), flush=True)
         for server in servers:
             server.rss_samples.append({"after": f"round {rnd + 1}", **server.memory()})
-    return outcome

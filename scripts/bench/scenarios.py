@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from .client import Client, open_many
 from .loadgen import PREFIX, Meter, Result, Spec, catch_up, create, latency_summary, quiesce
@@ -199,7 +200,7 @@ async def run_small_get(spec: Spec) -> Result:
             "notes": time_limit_note(tally.ok, p["requests"])}
 
 
-async def build_catchup_stream(client: Client, p: dict) -> None:
+async def build_catchup_stream(client: Client, p: dict[str, Any]) -> None:
     r = await client.request("HEAD", PREFIX + CATCHUP_STREAM)
     if r.status != 404:
         return
@@ -233,7 +234,8 @@ async def run_catch_up(spec: Spec) -> Result:
             "problems": problems}
 
 
-RUNNERS: dict[str, Callable[[Spec], Awaitable[Result]]] = {
+Runner = Callable[[Spec], Coroutine[Any, Any, Result]]
+RUNNERS: dict[str, Runner] = {
     "append-seq": run_appends,
     "append-1": run_appends,
     "append-64": run_appends,
