@@ -99,19 +99,21 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.h11.receive_data(data)
-        try:
-            self._drain_events()
-        except h11.ProtocolError as exc:
-            self._fail(exc)
-            self.close()
+        self._drain_safely()
 
     def eof_received(self) -> bool | None:
         self.h11.receive_data(b"")
+        self._drain_safely()
+        return None
+
+    def _drain_safely(self) -> None:
+        """A malformed or cut-off response fails its request as a lost connection."""
         try:
             self._drain_events()
         except h11.ProtocolError as exc:
-            self._fail(exc)
-        return None
+            self.lost = True
+            self._fail(ConnectionError(f"HTTP/1.1 protocol error: {exc}"))
+            self.close()
 
     def _drain_events(self) -> None:
         while True:

@@ -10,6 +10,7 @@ those bytes are parsed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 
@@ -160,11 +161,13 @@ async def run_fanout(spec: Spec) -> Result:
     everyone: list[float] = []
     acks: list[float] = []
     missed = 0
+    busy = Busy()
     meter = Meter(spec.get("server_pid"))
     for k in range(p["events"] + 1):  # event 0 warms up, not measured
         if k == 1:
             meter.__enter__()
-        sent, got, ack = await one_event(spec, writer, readers, k)
+        with busy if k else contextlib.nullcontext():
+            sent, got, ack = await one_event(spec, writer, readers, k)
         if k == 0:
             continue
         missed += len(readers.clients) - len(got)
@@ -177,10 +180,32 @@ async def run_fanout(spec: Spec) -> Result:
     writer.close()
     problems = readers.problems() + ([f"{missed} deliveries missing after {p['deliver_timeout_s']} s"] if missed else [])
     everyone.sort()
-    return {**meter.report(), **latency_summary(per_reader), "events": p["events"], "readers": p["readers"],
+    return {**meter.report(), "loadgen_cpu_frac": busy.share(), **latency_summary(per_reader),
+            "events": p["events"], "readers": p["readers"],
             "all_delivered": missed == 0, "missed": missed,
             "all_ms": everyone[len(everyone) // 2] * 1e3 if everyone else None,
             **latency_summary(acks, "append_"), "problems": problems, "notes": readers.notes()}
+
+
+class Busy:
+    """The generator's CPU share of one core over the delivery windows only.
+
+    Over a whole fan-out run the waits for quiet dilute it; while 1,000
+    responses arrive is when the generator could be the bottleneck.
+    """
+
+    def __init__(self) -> None:
+        self.cpu_s = self.wall_s = 0.0
+
+    def __enter__(self) -> None:
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s += time.perf_counter() - self.t0
+        self.cpu_s += time.process_time() - self.c0
+
+    def share(self) -> float | None:
+        return self.cpu_s / self.wall_s if self.wall_s else None
 
 
 async def one_event(spec: Spec, writer: Client, readers: Readers, k: int) -> tuple[float, list[float], float]:

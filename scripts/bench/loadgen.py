@@ -17,6 +17,7 @@ import math
 import resource
 import sys
 import time
+import traceback
 from typing import Any
 
 from scripts.serverproc import proc_cpu_s, raise_nofile_limit
@@ -143,6 +144,7 @@ def main() -> int:
         result = asyncio.run(runners[spec["scenario"]](spec))
         result["reconnects"] = Client.reconnects
     except Exception as exc:  # reported, not raised: the runner records it as a failed run
+        traceback.print_exc()  # the runner keeps the tail of stderr in the run's problems
         result = {"error": f"{type(exc).__name__}: {exc}", "problems": [f"load generator failed: {exc!r}"]}
     json.dump(result, sys.stdout)
     return 0

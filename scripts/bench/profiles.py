@@ -18,15 +18,15 @@ GROUPS = {"append-under-fanout": ("append-under-sse", "append-under-lp", "append
 
 _APPEND = {"record_bytes": 100, "warmup_per_conn": 3}
 _FANOUT = {"readers": 1000, "record_bytes": 100, "deliver_timeout_s": 5.0}
-_UNDER = {"readers": 1000, "record_bytes": 100, "appends": 100, "wake_interval_ms": 20, "time_limit_s": 12.0}
+_UNDER = {"readers": 1000, "record_bytes": 100, "appends": 100, "wake_interval_ms": 20, "time_limit_s": 10.0}
 
 FULL: dict[str, Any] = {
     "rounds": 3,
-    "append-seq": {**_APPEND, "writers": 1, "streams": 1, "requests": 1000, "time_limit_s": 10.0},
-    "append-1": {**_APPEND, "writers": 64, "streams": 1, "requests": 3000, "time_limit_s": 10.0},
-    "append-64": {**_APPEND, "writers": 64, "streams": 64, "requests": 3000, "time_limit_s": 10.0},
-    "json-batch": {"writers": 16, "messages": 100, "message_bytes": 100, "requests": 300, "time_limit_s": 10.0},
-    "small-get": {"readers": 64, "appends": 3, "record_bytes": 100, "requests": 4000, "time_limit_s": 10.0},
+    "append-seq": {**_APPEND, "writers": 1, "streams": 1, "requests": 1000, "time_limit_s": 8.0},
+    "append-1": {**_APPEND, "writers": 64, "streams": 1, "requests": 3000, "time_limit_s": 8.0},
+    "append-64": {**_APPEND, "writers": 64, "streams": 64, "requests": 3000, "time_limit_s": 8.0},
+    "json-batch": {"writers": 16, "messages": 100, "message_bytes": 100, "requests": 300, "time_limit_s": 8.0},
+    "small-get": {"readers": 64, "appends": 3, "record_bytes": 100, "requests": 4000, "time_limit_s": 8.0},
     "catch-up": {"stream_bytes": 16 * 1024 * 1024, "append_bytes": 256 * 1024, "reads": 3, "time_limit_s": 30.0},
     "sse-fanout": {**_FANOUT, "mode": "sse", "events": 4},
     "lp-fanout": {**_FANOUT, "mode": "long-poll", "events": 4},

@@ -37,6 +37,8 @@ def run_loadgen(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     if done.returncode != 0 or not done.stdout.strip():
         return {"error": f"load generator exit {done.returncode}", "problems": [done.stderr.strip()[-800:]]}
     result: dict[str, Any] = json.loads(done.stdout)
+    if "error" in result:
+        result["problems"].append(done.stderr.strip()[-800:])
     return result
 
 
