@@ -159,14 +159,21 @@ class Connection(asyncio.Protocol):
             pending.waiter.set_exception(exc)
 
 
+# Node, uvicorn and Hypercorn close a keep-alive connection after 5 s idle; a
+# request sent just as the server closes would be reset. A connection idle
+# for longer than this is replaced before the next request (never retried).
+IDLE_REOPEN_S = 2.0
+
+
 class Client:
-    """A keep-alive connection that reopens when the server has closed it."""
+    """A keep-alive connection that reopens when the server has closed it or may be closing it."""
 
     reconnects = 0  # over all clients of the process
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.conn: Connection | None = None
+        self.last_used = time.monotonic()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Client:
@@ -177,12 +184,22 @@ class Client:
     async def request(self, method: str, target: str, body: bytes = b"",
                       headers: list[tuple[str, str]] | None = None, *, keep_body: bool = False,
                       on_data: OnData | None = None) -> Response:
-        if self.conn is None or not self.conn.reusable:
+        await self.refresh()
+        try:
+            return await self.conn.request(method, target, body, headers,  # type: ignore[union-attr]
+                                           keep_body=keep_body, on_data=on_data)
+        finally:
+            self.last_used = time.monotonic()
+
+    async def refresh(self) -> None:
+        """Opens a new connection if the current one is closed, or idle long enough to be closing."""
+        stale = time.monotonic() - self.last_used > IDLE_REOPEN_S
+        if self.conn is None or not self.conn.reusable or stale:
             if self.conn is not None:
                 self.conn.close()
                 Client.reconnects += 1
             self.conn = await Connection.open(self.host, self.port)
-        return await self.conn.request(method, target, body, headers, keep_body=keep_body, on_data=on_data)
+            self.last_used = time.monotonic()
 
     def abort(self) -> None:
         """Drops the connection mid-response (an SSE reader leaving)."""

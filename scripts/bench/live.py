@@ -10,8 +10,8 @@ those bytes are parsed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
+import statistics
 import time
 
 from scripts.serverproc import proc_memory
@@ -41,6 +41,7 @@ class Readers:
         self.have = [False] * len(clients)
         self.everyone = asyncio.Event()
         self.responses = self.timeouts = self.errors = 0
+        self.error_kinds: dict[str, int] = {}
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -59,6 +60,10 @@ class Readers:
     def expect(self, k: int) -> None:
         self.current, self.received, self.everyone = marker(k), [], asyncio.Event()
         self.have = [False] * len(self.clients)
+
+    def _error(self, kind: str) -> None:
+        self.errors += 1
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
     def _got(self, i: int, data: bytes, t: float) -> None:
         if not self.have[i] and self.current in data:
@@ -90,9 +95,11 @@ class Readers:
                                                   on_data=on_data)
                 self.responses += 1  # the server ended the SSE response (a recycle): reconnect
                 failed = r.status != 200
-            except ConnectionError:
+                if failed:
+                    self._error(f"HTTP {r.status}")
+            except ConnectionError as exc:
                 failed = True
-            self.errors += failed
+                self._error(str(exc)[:60])
             if headed:
                 headed = False
                 self.parked -= 1
@@ -105,8 +112,8 @@ class Readers:
             self.parked += 1
             try:
                 r = await self.clients[i].request("GET", target, keep_body=True)
-            except ConnectionError:
-                self.errors += 1
+            except ConnectionError as exc:
+                self._error(str(exc)[:60])
                 await asyncio.sleep(READER_ERROR_PAUSE_S)
                 continue
             finally:
@@ -119,7 +126,7 @@ class Readers:
             elif r.status == 204:
                 self.timeouts += 1
             else:
-                self.errors += 1
+                self._error(f"HTTP {r.status}")
                 await asyncio.sleep(READER_ERROR_PAUSE_S)
 
     async def all_parked(self, timeout_s: float) -> bool:
@@ -129,8 +136,10 @@ class Readers:
         return self.parked >= len(self.clients)
 
     def problems(self) -> list[str]:
-        out = [f"{self.errors} live reads failed or answered an error status"] if self.errors else []
-        return out
+        if not self.errors:
+            return []
+        kinds = ", ".join(f"{n}× {kind}" for kind, n in sorted(self.error_kinds.items(), key=lambda kv: -kv[1]))
+        return [f"{self.errors} live reads failed or answered an error status ({kinds})"]
 
     def notes(self) -> list[str]:
         out = [f"{self.timeouts} long-polls timed out and were re-issued"] if self.timeouts else []
@@ -166,8 +175,7 @@ async def run_fanout(spec: Spec) -> Result:
     for k in range(p["events"] + 1):  # event 0 warms up, not measured
         if k == 1:
             meter.__enter__()
-        with busy if k else contextlib.nullcontext():
-            sent, got, ack = await one_event(spec, writer, readers, k)
+        sent, got, ack = await one_event(spec, writer, readers, k, busy if k else Busy())
         if k == 0:
             continue
         missed += len(readers.clients) - len(got)
@@ -179,11 +187,10 @@ async def run_fanout(spec: Spec) -> Result:
     await readers.stop()
     writer.close()
     problems = readers.problems() + ([f"{missed} deliveries missing after {p['deliver_timeout_s']} s"] if missed else [])
-    everyone.sort()
     return {**meter.report(), "loadgen_cpu_frac": busy.share(), **latency_summary(per_reader),
             "events": p["events"], "readers": p["readers"],
             "all_delivered": missed == 0, "missed": missed,
-            "all_ms": everyone[len(everyone) // 2] * 1e3 if everyone else None,
+            "all_ms": statistics.median(everyone) * 1e3 if everyone else None,
             **latency_summary(acks, "append_"), "problems": problems, "notes": readers.notes()}
 
 
@@ -208,22 +215,36 @@ class Busy:
         return self.cpu_s / self.wall_s if self.wall_s else None
 
 
-async def one_event(spec: Spec, writer: Client, readers: Readers, k: int) -> tuple[float, list[float], float]:
+async def one_event(spec: Spec, writer: Client, readers: Readers, k: int,
+                    busy: Busy) -> tuple[float, list[float], float]:
     """Waits until the readers are parked and the server idle, appends event k: (sent, receipt times, ack)."""
     p = spec["params"]
     await readers.all_parked(p["deliver_timeout_s"])
-    await quiesce(spec.get("server_pid"))
+    await quiet_server(spec.get("server_pid"))
+    await writer.refresh()
     readers.expect(k)
     payload = (marker(k) + b"x" * p["record_bytes"])[: max(p["record_bytes"], len(marker(k)))]
-    sent = time.perf_counter()
-    r = await writer.request("POST", PREFIX + readers.name, payload, [("Content-Type", TEXT)])
-    if r.status not in (200, 204):
-        raise RuntimeError(f"fan-out append: HTTP {r.status}")
-    try:
-        await asyncio.wait_for(readers.everyone.wait(), p["deliver_timeout_s"])
-    except asyncio.TimeoutError:
-        pass
+    with busy:
+        sent = time.perf_counter()
+        r = await writer.request("POST", PREFIX + readers.name, payload, [("Content-Type", TEXT)])
+        if r.status not in (200, 204):
+            raise RuntimeError(f"fan-out append: HTTP {r.status}")
+        try:
+            await asyncio.wait_for(readers.everyone.wait(), p["deliver_timeout_s"])
+        except asyncio.TimeoutError:
+            pass
     return sent, list(readers.received), r.t - sent
+
+
+async def quiet_server(pid: int | None) -> float:
+    """Waits until the server has parked the last readers' requests.
+
+    On a loaded machine a server that is merely not scheduled also uses no
+    CPU for a while, so the quiet window here is 100 ms, not 30; the cap
+    (3 s) stays well below the long-poll timeout, so parked polls do not
+    expire while we wait.
+    """
+    return await quiesce(pid, quiet_s=0.1, max_s=3.0)
 
 
 # -- the writer's view: append latency with readers parked ----------------------
@@ -236,7 +257,7 @@ async def run_append_under_fanout(spec: Spec) -> Result:
     """
     p = spec["params"]
     writer, readers = await park_readers(spec)
-    await quiesce(spec.get("server_pid"))
+    await quiet_server(spec.get("server_pid"))
     target = readers.name
     if p["target"] == "other":
         target = f"{spec['tag']}-other"
