@@ -164,7 +164,15 @@ def draw(doc: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str]) -> int:
+    # SIGTERM, and SIGINT even where a non-interactive shell started the run
+    # with it ignored, stop the run the same way: servers stopped, results kept.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, interrupt)
     args = parse_args(argv)
     if args.redraw is not None:
         draw(json.loads(args.redraw.read_text()), args)
