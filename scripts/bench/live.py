@@ -321,7 +321,8 @@ async def run_sse_idle_memory(spec: Spec) -> Result:
         await g.stop()
     setup.close()
     grown = (after - before) * 1024 if before is not None and after is not None else None
-    problems = [p for g in groups for p in g.problems()]
+    errors = sum(g.errors for g in groups)
+    problems = [f"{errors} SSE requests failed and were reopened while connecting"] if errors else []
     if connected < len(clients):
         problems.append(f"only {connected} of {len(clients)} SSE connections were answered")
     return {"connections": connected, "rss_before_mib": before, "rss_after_mib": after,

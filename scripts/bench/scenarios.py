@@ -25,6 +25,7 @@ OCTETS = "application/octet-stream"
 TEXT = "text/plain"
 JSON = "application/json"
 OK = (200, 204)
+CONNECTION_LOST = 0  # the status a request gets in a Tally when its connection was reset
 CATCHUP_STREAM = "catchup-16mib"  # built once per server, kept across rounds
 
 
@@ -50,13 +51,18 @@ class Tally:
         return False
 
     def problems(self, what: str) -> list[str]:
-        return [f"{n} {what} answered HTTP {status}" for status, n in self.errors.items()]
+        return [f"{n} {what} " + ("lost their connection" if status == str(CONNECTION_LOST) else f"answered HTTP {status}")
+                for status, n in self.errors.items()]
 
 
 async def timed(client: Client, tally: Tally, method: str, target: str, body: bytes = b"",
                 headers: list[tuple[str, str]] | None = None, *, measure: bool = True) -> bool:
+    """One request, counted; a connection the server reset counts as a failed request, not a failed run."""
     t0 = time.perf_counter()
-    r = await client.request(method, target, body, headers)
+    try:
+        r = await client.request(method, target, body, headers)
+    except ConnectionError:
+        return tally.count(CONNECTION_LOST, None)
     return tally.count(r.status, r.t - t0 if measure else None)
 
 
