@@ -100,7 +100,7 @@ conformance-node: install node-deps
 crash: install
 	$(PY) -m pytest -q -m "" tests/test_crash.py
 
-# The side-by-side benchmark (docs/benchmarks.md): about 30 minutes; BENCH_ARGS=--quick for a smoke run.
+# The side-by-side benchmark (docs/benchmarks.md): 30–80 minutes (more on a busy machine); BENCH_ARGS=--quick for a short run.
 # It installs matplotlib (pyproject's `bench` extra) into .venv and rakaia-streams into build/rakaia-venv.
 BENCH_ARGS ?=
 bench: install node-deps
