@@ -8,6 +8,7 @@
 #   make stats DATA=dir    streams, bytes, WAL, checkpoint, largest streams (read-only)
 #   make checkpoint [URL=…]   ask the running server for a checkpoint now
 #   make status [URL=…]    the running server's readiness, pretty-printed
+#   make bench [BENCH_ARGS=--quick]   ours beside the Node reference, rakaia-streams and the HTTP floor
 
 PYTHON ?= python3
 VENV := .venv
@@ -103,8 +104,11 @@ conformance-node: install node-deps
 crash: install
 	$(PY) -m pytest -q -m "" tests/test_crash.py
 
+# The side-by-side benchmark (docs/benchmarks.md): 30–80 minutes (more on a busy machine); BENCH_ARGS=--quick for a short run.
+# It installs matplotlib (pyproject's `bench` extra) into .venv and rakaia-streams into build/rakaia-venv.
+BENCH_ARGS ?=
 bench: install node-deps
-	$(PY) scripts/bench.py
+	$(PY) -m scripts.bench $(BENCH_ARGS)
 
 lock:
 	$(PYTHON) -m venv /tmp/trio-streams-lock

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Catch-up read MiB/s of this tree against another source tree, run by run.
+"""Catch-up read MB/s of this tree against another source tree, run by run.
 
-Each round runs `bench.py --scenarios read` (our server only, fsync always)
+Each round runs `python -m scripts.bench --scenarios catch-up` (our server only, fsync always)
 once per variant, alternating, so both share the machine's noise; a
 variant's server imports `trio_streams` from its tree (via PYTHONPATH, in
 front of this checkout's editable install). With `--no-cache` the servers
@@ -12,7 +12,7 @@ being answered from encoded chunks cached by the warm-up read.
   git archive main trio_streams | tar -x -C /tmp/before
   .venv/bin/python scripts/catchup_before_after.py --before /tmp/before [--rounds 7] [--no-cache]
 
-Prints per-round MiB/s and server CPU ms/MiB for both, then medians.
+Prints per-round MB/s and server CPU ms/MB for both, then medians.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def run_once(tree: Path, cache: bool, out: Path) -> dict:
     env = os.environ | {"PYTHONPATH": str(tree)}
     if not cache:
         env["TRIO_STREAMS_READ_CACHE_BYTES_MAX"] = "0"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--no-node", "--scenarios", "read",
-                    "--fsync", "always", "--rounds", "1", "--out", str(out)],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "scripts.bench", "--servers", "ours", "--scenarios", "catch-up",
+                    "--fsync", "always", "--rounds", "1", "--no-charts", "--out", str(out)],
+                   env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     run = json.loads((out / "bench.json").read_text())["runs"][0]
     if run.get("problems"):
         raise RuntimeError(f"{tree}: {run['problems']}")
@@ -56,13 +56,13 @@ def main() -> int:
             for name in order:
                 results[name].append(run_once(variants[name], not a.no_cache, Path(tmp) / f"{name}-{rnd}"))
             print(f"round {rnd + 1}: " + "  ".join(
-                f"{n} {results[n][-1]['mib_per_s']:.1f} MiB/s ({results[n][-1]['server_cpu_ms_per_mib']:.2f} ms CPU/MiB)"
+                f"{n} {results[n][-1]['mb_per_s']:.1f} MB/s ({results[n][-1]['server_cpu_ms_per_mb']:.2f} ms CPU/MB)"
                 for n in variants), flush=True)
-    med = {n: statistics.median(r["mib_per_s"] for r in results[n]) for n in variants}
-    cpu = {n: statistics.median(r["server_cpu_ms_per_mib"] for r in results[n]) for n in variants}
+    med = {n: statistics.median(r["mb_per_s"] for r in results[n]) for n in variants}
+    cpu = {n: statistics.median(r["server_cpu_ms_per_mb"] for r in results[n]) for n in variants}
     print(f"medians over {a.rounds} rounds ({'no chunk cache' if a.no_cache else 'default settings'}): "
-          f"before {med['before']:.1f} MiB/s, {cpu['before']:.2f} ms CPU/MiB; "
-          f"after {med['after']:.1f} MiB/s, {cpu['after']:.2f} ms CPU/MiB; "
+          f"before {med['before']:.1f} MB/s, {cpu['before']:.2f} ms CPU/MB; "
+          f"after {med['after']:.1f} MB/s, {cpu['after']:.2f} ms CPU/MB; "
           f"after/before {med['after'] / med['before']:.3f}")
     return 0
 
