@@ -107,9 +107,9 @@ class Settings:
     actor_idle_s: float = 30.0
     subscribers_per_stream_max: int = 10_000
     # Live readers woken per scheduler round after a change (streams/fanout.py):
-    # smaller keeps appends fast beside thousands of readers, larger wakes them
-    # with fewer rounds.
-    fanout_wakes_per_round: int = 16
+    # smaller keeps appends fast beside thousands of readers; larger finishes a
+    # long-poll fan-out sooner (its readers' next requests then wait instead).
+    fanout_wakes_per_round: int = 2
     streams_max: int = 10_000_000
     open_stream_files_max: int = 256
 
