@@ -75,6 +75,7 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
 from ..config import Settings
 from ..auth.cors import static_origin
+from ..quick import taken
 from .asgi import common_headers, error_body
 from .send_timeout import SendDeadlines
 
@@ -338,31 +339,20 @@ class GuardedTCPServer(TCPServer):
 
     async def _bounded_send(self, data: bytes, deadlines: SendDeadlines) -> None:
         # Hypercorn's RawData branch, with the shielded write bounded by progress.
-        # An uncontended lock (the usual case) is taken without a scheduler round
-        # of its own: the write has one anyway, and a fan-out makes many writes.
-        lock = self.send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
-        try:
-            await self._send_held(data, deadlines)
-        finally:
-            lock.release()
-
-    async def _send_held(self, data: bytes, deadlines: SendDeadlines) -> None:
-        try:
-            with trio.CancelScope(shield=True):
-                sent = await deadlines.send_all(self.stream, data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.protocol.handle(Closed())
-            return
-        if not sent:
-            why = ("the shutdown grace period ended" if deadlines.draining
-                   else f"a response write made no progress for {deadlines.send_timeout_s:g} s")
-            log.warning("closed the connection of %s: %s", _peer(self.stream), why)
-            await trio.aclose_forcefully(self.stream)
-            await self.protocol.handle(Closed())
+        # The write has a scheduler round anyway, and a fan-out makes many writes.
+        async with taken(self.send_lock):
+            try:
+                with trio.CancelScope(shield=True):
+                    sent = await deadlines.send_all(self.stream, data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+                return
+            if not sent:
+                why = ("the shutdown grace period ended" if deadlines.draining
+                       else f"a response write made no progress for {deadlines.send_timeout_s:g} s")
+                log.warning("closed the connection of %s: %s", _peer(self.stream), why)
+                await trio.aclose_forcefully(self.stream)
+                await self.protocol.handle(Closed())
 
     async def _read_data(self) -> None:
         # Hypercorn's loop, with the read timeout applied only mid-request.

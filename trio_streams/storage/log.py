@@ -30,12 +30,11 @@ and never lets a reader see an event before it is durable.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final, Protocol
@@ -47,6 +46,7 @@ from ..config import EVENT_DATA_BYTES_MAX, Settings
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import is_json
 from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, check_batch, event_start
+from ..quick import send_soon, taken
 from . import checkpoint
 from .events import encode_event_parts
 from .fileops import SyncFailed, is_disk_full
@@ -263,14 +263,9 @@ class Log:
         if any(len(e.data) > EVENT_DATA_BYTES_MAX for e in events if isinstance(e, (Appended, Created))):
             raise RecordTooLarge(f"a stored append may hold at most {EVENT_DATA_BYTES_MAX} bytes")
         submission = _Submission(events)
-        await trio.lowlevel.checkpoint_if_cancelled()  # as a send would: cancelled means not submitted
         try:
-            try:
-                # A queue with room (the usual case) takes it without a trip through the
-                # scheduler, which would cost every actor batch one more task step.
-                self._send.send_nowait(submission)
-            except trio.WouldBlock:  # log_queue_depth submissions wait: backpressure
-                await self._send.send(submission)
+            # Cancelled before, it submits nothing; beyond log_queue_depth it waits (backpressure).
+            await send_soon(self._send, submission)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise StorageFailed(str(self._failed or "the log is closed")) from None
         await submission.wait()
@@ -423,7 +418,7 @@ class Log:
         bases = check_batch(self._table, events)
         try:
             with trio.CancelScope(shield=True):  # a write already started must finish
-                async with _taken(self._wal_lock):
+                async with taken(self._wal_lock):  # a background checkpoint may hold it
                     appends, messages = await trio.to_thread.run_sync(self._write_sync, events, bases,
                                                                       limiter=_UNLIMITED)
         except OSError as error:
@@ -721,20 +716,6 @@ class _Unlimited:
 
 
 _UNLIMITED: Final = _Unlimited()
-
-
-@contextlib.asynccontextmanager
-async def _taken(lock: trio.Lock) -> AsyncIterator[None]:
-    """``async with lock`` without its scheduler trip when the lock is free: the
-    worker-thread call that follows is the batch's checkpoint."""
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:  # a background checkpoint holds it
-        await lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _single(error: Exception) -> Exception:

@@ -33,6 +33,7 @@ from ..protocol.errors import ProtocolError
 from ..protocol.headers import AppendRequest, CreateRequest
 from ..protocol.rules import Reply
 from ..protocol.state import Deleted, Event, StreamState
+from ..quick import send_soon
 from .actor import Command, DeleteRequest, StreamActor
 from .context import ActorContext
 from .fanout import FanOut, Wakeup
@@ -99,7 +100,7 @@ class Registry:
                 actor = self._actors[path] = StreamActor(self.context, path)
                 self._nursery.start_soon(self._run_actor, actor)
             try:
-                await _send_soon(actor.send_channel, command)
+                await send_soon(actor.send_channel, command)  # beyond actor_queue_depth it waits
                 break
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # the actor ended between lookup and send; it is unregistered: start another
@@ -220,12 +221,3 @@ class Registry:
             **self.fanout.statistics(),
         }
 
-
-async def _send_soon(channel: trio.MemorySendChannel[Command], command: Command) -> None:
-    """Sends like ``channel.send``, but a queue with room (the usual case) takes the command
-    without a trip through the scheduler, which would cost every write one more task step."""
-    await trio.lowlevel.checkpoint_if_cancelled()  # as a send would: cancelled means not sent
-    try:
-        channel.send_nowait(command)
-    except trio.WouldBlock:  # actor_queue_depth commands wait: backpressure
-        await channel.send(command)
