@@ -173,8 +173,10 @@ async def test_a_wakeup_wakes_its_waiting_task_or_is_kept_for_its_next_wait() ->
 
 async def test_a_cancelled_wait_leaves_the_wakeup_usable() -> None:
     wakeup = Wakeup()
-    with trio.move_on_after(0.01):
-        await wakeup.wait()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wakeup.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()  # cancelled while it waits
     wakeup.set()
     assert wakeup.pending  # nobody waits any more: kept, not lost
     with trio.CancelScope() as scope:
