@@ -132,7 +132,99 @@ async def test_a_reader_that_leaves_is_no_longer_queued() -> None:
             fanout.notify(1)
             assert fanout.statistics()["fanout_pending"] == 2
         assert fanout.statistics()["fanout_pending"] == 1
-    assert fanout.statistics() == {"subscribed_streams": 0, "subscribers": 0, "fanout_pending": 0}
+    assert fanout.statistics() == {"subscribed_streams": 0, "subscribers": 0, "fanout_pending": 0,
+                                   "fanout_admissions_waiting": 0}
+
+
+# -- admission: a long-poll's next request waits behind the queued wake-ups -----------
+
+
+async def test_admission_is_free_when_nothing_is_queued() -> None:
+    fanout = FanOut(subscribers_per_stream_max=100, wakes_per_round=1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await fanout.admit()  # neither waits nor checkpoints (a checkpoint would raise Cancelled)
+    assert not scope.cancelled_caught
+
+
+async def test_newcomers_are_paced_and_kept_in_arrival_order_behind_the_readers() -> None:
+    fanout = FanOut(subscribers_per_stream_max=100, wakes_per_round=1)
+    order: list[str] = []
+
+    async def newcomer(name: str) -> None:
+        await fanout.admit()
+        order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(fanout.subscribe(4)) for _ in range(3)]
+            fanout.notify(4)
+            for name in "abc":
+                nursery.start_soon(newcomer, name)
+                await trio.testing.wait_all_tasks_blocked()
+            assert fanout.statistics()["fanout_admissions_waiting"] == 3
+            nursery.start_soon(fanout.run)
+            rounds = 0
+            while len(order) - rounds < 3:
+                await trio.lowlevel.checkpoint()
+                order.append(f"readers:{sum(w.pending for w in readers)}")
+                rounds += 1
+        nursery.cancel_scope.cancel()
+    assert [entry for entry in order if not entry.startswith("readers")] == ["a", "b", "c"]
+    # Every reader had its wake-up before the first newcomer went on, and they went on in
+    # different rounds (paced), not all in one.
+    assert order.index("a") > order.index("readers:3")
+    assert order.index("c") - order.index("a") >= 3
+    assert fanout.statistics()["fanout_admissions_waiting"] == 0
+
+
+async def test_a_newcomer_that_leaves_before_its_turn_leaves_nothing_queued() -> None:
+    fanout = FanOut(subscribers_per_stream_max=100, wakes_per_round=1)  # no pacer: nothing is given
+    async with trio.open_nursery() as nursery:
+        with fanout.subscribe(1):
+            fanout.notify(1)
+            leaver = trio.CancelScope()
+            nursery.start_soon(_admit_in, fanout, leaver)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fanout.statistics()["fanout_admissions_waiting"] == 1
+            assert fanout.statistics()["fanout_pending"] == 2
+            leaver.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert fanout.statistics()["fanout_admissions_waiting"] == 0
+            assert fanout.statistics()["fanout_pending"] == 1
+
+
+async def test_when_the_pacer_stops_every_queued_newcomer_goes_on() -> None:
+    fanout = FanOut(subscribers_per_stream_max=100, wakes_per_round=1)
+    admitted = trio.Event()
+
+    async def newcomer() -> None:
+        await fanout.admit()
+        admitted.set()
+
+    async with trio.open_nursery() as nursery:
+        pacer = trio.CancelScope()
+        nursery.start_soon(_run_in, fanout, pacer)
+        await trio.testing.wait_all_tasks_blocked()
+        fanout._pending.update({Wakeup(): None for _ in range(50)})  # readers' wake-ups, queued
+        nursery.start_soon(newcomer)
+        while not fanout.statistics()["fanout_admissions_waiting"]:
+            await trio.lowlevel.checkpoint()
+        assert fanout.statistics()["fanout_pending"] > 40  # the pacer is far from the newcomer's turn
+        pacer.cancel()
+        with trio.fail_after(10):  # a bound for the failure only: without the release it waits forever
+            await admitted.wait()
+    assert fanout.statistics()["fanout_pending"] == 0
+
+
+async def _admit_in(fanout: FanOut, scope: trio.CancelScope) -> None:
+    with scope:
+        await fanout.admit()
+
+
+async def _run_in(fanout: FanOut, scope: trio.CancelScope) -> None:
+    with scope:
+        await fanout.run()
 
 
 async def test_readers_over_the_limit_are_refused_and_leave_nothing_behind() -> None:

@@ -59,6 +59,12 @@ class App:
         self._admin = admin.Admin(self.service, settings, self._base, self.send_deadlines, _until_disconnect,
                                   webhook_keys=self.service.webhook_keys)
 
+    async def admit_after_long_poll(self) -> None:
+        """Found by the guard: a long-poll connection's next request waits for the queued fan-out."""
+        registry = self.service.registry
+        if registry is not None:
+            await registry.fanout.admit()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)

@@ -44,6 +44,10 @@ Defects worked around (all reproducible with raw sockets):
   forever. Writes go through ``send_timeout.SendDeadlines`` instead: each
   256 KiB piece must be accepted within ``send_timeout_s``, and shutdown
   caps them all at the grace period.
+* Not a defect, a priority: the next request on a connection whose last
+  request was a long-poll is read only when the readers' wake-ups queued
+  before it have been given (``streams/fanout.py``, admission), so 1,000
+  re-polls are not parsed in the rounds that the rest of a fan-out needs.
 * There is no connection limit. ``install`` adds one: a connection over
   ``connections_max`` is answered 503 and closed at once.
 
@@ -205,6 +209,7 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.connection = GuardedConnection(_settings().request_header_bytes_max)
         self._answered_with_error = False
+        self.after_long_poll = False
         self._transport_send, self.send = self.send, self._send
 
     # Two tasks drive one h11 connection: the reader, which answers parse
@@ -246,7 +251,12 @@ class GuardedH11Protocol(H11Protocol):
             request = h11.Request(
                 method=request.method, target=request.target, headers=headers, http_version=request.http_version
             )
+        self.after_long_poll = b"live=long-poll" in request.target
         await super()._create_stream(request)
+
+    def idle_after_long_poll(self) -> bool:
+        """The last request was a long-poll and its answer is complete: next comes a re-poll."""
+        return self.after_long_poll and self.connection.our_state in (h11.IDLE, h11.DONE)
 
     async def time_out(self) -> None:
         """Answers 408 to a client that stalled mid-request, then closes (as Hypercorn does for parse errors)."""
@@ -365,6 +375,8 @@ class GuardedTCPServer(TCPServer):
             except trio.TooSlowError:
                 await self._time_out()
                 break
+            if data and self._repoll():
+                await _admit_after_long_poll(self)
             await self.protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
@@ -373,6 +385,10 @@ class GuardedTCPServer(TCPServer):
         # this a connection the client closed held its descriptor (and its
         # place under connections_max) until the keep-alive timer ran out.
         await self.idle_task.stop()
+
+    def _repoll(self) -> bool:
+        protocol = self.protocol.protocol
+        return isinstance(protocol, GuardedH11Protocol) and protocol.idle_after_long_poll()
 
     def _read_timeout_s(self) -> float:
         protocol = self.protocol.protocol
@@ -390,6 +406,12 @@ def _deadlines_of(server: TCPServer) -> SendDeadlines | None:
     app = getattr(server.app, "app", None)  # Hypercorn's ASGIWrapper around our App
     deadlines = getattr(app, "send_deadlines", None)
     return deadlines if isinstance(deadlines, SendDeadlines) else None
+
+
+async def _admit_after_long_poll(server: TCPServer) -> None:
+    admit = getattr(getattr(server.app, "app", None), "admit_after_long_poll", None)
+    if admit is not None:
+        await admit()
 
 
 def _peer(stream: Any) -> str:

@@ -127,6 +127,8 @@ STATISTICS: dict[str, tuple[str, str, str] | None] = {
     "subscribed_streams": ("subscribed_streams", "gauge", "Streams with at least one live reader waiting."),
     "subscribers": ("subscribers", "gauge", "Live-reader subscriptions (long-poll and SSE waits)."),
     "fanout_pending": ("fanout_pending", "gauge", "Live readers queued to be woken after a change."),
+    "fanout_admissions_waiting": ("fanout_admissions_waiting", "gauge",
+                                  "New live reads waiting for the readers queued before them to be woken."),
     "data_corrupt_reads_total": ("data_corrupt_reads", "counter", "Reads refused with 500 DATA_CORRUPT."),
     "data_corrupt_ranges_total": ("data_corrupt_ranges", "counter", "Distinct damaged ranges of stream data found."),
     "log_batches": ("log_batches", "counter", "Group-commit batches written to the WAL."),

@@ -15,6 +15,17 @@ reader work and appends (to this stream or any other) keep their latency
 while the fan-out proceeds at the same total speed. A reader queued twice
 before its turn is woken once, and reads everything new when it runs.
 
+Admission: a long-poll reader's next request, sent the moment its answer
+arrives, is not even parsed while wake-ups are queued: the connection
+guard (http/hypercorn_guard.py) holds its bytes and calls ``admit``, which
+joins the same queue and returns when the pacer reaches it. Read at once,
+each early reader's re-poll would take a share of every round the later
+readers' deliveries need, and the last delivery of a 1,000-reader fan-out
+would wait behind ~1,000 re-polls; released all together after the last
+wake-up, they would make one long round that the last deliveries wait
+behind. Queued, they are paced like the deliveries, behind them. The wait
+is bounded by the queue ahead, and costs nothing when the queue is empty.
+
 Never: reads data or sends anything (readers do, after their wait).
 """
 
@@ -75,8 +86,10 @@ class FanOut:
         self._subscribers_max = subscribers_per_stream_max
         self._wakes_per_round = wakes_per_round
         self._subscribers: dict[int, set[Wakeup]] = {}
-        # Readers to wake, oldest first, as an ordered set: a reader queued twice is woken once.
+        # Wake-ups to give, oldest first, as an ordered set (a reader queued twice is
+        # woken once): parked readers and re-polls waiting for admission alike.
         self._pending: collections.OrderedDict[Wakeup, None] = collections.OrderedDict()
+        self._admissions_waiting = 0
         self._queued = trio.Event()
 
     @contextlib.contextmanager
@@ -108,15 +121,36 @@ class FanOut:
         self._pending.update(dict.fromkeys(subscribers))
         self._queued.set()
 
+    async def admit(self) -> None:
+        """A long-poll's next request: returns when the wake-ups queued before it are given.
+
+        At once (no checkpoint) when nothing is queued.
+        """
+        if not self._pending:
+            return
+        gate = Wakeup()
+        self._pending[gate] = None
+        self._queued.set()
+        self._admissions_waiting += 1
+        try:
+            await gate.wait()
+        finally:
+            self._admissions_waiting -= 1
+            self._pending.pop(gate, None)  # still there when cancelled before its turn
+
     async def run(self) -> None:
         """Wakes queued readers, at most ``wakes_per_round`` per scheduler round, forever."""
-        while True:
-            await self._queued.wait()
-            self._queued = trio.Event()
+        try:
+            while True:
+                await self._queued.wait()
+                self._queued = trio.Event()
+                while self._pending:
+                    self._wake_some()
+                    # One round: the readers just woken run in it, beside whatever else is runnable.
+                    await trio.lowlevel.checkpoint()
+        finally:  # shutdown: nobody is left waiting for a turn that would never come
             while self._pending:
-                self._wake_some()
-                # One round: the readers just woken run in it, beside whatever else is runnable.
-                await trio.lowlevel.checkpoint()
+                self._pending.popitem(last=False)[0].set()
 
     def _wake_some(self) -> None:
         pending = self._pending
@@ -129,4 +163,5 @@ class FanOut:
             "subscribed_streams": len(self._subscribers),
             "subscribers": sum(len(s) for s in self._subscribers.values()),
             "fanout_pending": len(self._pending),
+            "fanout_admissions_waiting": self._admissions_waiting,
         }
