@@ -44,6 +44,8 @@ Defects worked around (all reproducible with raw sockets):
   forever. Writes go through ``send_timeout.SendDeadlines`` instead: each
   256 KiB piece must be accepted within ``send_timeout_s``, and shutdown
   caps them all at the grace period.
+* Not a defect, a cost: the head and the body of a response were two
+  socket writes; the head now goes out with the body's first bytes.
 * Not a defect, a priority: the next request on a connection whose last
   request was a long-poll is read only when the readers' wake-ups queued
   before it have been given (``streams/fanout.py``, admission), so 1,000
@@ -73,7 +75,7 @@ import hypercorn.trio.run
 import trio
 from h11._receivebuffer import blank_line_regex
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol.events import Event as StreamEvent, StreamClosed
+from hypercorn.protocol.events import Event as StreamEvent, Response, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
@@ -210,6 +212,9 @@ class GuardedH11Protocol(H11Protocol):
         self.connection = GuardedConnection(_settings().request_header_bytes_max)
         self._answered_with_error = False
         self.after_long_poll = False
+        # A response head, held until the first bytes of its body (or its end) go out with it.
+        self._hold_head = False
+        self._held_head = b""
         self._transport_send, self.send = self.send, self._send
 
     # Two tasks drive one h11 connection: the reader, which answers parse
@@ -221,9 +226,31 @@ class GuardedH11Protocol(H11Protocol):
     async def stream_send(self, event: StreamEvent) -> None:
         if self._answered_with_error and not isinstance(event, StreamClosed):
             return  # the request was already answered with an error
+        if isinstance(event, Response) and event.status_code >= 200:
+            self._hold_head = True  # the head's bytes are written by super(), synchronously, into _send
+            try:
+                await super().stream_send(event)
+            finally:
+                self._hold_head = False
+            return
         await super().stream_send(event)
 
     async def _send(self, event: Event) -> None:
+        # Hypercorn writes a response head when the app sends http.response.start,
+        # and the body with the next message: two socket writes (and scheduler
+        # rounds) for every response. The head waits here for the body's first
+        # bytes instead; the app always sends them at once (an SSE stream starts
+        # with a control event), and a close or anything else flushes it.
+        if isinstance(event, RawData):
+            if self._hold_head:
+                self._held_head = event.data
+                return
+            if self._held_head:
+                event = RawData(data=self._held_head + event.data)
+                self._held_head = b""
+        elif self._held_head:
+            held, self._held_head = self._held_head, b""
+            await self._transport_send(RawData(data=held))
         if isinstance(event, Closed) and self._close_is_premature():
             return
         await self._transport_send(event)
