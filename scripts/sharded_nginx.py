@@ -63,8 +63,9 @@ def site_with(upstreams: Sequence[str], listen_port: int, snippet: Path = SNIPPE
     return site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
 
 
-def write_config(root: Path, site: str, extra_http: str = "", access_log: str = "off") -> Path:
-    """A whole nginx.conf around ``site`` (one worker, temp paths under ``root``)."""
+def write_config(root: Path, site: str, extra_http: str = "", access_log: str = "off", log_format: str = "") -> Path:
+    """A whole nginx.conf around ``site`` (one worker, temp paths under ``root``);
+    ``log_format`` (a whole directive) comes before ``access_log``, which may name it."""
     for name in TEMP_DIRS:
         (root / name).mkdir(parents=True, exist_ok=True)
     user = "user root;" if os.geteuid() == 0 else ""  # workers must reach temp dirs under /tmp/pytest-of-root
@@ -78,6 +79,7 @@ pid {root}/nginx.pid;
 error_log {root}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
+    {log_format}
     access_log {access_log};
 {temp_paths}
 {site}
