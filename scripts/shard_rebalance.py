@@ -10,6 +10,11 @@ or after its CRC32) and checks that the model puts every key where nginx did,
 so the model's figure for ``--model-keys`` keys is nginx's too.
 
     nice -n 19 .venv/bin/python scripts/shard_rebalance.py [--keys 10000] [--model-keys 1000000]
+    .venv/bin/python scripts/shard_rebalance.py --model-only 10.0.0.11:4437,10.0.0.12:4437,10.0.0.13:4437,10.0.0.14:4437
+
+The second form counts with the model alone, for given node names (the last
+one joins): the names are what nginx hashes, so the fraction moved depends on
+them; the first form's nodes are loopback ports chosen at random.
 
 Prints per-node counts before and after, the fraction moved, and whether every
 moved key moved to the new node (consistent hashing moves nothing else).
@@ -110,7 +115,11 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keys", type=int, default=10_000, help="keys asked of the real nginx (default 10000)")
     p.add_argument("--model-keys", type=int, default=1_000_000, help="keys counted with the model (default 1000000)")
+    p.add_argument("--model-only", metavar="A,B,C,D", help="only the model, for these node names (the last joins)")
     args = p.parse_args(argv)
+    if args.model_only:
+        names = args.model_only.split(",")
+        return model_report(names[:-1], names, args.model_keys)
     try:
         exe = install_nginx()
     except NginxUnavailable as e:
@@ -130,13 +139,20 @@ def main(argv: list[str]) -> int:
     fraction, only_to_new = summary(before, after, upstreams[3])
     print(f"  moved: {fraction:.1%} (ideal 25.0%); every moved key went to the new node: {only_to_new}")
     print(f"model agrees with nginx on every key: {agree}")
-    model_keys = [f"tenant-{i}" for i in range(args.model_keys)]
-    m_before = {k: model3.server(k) for k in model_keys}
-    m_after = {k: model4.server(k) for k in model_keys}
-    m_fraction, m_only_to_new = summary(m_before, m_after, upstreams[3])
-    print(f"model, {len(model_keys)} keys: moved {m_fraction:.1%}; only to the new node: {m_only_to_new}")
-    print_counts("4 nodes", m_after)
-    return 0 if agree and only_to_new else 1
+    return model_report(upstreams[:3], upstreams, args.model_keys) or (0 if agree and only_to_new else 1)
+
+
+def model_report(before_nodes: Sequence[str], after_nodes: Sequence[str], count: int) -> int:
+    keys = [f"tenant-{i}" for i in range(count)]
+    ring_before, ring_after = Ketama(before_nodes), Ketama(after_nodes)
+    before = {k: ring_before.server(k) for k in keys}
+    after = {k: ring_after.server(k) for k in keys}
+    fraction, only_to_new = summary(before, after, after_nodes[-1])
+    print(f"model, {count} keys, {len(before_nodes)} → {len(after_nodes)} nodes: moved {fraction:.1%}; "
+          f"only to the new node: {only_to_new}")
+    print_counts("before", before)
+    print_counts("after", after)
+    return 0 if only_to_new else 1
 
 
 if __name__ == "__main__":
