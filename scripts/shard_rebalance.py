@@ -16,6 +16,12 @@ The second form counts with the model alone, for given node names (the last
 one joins): the names are what nginx hashes, so the fraction moved depends on
 them; the first form's nodes are loopback ports chosen at random.
 
+    trio-streams stats --json --largest 100000000 /var/lib/trio-streams | jq -r '.largest[].path' \
+      | .venv/bin/python scripts/shard_rebalance.py --plan --before A,B,C --after A,B,C,D [--segments 1]
+
+lists the stream names read from stdin whose key the new ring puts on another
+node: ``name<TAB>old node<TAB>new node`` (docs/deployment.md, "Scale-out").
+
 Prints per-node counts before and after, the fraction moved, and whether every
 moved key moved to the new node (consistent hashing moves nothing else).
 """
@@ -36,6 +42,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from trio_streams.protocol import shards  # noqa: E402
 from scripts.sharded_nginx import Nginx, NginxUnavailable, install_nginx, site_with, write_config  # noqa: E402
 
 POINTS_PER_WEIGHT = 160  # nginx: ngx_http_upstream_init_chash
@@ -72,6 +79,19 @@ class Ketama:
     def server(self, key: str) -> str:
         index = bisect.bisect_left(self._hashes, zlib.crc32(key.encode()))
         return self._servers[index % len(self._servers)]
+
+
+def plan(before_nodes: Sequence[str], after_nodes: Sequence[str], names: Sequence[str],
+         segments: int) -> list[tuple[str, str, str]]:
+    """(name, old node, new node) for each stream whose key changes node."""
+    ring_before, ring_after = Ketama(before_nodes), Ketama(after_nodes)
+    moves = []
+    for name in names:
+        key = shards.stream_key(name, segments)
+        old, new = ring_before.server(key), ring_after.server(key)
+        if old != new:
+            moves.append((name, old, new))
+    return moves
 
 
 def echo_servers(ports: Sequence[int]) -> str:
@@ -116,7 +136,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--keys", type=int, default=10_000, help="keys asked of the real nginx (default 10000)")
     p.add_argument("--model-keys", type=int, default=1_000_000, help="keys counted with the model (default 1000000)")
     p.add_argument("--model-only", metavar="A,B,C,D", help="only the model, for these node names (the last joins)")
+    p.add_argument("--plan", action="store_true", help="list the stream names on stdin whose node changes")
+    p.add_argument("--before", metavar="A,B,C", help="--plan: the upstream's server names now")
+    p.add_argument("--after", metavar="A,B,C,D", help="--plan: the upstream's server names after the change")
+    p.add_argument("--segments", type=int, default=1, help="--plan: shard_key_segments (default 1)")
     args = p.parse_args(argv)
+    if args.plan:
+        if not (args.before and args.after):
+            p.error("--plan needs --before and --after")
+        moves = plan(args.before.split(","), args.after.split(","), sys.stdin.read().splitlines(), args.segments)
+        print("\n".join("\t".join(move) for move in moves))
+        return 0
     if args.model_only:
         names = args.model_only.split(",")
         return model_report(names[:-1], names, args.model_keys)

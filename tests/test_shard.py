@@ -28,7 +28,7 @@ from trio_streams.protocol import shards
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.shard_rebalance import Ketama  # noqa: E402
+from scripts.shard_rebalance import Ketama, plan  # noqa: E402
 from scripts.sharded_nginx import SHARD_MAP, Nginx, NginxUnavailable, install_nginx, site_with, write_config  # noqa: E402
 
 TEXT = {"content-type": "text/plain"}
@@ -185,6 +185,20 @@ def test_a_subscription_reaching_another_key_is_refused_through_the_balancer(bal
     config = {"type": "pull-wake", "pattern": "events/*", "wake_stream": f"{key}/wake"}
     assert_error(httpx.put(sub, content=orjson.dumps(config), headers=JSON, timeout=10), 400,
                  "SUBSCRIPTION_CROSSES_SHARDS")
+
+
+def test_the_rebalance_plan_lists_exactly_the_streams_whose_key_changes_node() -> None:
+    before, after = ["node-a:4437", "node-b:4437", "node-c:4437"], ["node-a:4437", "node-b:4437", "node-c:4437",
+                                                                    "node-d:4437"]
+    names = [f"k{i}/s{j}" for i in range(300) for j in range(2)]
+    moves = plan(before, after, names, 1)
+    ring_before, ring_after = Ketama(before), Ketama(after)
+    moved = {name for name, _, _ in moves}
+    assert moved == {n for n in names if ring_before.server(n.split("/")[0]) != ring_after.server(n.split("/")[0])}
+    # Both streams of a key move together, and only ever to the new node.
+    assert all(f"{n.split('/')[0]}/s0" in moved and f"{n.split('/')[0]}/s1" in moved for n in moved)
+    assert {new for _, _, new in moves} == {"node-d:4437"}
+    assert 0.15 < len(moved) / len(names) < 0.35
 
 
 def map_variant(segments: int) -> str:
