@@ -14,6 +14,8 @@ it cannot be. The official suite through the balancer: scripts/run_conformance_s
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ import httpx
 import orjson
 import pytest
 
-from conftest import PREFIX, ROOT, Server, assert_error, deadline_poll, free_port, plain_client, unique
+from conftest import EXE, PREFIX, ROOT, Server, assert_error, deadline_poll, free_port, plain_client, unique
 from trio_streams.protocol import shards
 
 if str(ROOT) not in sys.path:
@@ -241,6 +243,109 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
+
+
+def documented_moves() -> dict[str, str]:
+    """deployment.md's client-copy commands, by the comment above each (continuations joined)."""
+    text = DEPLOYMENT_DOC.read_text()
+    block = re.search(r"```sh\n(\s*# which streams move.*?)```", text, re.S)
+    assert block is not None, "deployment.md lost its client-copy commands"
+    commands: dict[str, str] = {}
+    comment = ""
+    for line in block.group(1).replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            comment = line
+        elif line:
+            commands[comment] = (commands.get(comment, "") + "\n" + line).strip()
+    return commands
+
+
+def run_documented(command: str, replacements: dict[str, str]) -> None:
+    for old, new in replacements.items():
+        command = command.replace(old, new)
+    command = re.sub(r"(?<![/\w-])trio-streams(?= )", str(EXE), command)
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + command], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"{command}\n{done.stderr}"
+
+
+def test_adding_a_fourth_node_with_the_documented_copy_keeps_data_and_offsets(
+        nginx_exe: str, balancer: str, nodes: list[Server], tmp_path: Path) -> None:
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed: the documented commands use it")
+    commands = documented_moves()
+    (tmp_path / "node3").mkdir()
+    new = Server(tmp_path / "node3", env=SHARDED_ENV).start()
+    nginx = None
+    try:
+        # One key the fourth node takes over and one it leaves (each CLI call costs a second or more).
+        ring = [*nodes, new]
+        keys = [next(k for k in (unique("move") for _ in range(1000)) if (node_of(ring, k) is new) == moving)
+                for moving in (True, False)]
+        offsets = write_streams(balancer, keys)
+        with plain_client(timeout=10.0) as client:
+            before = {name: _reads(client, f"{balancer}{PREFIX}{name}", held) for name, held in offsets.items()}
+        old_names = ",".join(upstream(n) for n in nodes)
+        moves: list[list[str]] = []
+        for node in nodes:  # the plan, from each old node's data directory
+            run_documented(commands[PLAN_COMMENT], {
+                "/var/lib/trio-streams": str(node.data_dir), "> moves.tsv": f"> {tmp_path / 'moves.tsv'}",
+                "node-a:4437,node-b:4437,node-c:4437,node-d:4437": f"{old_names},{upstream(new)}",
+                "node-a:4437,node-b:4437,node-c:4437": old_names})
+            moves += [line.split("\t") for line in (tmp_path / "moves.tsv").read_text().splitlines() if line]
+        mine = [m for m in moves if m[0].split("/")[0] in keys]
+        assert {m[0] for m in mine} == {n for n in offsets if node_of(ring, n.split("/")[0]) is new}
+        assert mine and {m[2] for m in mine} == {upstream(new)}
+        for name, old, _ in mine:
+            json_stream = name.endswith("/log")
+            run_documented(commands[JSON_COPY_COMMENT if json_stream else BYTES_COPY_COMMENT], {
+                "http://node-a:4437": f"http://{old}", "http://node-d:4437": new.url,
+                "chat/log" if json_stream else "chat/room-1": name})
+        port = free_port()
+        nginx = Nginx(nginx_exe, write_config(tmp_path / "nginx4", site_with([upstream(n) for n in ring], port)))
+        after = f"http://127.0.0.1:{port}"
+        nginx.wait_until(lambda: _answers(f"{after}/healthz"))
+        with plain_client(timeout=10.0) as client:
+            for name, held in offsets.items():
+                # The same bytes from every offset a reader may hold, and the same tail.
+                assert _reads(client, f"{after}{PREFIX}{name}", held) == before[name], name
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        new.kill_quietly()
+
+
+def write_streams(balancer: str, keys: list[str]) -> dict[str, list[str]]:
+    """A byte and a JSON stream per key, three appends each; every offset a writer was told (readers may hold them)."""
+    offsets: dict[str, list[str]] = {}
+    with plain_client(timeout=10.0) as client:
+        for key in keys:
+            for name, kind, bodies in (
+                    (f"{key}/bytes", "application/octet-stream", [bytes(range(i, 256)) for i in range(3)]),
+                    (f"{key}/log", "application/json", [orjson.dumps([{"i": i}, [i, "x"]]) for i in range(3)])):
+                client.put(f"{balancer}{PREFIX}{name}", headers={"content-type": kind}).raise_for_status()
+                offsets[name] = ["-1"] + [client.post(f"{balancer}{PREFIX}{name}", content=body, headers={
+                    "content-type": kind}).headers["stream-next-offset"] for body in bodies]
+    return offsets
+
+
+PLAN_COMMENT = "# which streams move (names from each old node's data directory; stats is read-only)"
+BYTES_COPY_COMMENT = "# a byte stream"
+JSON_COPY_COMMENT = "# a JSON stream: the batches' items, one message per line"
+
+
+def _reads(client: httpx.Client, url: str, held: list[str]) -> list[tuple[bytes, str]]:
+    """What a read from each offset returns, and the tail offset it reports."""
+    reads = []
+    for offset in held:
+        read = client.get(url, params={"offset": offset})
+        assert read.status_code == 200 and read.headers["stream-up-to-date"] == "true", read.text
+        reads.append((read.content, read.headers["stream-next-offset"]))
+    return reads
 
 
 def test_a_node_that_is_down_answers_502_for_its_keys_and_they_are_created_nowhere_else(
