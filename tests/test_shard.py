@@ -4,8 +4,11 @@ Streams spread over all three nodes and every request of a key reaches the
 same node — exactly the node nginx's own ring gives (scripts/shard_rebalance.py
 ``Ketama``, checked against nginx there); forks within a key work through the
 balancer and forks across keys get 400 FORK_CROSSES_SHARDS; a subscription
-named for a key wakes for that key's streams; a node that is down answers
-502 for its keys and never has them created elsewhere. nginx is installed by
+named for a key wakes for that key's streams, and nodes sharing one copied
+webhook key directory serve one JWKS; a fourth node filled with
+docs/deployment.md's own commands serves the moved streams with the same
+bytes and offsets; a node that is down answers 502 for its keys and never
+has them created elsewhere. nginx is installed by
 scripts/install_nginx.sh when missing; the tests skip, saying why, only where
 it cannot be. The official suite through the balancer: scripts/run_conformance_sharded.py
 (``make conformance-sharded``).
@@ -40,6 +43,7 @@ SHARDED_ENV = {"TRIO_STREAMS_SHARD_KEY_SEGMENTS": "1"}
 # Keys spread over three nodes: each gets about a third, so none is left out
 # (the chance one is: about (2/3)^60, never seen).
 SPREAD_KEYS = 60
+WEBHOOK_KEYS = "webhook-keys"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,8 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     try:
         for i in range(NODES):
             (root / f"node{i}").mkdir()
+            if started:  # one webhook signing key for all (docs/deployment.md, "Scale-out")
+                shutil.copytree(started[0].data_dir / WEBHOOK_KEYS, root / f"node{i}" / WEBHOOK_KEYS)
             started.append(Server(root / f"node{i}", env=SHARDED_ENV).start())
         yield started
     finally:
@@ -179,6 +185,14 @@ def test_a_subscription_named_for_a_key_wakes_for_its_streams_through_the_balanc
     # Everything of the subscription is on its key's node.
     owner = node_of(nodes, key)
     assert httpx.get(f"{owner.url}{PREFIX}__ds/subscriptions/{key}~workers", timeout=10).status_code == 200
+
+
+def test_every_node_signs_with_the_key_the_balancers_jwks_lists(balancer: str, nodes: list[Server]) -> None:
+    """The JWKS comes from one node; deliveries from every node verify against it."""
+    served = httpx.get(f"{balancer}{PREFIX}__ds/jwks.json", timeout=10)
+    assert served.status_code == 200, served.text
+    for node in nodes:
+        assert httpx.get(f"{node.url}{PREFIX}__ds/jwks.json", timeout=10).json() == served.json()
 
 
 def test_a_subscription_reaching_another_key_is_refused_through_the_balancer(balancer: str) -> None:
