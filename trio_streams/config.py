@@ -268,6 +268,14 @@ class Settings:
     # How long a wake-scoped token stays valid (it is fenced sooner by a newer generation).
     subscription_wake_token_ttl_s: float = 3600.0
 
+    # Scale-out (protocol/shards.py; docs/deployment.md, "Scale-out"). Nodes behind a
+    # balancer that hashes the first shard_key_segments path segments under
+    # stream_prefix (deploy/nginx/sharded.conf, the same number there). A fork whose
+    # source has another key is 400 FORK_CROSSES_SHARDS; a subscription reaching
+    # streams of a key other than its id's is 400 SUBSCRIPTION_CROSSES_SHARDS.
+    # 0: not sharded, no such checks.
+    shard_key_segments: int = 0
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")

@@ -10,6 +10,7 @@ import dataclasses
 
 from ..config import Settings
 from ..protocol import headers as h
+from ..protocol import shards
 from ..protocol.reads import metadata_headers
 from ..protocol.rules import Reply
 from ..streams.facade import Streams
@@ -22,6 +23,7 @@ async def put(req: Request, path: str, streams: Streams, settings: Settings, bas
     request = h.parse_create(req.headers, body)
     if request.fork is not None:
         source = fork_source_name(request.fork.source, req, settings)
+        shards.check_fork(path, source, settings.shard_key_segments)
         request = dataclasses.replace(request, fork=dataclasses.replace(request.fork, source=source))
     reply = await streams.create(path, request)
     extra = [("location", stream_url(req, path, settings))] if reply.status == 201 else []
