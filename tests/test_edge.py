@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-import resource
-import selectors
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +28,8 @@ import pytest
 from conftest import ROOT, SseReader, Server, deadline_poll, free_port, is_control, serving, unique
 from nginxproc import EDGE, EDGE_SNIPPET, check_config, edge_http, main_config, nginx_exe  # noqa: F401 - a fixture
 from nginxproc import requests_in_progress, running
+from pollers import Pollers
+from serverproc import raise_nofile_limit
 
 TEXT = {"Content-Type": "text/plain"}
 # Long-polls wait this long at the origin: far longer than an answer to an append takes.
@@ -174,26 +172,24 @@ def test_head_goes_to_the_origin_as_head(edge: Edge, origin: Server) -> None:
 
 
 def test_a_thousand_identical_long_polls_cost_the_origin_a_few_requests(edge: Edge, origin: Server) -> None:
-    _raise_nofile_limit(READERS + 256)
+    if raise_nofile_limit() < READERS + 256:
+        pytest.skip(f"{READERS} readers need more descriptors than the hard limit allows")
     path = new_stream(origin, b"start")
     tail = httpx.head(origin.url + path, timeout=10).headers["stream-next-offset"]
     target = f"{path}?live=long-poll&offset={tail}"
     before = origin_requests(origin, "long_poll")
-    readers = park_requests(edge.port, target, READERS)
-    try:
+    with Pollers(edge.port, READERS) as readers:
+        readers.send(target)
         deadline_poll(lambda: requests_in_progress(edge.status_port) >= READERS, timeout=PROXY_CHECKS_S,
                       interval=0.1, what=f"nginx to hold all {READERS} long-polls")
         origin.wait_subscribers(lambda n: n >= 1, timeout=PROXY_CHECKS_S, what="the collapsed long-poll to park")
         append(origin, path, b"news")
-        answers = collect(readers, PROXY_CHECKS_S)
-    finally:
-        for reader in readers:
-            reader.close()
-    assert [_status_and_body(a) for a in answers] == [(200, b"news")] * READERS
-    used = deadline_poll(lambda: origin_requests(origin, "long_poll") - before, what="the origin to count its answer")
-    assert 1 <= int(used) <= UPSTREAM_PER_APPEND_MAX
+        answers = readers.collect(PROXY_CHECKS_S)
+    assert [(a.status, a.body) for a in answers] == [(200, b"news")] * READERS
+    deadline_poll(lambda: origin_requests(origin, "long_poll") > before, what="the origin to count its answer")
+    assert origin_requests(origin, "long_poll") - before <= UPSTREAM_PER_APPEND_MAX
     # Every reader got the cursor to send next: their next polls are identical again.
-    assert len({_header(a, "stream-cursor") for a in answers}) == 1
+    assert len({a.headers["stream-cursor"] for a in answers}) == 1
 
 
 def test_sse_events_pass_the_edge_as_they_are_written(edge: Edge, origin: Server) -> None:
@@ -281,58 +277,3 @@ def test_the_conformance_suite_passes_through_the_edge(nginx_exe: str) -> None:
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     assert re.search(r"conformance: \d+ passed, 0 failed, 0 skipped", done.stdout), done.stdout[-2000:]
-
-
-# -- raw readers ---------------------------------------------------------------------------
-
-
-def _raise_nofile_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            pytest.skip(f"{needed} descriptors needed; the hard limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
-def park_requests(port: int, target: str, n: int) -> list[socket.socket]:
-    """``n`` connections each sending ``GET target`` (Connection: close), answers unread."""
-    request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    readers = []
-    for _ in range(n):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=PROXY_CHECKS_S)
-        readers.append(sock)
-        sock.sendall(request)
-    return readers
-
-
-def collect(readers: list[socket.socket], timeout_s: float) -> list[bytes]:
-    """Each connection's whole answer (read until the server closes it)."""
-    received = {sock: bytearray() for sock in readers}
-    with selectors.DefaultSelector() as selector:
-        for sock in readers:
-            sock.setblocking(False)
-            selector.register(sock, selectors.EVENT_READ)
-        open_count, end = len(readers), time.monotonic() + timeout_s
-        while open_count:
-            left = end - time.monotonic()
-            assert left > 0, f"{open_count} of {len(readers)} readers still had no complete answer"
-            for key, _ in selector.select(left):
-                data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                if data:
-                    received[key.fileobj] += data  # type: ignore[index]
-                else:
-                    selector.unregister(key.fileobj)
-                    open_count -= 1
-    return [bytes(received[sock]) for sock in readers]
-
-
-def _status_and_body(answer: bytes) -> tuple[int, bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
-def _header(answer: bytes, name: str) -> str:
-    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
-    found = re.search(rf"^{name}:\s*(.*?)\r?$", head, re.M | re.I)
-    assert found, head
-    return found.group(1)
