@@ -23,22 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import httpx  # noqa: E402
-from nginxproc import edge_http, install_nginx, main_config, running  # noqa: E402
+from nginxproc import edge_http, install_nginx, main_config, running, start_origin  # noqa: E402
 from run_conformance import LONG_POLL_TIMEOUT_MS  # noqa: E402
-from serverproc import ManagedProcess, free_port  # noqa: E402
+from serverproc import free_port  # noqa: E402
 
-EXE = ROOT / ".venv" / "bin" / "trio-streams"
 # The suite writes from one address far faster than one client of a real edge would.
 SUITE_WRITES_PER_S = 100_000
-READY_TIMEOUT_S = 60.0
-
-
-def origin_ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def main(argv: list[str]) -> int:
@@ -49,15 +39,10 @@ def main(argv: list[str]) -> int:
     nginx = install_nginx()
     with tempfile.TemporaryDirectory(prefix="conformance-edge-") as tmp:
         root = Path(tmp)
-        (root / "data").mkdir()
-        port, edge_port = free_port(), free_port()
-        origin = ManagedProcess(
-            [str(EXE), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(root / "data"),
-             "--long-poll-timeout-ms", str(LONG_POLL_TIMEOUT_MS)],
-            root / "origin.log", cwd=ROOT, env={"TRIO_STREAMS_WEBHOOK_DEV_MODE": "1"} if args.subscriptions else {})
-        origin.start()
+        env = {"TRIO_STREAMS_WEBHOOK_DEV_MODE": "1"} if args.subscriptions else {}
+        origin, port = start_origin(root, ["--long-poll-timeout-ms", str(LONG_POLL_TIMEOUT_MS)], env)
         try:
-            origin.wait_ready(lambda: origin_ready(f"http://127.0.0.1:{port}"), READY_TIMEOUT_S)
+            edge_port = free_port()
             conf = main_config(root, edge_http(root, port, edge_port, write_rate_per_s=SUITE_WRITES_PER_S),
                                worker_connections=4096)
             with running(nginx, conf, root, f"http://127.0.0.1:{edge_port}") as url:

@@ -34,12 +34,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import httpx  # noqa: E402
-from nginxproc import edge_http, install_nginx, main_config, requests_in_progress, running  # noqa: E402
+from nginxproc import edge_http, install_nginx, main_config, requests_in_progress, running, start_origin  # noqa: E402
 from pollers import Pollers  # noqa: E402
 from serverproc import ManagedProcess, free_port, proc_cpu_s, raise_nofile_limit  # noqa: E402
 
-EXE = ROOT / ".venv" / "bin" / "trio-streams"
-READY_TIMEOUT_S = 60.0
 PARK_TIMEOUT_S = 120.0
 DELIVERY_TIMEOUT_S = 120.0
 PARK_POLL_INTERVAL_S = 0.2
@@ -77,7 +75,9 @@ def main(argv: list[str]) -> int:
     cases = []
     with tempfile.TemporaryDirectory(prefix="edge-fanout-") as tmp:
         root = Path(tmp)
-        origin, origin_port = start_origin(root, largest)
+        room = str(largest + SPARE_FDS)
+        origin, origin_port = start_origin(root, ["--log-level", "warning"], {
+            "TRIO_STREAMS_CONNECTIONS_MAX": room, "TRIO_STREAMS_SUBSCRIBERS_PER_STREAM_MAX": room})
         try:
             edge_port, status_port = free_port(), free_port()
             # nginx reuses (closes) connections that have not sent a request yet once its
@@ -96,25 +96,6 @@ def main(argv: list[str]) -> int:
             origin.stop()
     report(cases)
     return 0 if all(c.delivered == c.readers * c.rounds for c in cases) else 1
-
-
-def start_origin(root: Path, readers: int) -> tuple[ManagedProcess, int]:
-    (root / "data").mkdir()
-    port = free_port()
-    env = {"TRIO_STREAMS_CONNECTIONS_MAX": str(readers + SPARE_FDS),
-           "TRIO_STREAMS_SUBSCRIBERS_PER_STREAM_MAX": str(readers + SPARE_FDS)}
-    origin = ManagedProcess([str(EXE), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
-                             str(root / "data"), "--log-level", "warning"], root / "origin.log", cwd=ROOT, env=env)
-    origin.start()
-    origin.wait_ready(lambda: _healthy(f"http://127.0.0.1:{port}"), READY_TIMEOUT_S)
-    return origin, port
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def nginx_master(root: Path) -> int:

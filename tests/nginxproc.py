@@ -3,9 +3,9 @@ scripts/edge_fanout.py, scripts/conformance_edge.py).
 
 Owns: installing it (scripts/install_nginx.sh; a test skips with the script's
 reason where that cannot be done), a main nginx.conf in a temporary directory
-around the deploy/nginx files as shipped (only paths and ports replaced), and
-one nginx process started and stopped. Never: what the configuration says
-(deploy/nginx) or what the tests expect of it.
+around the deploy/nginx files as shipped (only paths and ports replaced), one
+nginx process started and stopped, and for the scripts the origin behind it.
+Never: what the configuration says (deploy/nginx) or what the tests expect of it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))  # after tests/: no shadowing
-from serverproc import ManagedProcess  # noqa: E402
+from serverproc import ManagedProcess, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_DIR = ROOT / "deploy" / "nginx"
@@ -33,6 +33,8 @@ EDGE_SNIPPET = NGINX_DIR / "trio-streams-edge.conf"
 NGINX_INSTALL = ROOT / "scripts" / "install_nginx.sh"
 INSTALL_TIMEOUT_S = 900
 START_TIMEOUT_S = 20.0
+EXE = ROOT / ".venv" / "bin" / "trio-streams"
+ORIGIN_READY_TIMEOUT_S = 60.0
 
 
 def install_nginx() -> str:
@@ -133,7 +135,8 @@ def running(exe: str, conf: Path, root: Path, url: str, ready_path: str = "/heal
             try:
                 proc.wait_ready(lambda: _answers(client, url + ready_path), START_TIMEOUT_S)
             except RuntimeError as exc:
-                raise AssertionError(f"{exc}\n{(root / 'error.log').read_text()[-3000:]}") from None
+                logs = [(root / name).read_text()[-3000:] for name in ("nginx.out", "error.log") if (root / name).exists()]
+                raise AssertionError("\n".join([str(exc), *logs])) from None
         yield url
     finally:
         proc.stop()
@@ -144,3 +147,16 @@ def _answers(client: httpx.Client, url: str) -> bool:
         return client.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def start_origin(root: Path, args: list[str], env: dict[str, str]) -> tuple[ManagedProcess, int]:
+    """``trio-streams serve`` on a free port with its data in ``root``/data, once healthy; and its port."""
+    (root / "data").mkdir()
+    port = free_port()
+    origin = ManagedProcess([str(EXE), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
+                             str(root / "data"), *args], root / "origin.log", cwd=ROOT, env=env)
+    origin.start()
+    with httpx.Client(timeout=2) as client:
+        origin.wait_ready(lambda: _answers(client, f"http://127.0.0.1:{port}/healthz"), ORIGIN_READY_TIMEOUT_S)
+    return origin, port
+
