@@ -262,6 +262,11 @@ def test_a_write_flood_from_one_client_gets_429_with_retry_after(flood_edge: Edg
     assert len(refused) + len(accepted) == FLOOD_WRITES and refused and accepted
     assert int(refused[0].headers["retry-after"]) >= 1
     assert refused[0].json()["error"]["code"] == "RATE_LIMITED"
+    # A write dressed as a live read is still a write.
+    for live in ("long-poll", "sse"):
+        disguised = httpx.post(flood_edge.url + path, params={"live": live, "offset": "-1"}, headers=TEXT,
+                               content=b"z", timeout=10)
+        assert disguised.status_code == 429, live
     # Reads are never limited, and another client's writes are its own.
     assert httpx.get(flood_edge.url + path, params={"offset": "-1"}, timeout=10).content == b"x" * len(accepted)
     other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
