@@ -8,7 +8,7 @@
 #   make stats DATA=dir    streams, bytes, WAL, checkpoint, largest streams (read-only)
 #   make checkpoint [URL=…]   ask the running server for a checkpoint now
 #   make status [URL=…]    the running server's readiness, pretty-printed
-#   make conformance-edge   the official suite through nginx with deploy/nginx/edge.conf (~75 s)
+#   make conformance-edge   the official suite through nginx with deploy/nginx/edge.conf (~80 s)
 #   make bench [BENCH_ARGS=--quick]   ours beside the Node reference, rakaia-streams and the HTTP floor
 
 PYTHON ?= python3
@@ -103,7 +103,7 @@ conformance-node: install node-deps
 	$(PY) scripts/run_conformance.py --server node
 
 # The edge (deploy/nginx/edge.conf): the same suite through a real nginx in front of
-# our server, about 75 s (scripts/conformance_edge.py; installs nginx when missing).
+# our server, about 80 s (scripts/conformance_edge.py; installs nginx when missing).
 # `make test-all` runs it too (tests/test_edge.py, marked slow).
 .PHONY: conformance-edge
 conformance-edge: install node-deps

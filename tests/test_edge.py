@@ -9,7 +9,7 @@ one request for an append and all get the data; SSE events pass
 unbuffered; an authenticated answer never reaches another token; a write
 flood from one client gets 429 with Retry-After while other clients write.
 
-Slow (``make test-all``, about 75 s): the official conformance suite through
+Slow (``make test-all``, about 80 s): the official conformance suite through
 the edge (scripts/conformance_edge.py; also ``make conformance-edge``).
 """
 
