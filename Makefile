@@ -8,6 +8,7 @@
 #   make stats DATA=dir    streams, bytes, WAL, checkpoint, largest streams (read-only)
 #   make checkpoint [URL=…]   ask the running server for a checkpoint now
 #   make status [URL=…]    the running server's readiness, pretty-printed
+#   make conformance-edge   the official suite through nginx with deploy/nginx/edge.conf (~80 s)
 #   make bench [BENCH_ARGS=--quick]   ours beside the Node reference, rakaia-streams and the HTTP floor
 #   make conformance-sharded   the official suite through nginx in front of three sharded nodes (~1 min)
 
@@ -109,6 +110,13 @@ conformance-sharded: install node-deps
 
 conformance-node: install node-deps
 	$(PY) scripts/run_conformance.py --server node
+
+# The edge (deploy/nginx/edge.conf): the same suite through a real nginx in front of
+# our server, about 80 s (scripts/conformance_edge.py; installs nginx when missing).
+# `make test-all` runs it too (tests/test_edge.py, marked slow).
+.PHONY: conformance-edge
+conformance-edge: install node-deps
+	$(PY) scripts/conformance_edge.py --subscriptions
 
 crash: install
 	$(PY) -m pytest -q -m "" tests/test_crash.py

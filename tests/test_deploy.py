@@ -34,13 +34,12 @@ import httpx
 import pytest
 
 from conftest import EXE, ROOT, Server, deadline_poll, free_port, serving, unique
+from nginxproc import SNIPPET, main_config, nginx_exe  # noqa: F401 - nginx_exe is a fixture
+from nginxproc import running as nginx_running
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 UNIT = DEPLOY / "systemd" / "trio-streams.service"
-SNIPPET = DEPLOY / "nginx" / "trio-streams.conf"
-NGINX_INSTALL = ROOT / "scripts" / "install_nginx.sh"
-INSTALL_TIMEOUT_S = 900
 TOKEN = "deploy-test-token"
 # What the server's defaults make the longest silent response (long-poll 30 s, SSE connection 60 s).
 SILENT_RESPONSE_S_MAX = 60.0
@@ -242,46 +241,14 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
 # -- nginx in front of a real server -------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def nginx_exe() -> str:
-    try:
-        done = subprocess.run(["bash", str(NGINX_INSTALL)], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=INSTALL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"installing nginx took over {INSTALL_TIMEOUT_S} s")
-    if done.returncode != 0:
-        lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
-        pytest.skip(f"{NGINX_INSTALL.name}: {lines[-1]}")
-    exe = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    assert exe is not None
-    return exe
-
-
 def nginx_config(root: Path, upstream_port: int, listen_port: int) -> Path:
     """A minimal nginx.conf: the upstream the snippet expects and a server including it."""
-    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must reach the temp dirs under /tmp/pytest-of-root
-    conf = root / "nginx.conf"
-    conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
+    return main_config(root, f"""
     # As a site's http block may have it: everything compressible is compressed,
     # which holds SSE events back unless the snippet turns it off.
     gzip on;
     gzip_types *;
     gzip_min_length 0;
-    client_body_temp_path {root}/client_body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
     upstream trio_streams {{
         server 127.0.0.1:{upstream_port};
         keepalive 8;
@@ -291,9 +258,7 @@ http {{
         listen 127.0.0.1:{listen_port};
         include {SNIPPET};
     }}
-}}
 """)
-    return conf
 
 
 def test_nginx_accepts_the_snippet(nginx_exe: str, tmp_path: Path) -> None:
@@ -338,27 +303,8 @@ def proxy(nginx_exe: str, upstream: Server, tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp("nginx")
     port = free_port()
     conf = nginx_config(root, upstream.port, port)
-    proc = subprocess.Popen([nginx_exe, "-c", str(conf), "-p", str(root)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline_poll(lambda: _proxied(url, proc, root), timeout=20, what="nginx to proxy /healthz")
+    with nginx_running(nginx_exe, conf, root, f"http://127.0.0.1:{port}") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _proxied(url: str, proc: subprocess.Popen, root: Path) -> bool:
-    assert proc.poll() is None, (root / "error.log").read_text()
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_writes_and_catch_up_reads_go_through_nginx(proxy: str) -> None:

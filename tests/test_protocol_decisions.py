@@ -154,6 +154,27 @@ def test_max_age_is_a_setting_capped_by_a_sooner_expiry() -> None:
     assert reads.cache_control(CachePolicy("public", 10, 5), state, chunk, 1000.0).startswith("public, max-age=10,")
 
 
+def test_a_catch_up_chunk_at_the_tail_of_an_open_stream_is_revalidated_by_caches() -> None:
+    """Its Stream-Up-To-Date stops being true once more data arrives: a cache must not
+    serve it as the whole tail without asking (the ETag answers 304 while it still is)."""
+    open_stream = _state(tail=10)
+    tail = reads.chunk_of(4, b"abcdef", b"abcdef", 10, False)
+    status, pairs = reads.chunk_response(open_stream, tail, None, POLICY, 0.0, None)
+    assert (status, dict(pairs)["cache-control"]) == (200, "public, no-cache")
+    assert reads.chunk_response(open_stream, tail, None, POLICY, 0.0, dict(pairs)["etag"])[0] == 304
+    complete = reads.chunk_of(0, b"abcd", b"abcd", 10, False)
+    assert reads.cache_control(POLICY, open_stream, complete, 0.0) == "public, max-age=60, stale-while-revalidate=300"
+    # A long-poll answer is keyed by its cursor and only read by pollers who go on from its end.
+    long_poll = dict(reads.chunk_response(open_stream, tail, "123", POLICY, 0.0, None)[1])
+    assert long_poll["cache-control"] == "public, max-age=60, stale-while-revalidate=300"
+    assert long_poll["stream-up-to-date"] == "true"
+
+
+def test_with_access_control_on_data_chunks_are_private() -> None:
+    assert reads.cache_policy("public", 60, 300, authenticated=True) == CachePolicy("private", 60, 300)
+    assert reads.cache_policy("public", 60, 300, authenticated=False) == POLICY
+
+
 def test_no_content_says_closed_only_at_the_final_offset() -> None:
     closed = _state(tail=10, closed=True)
     assert dict(reads.no_content_response(closed, 10, "c")[1]).get("stream-closed") == "true"

@@ -133,8 +133,18 @@ async def test_catch_up_cache_control_follows_the_settings(tmp_path: Path) -> No
     settings = Settings(data_dir=str(tmp_path), cache_max_age_s=5, cache_stale_while_revalidate_s=7)
     async with run_service(settings) as service:
         streams = _streams(service)
-        await streams.create("s", _create(body=b"abc"))
+        await streams.create("s", _create(body=b"abc", closed=True))  # closed: its last chunk is complete
         sent = Recorder()
         await _reads(service).catch_up(_request({"offset": "-1"}), streams.open("s"), sent)
         assert (sent.status, sent.body) == (200, b"abc")
         assert sent.headers["cache-control"] == "public, max-age=5, stale-while-revalidate=7"
+
+
+async def test_with_access_control_on_chunks_are_private_and_a_tail_chunk_is_revalidated(tmp_path: Path) -> None:
+    async with run_service(Settings(data_dir=str(tmp_path))) as service:
+        streams = _streams(service)
+        await streams.create("s", _create(body=b"abc"))
+        reads = Reads(streams, service.settings, service.clock, [], authenticated=True)
+        sent = Recorder()
+        await reads.catch_up(_request({"offset": "-1"}), streams.open("s"), sent)
+        assert (sent.status, sent.headers["cache-control"]) == (200, "private, no-cache")

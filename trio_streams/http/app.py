@@ -190,7 +190,8 @@ class App:
     async def _get(self, req: Request, path: str, streams: Streams, send: Send) -> None:
         state = streams.open(path)
         if self._reads is None or self._reads.streams is not streams:
-            self._reads = reads.Reads(streams, self.settings, self.clock, self._base)
+            self._reads = reads.Reads(streams, self.settings, self.clock, self._base,
+                                      authenticated=self.guard.configured)
         live = req.query_one("live")
         if live is None:
             await self._reads.catch_up(req, state, send)

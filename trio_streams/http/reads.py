@@ -20,7 +20,7 @@ from ..protocol import reads as rules
 from ..protocol import sse
 from ..protocol.cursor import next_cursor
 from ..protocol.offsets import NOW, format_offset
-from ..protocol.reads import CachePolicy, Chunk, Outcome
+from ..protocol.reads import Chunk, Outcome
 from ..protocol.state import StreamState
 from ..streams.facade import Streams
 from ..streams.live import Watch
@@ -36,15 +36,14 @@ class Reads:
     """
 
     def __init__(self, streams: Streams, settings: Settings, clock: Clock, base: Headers,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, *, authenticated: bool = False) -> None:
         self.streams = streams
         self.rng = rng or random.Random()
         self.settings = settings
         self.clock = clock
         self.base = base
-        self.cache_policy = CachePolicy(
-            settings.cache_visibility, settings.cache_max_age_s, settings.cache_stale_while_revalidate_s
-        )
+        self.cache_policy = rules.cache_policy(settings.cache_visibility, settings.cache_max_age_s,
+                                               settings.cache_stale_while_revalidate_s, authenticated=authenticated)
 
     async def start_position(self, req: Request, state: StreamState, *, required: bool,
                              token: str | None = None) -> int | str:

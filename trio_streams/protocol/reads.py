@@ -136,12 +136,29 @@ def etag(stream_id: int, chunk: Chunk) -> str:
     return f'"{stream_id}:{chunk.start}:{chunk.next}{":c" if chunk.closed else ""}"'
 
 
-def cache_control(policy: CachePolicy, state: StreamState, chunk: Chunk, now_s: float) -> str:
+def cache_policy(visibility: str, max_age_s: int, stale_while_revalidate_s: int, *, authenticated: bool) -> CachePolicy:
+    """The policy for data chunks. With access control on, every read answers one
+    principal's token, so chunks are ``private`` (10.1): no shared cache hands one
+    to a client whose token might not allow it."""
+    return CachePolicy("private" if authenticated else visibility, max_age_s, stale_while_revalidate_s)
+
+
+def cache_control(policy: CachePolicy, state: StreamState, chunk: Chunk, now_s: float, *, live: bool = False) -> str:
     """Data chunks are immutable and cacheable (10.1); empty tail responses are not,
     so a cache can never hide new data or the closure signal. A stream that
-    expires sooner than the usual max-age caps it."""
+    expires sooner than the usual max-age caps it.
+
+    A catch-up chunk that reaches the tail of an open stream holds immutable
+    bytes, but its ``Stream-Up-To-Date`` is true only while nothing follows: a
+    cache may keep it but must revalidate it (its ETag answers 304 only while
+    it is still the whole tail), or a reader that stops once up to date would
+    stop short. A long-poll answer (``live``) stays cacheable as it is: its URL
+    carries the cursor, so it is only ever served to readers of that interval,
+    which go on polling from its end (10.1, "Long-poll Caching")."""
     if not chunk.raw:
         return "no-store"
+    if chunk.up_to_date and not chunk.closed and not live:
+        return f"{policy.visibility}, no-cache"
     max_age = policy.max_age_s
     if state.expiry.expires_at_s is not None:
         max_age = max(0, min(max_age, int(state.expiry.expires_at_s - now_s)))
@@ -151,13 +168,14 @@ def cache_control(policy: CachePolicy, state: StreamState, chunk: Chunk, now_s: 
 def chunk_response(
     state: StreamState, chunk: Chunk, cursor: str | None, policy: CachePolicy, now_s: float, if_none_match: str | None
 ) -> tuple[int, Headers]:
-    """200 with the chunk's headers, or 304 when the client already holds it."""
+    """200 with the chunk's headers, or 304 when the client already holds it
+    (``cursor``: a long-poll's; None for a catch-up read)."""
     tag = etag(state.stream_id, chunk)
     pairs = [
         ("content-type", state.content_type),
         ("stream-next-offset", format_offset(chunk.next)),
         ("etag", tag),
-        ("cache-control", cache_control(policy, state, chunk, now_s)),
+        ("cache-control", cache_control(policy, state, chunk, now_s, live=cursor is not None)),
     ]
     if chunk.up_to_date:
         pairs.append(("stream-up-to-date", "true"))
