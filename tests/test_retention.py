@@ -322,3 +322,36 @@ async def test_a_crash_between_the_trim_record_and_the_punch_recovers_trimmed(tm
             while data_file(config.data_dir).stat().st_blocks * 512 > 4 * BLOCK:
                 await trio.sleep(0.01)
     assert [f.damage for f in verify_directory(Path(config.data_dir)).streams] == [[]]
+
+
+# -- the sweep's bounded work -------------------------------------------------------------
+
+
+class _Streams:
+    """The part of DurableView the sweep reads."""
+
+    def __init__(self, states: list[Any]) -> None:
+        self._states = states
+
+    def streams(self) -> list[Any]:
+        return list(self._states)
+
+
+async def test_one_sweep_starts_at_most_its_share_of_trims(tmp_path: Path) -> None:
+    from trio_streams.clock import SYSTEM_CLOCK
+    from trio_streams.config import Settings
+    from trio_streams.protocol.headers import Expiry
+    from trio_streams.protocol.retention import Retention
+    from trio_streams.protocol.state import StreamState
+    from trio_streams.streams.retention import Retainer
+
+    over = [StreamState(i, f"s{i}", "text/plain", Expiry(), 0.0, tail=100, retention=Retention(0, 10))
+            for i in range(1, 26)]
+    within = [StreamState(100 + i, f"w{i}", "text/plain", Expiry(), 0.0, tail=5, retention=Retention(0, 10))
+              for i in range(10)]
+    config = Settings(data_dir=str(tmp_path), retention_sweep_trims_max=10, retention_sweep_slice_streams=3,
+                      retention_trim_step_bytes=1)
+    retainer = Retainer(config, _Streams(within + over), SYSTEM_CLOCK)  # type: ignore[arg-type]
+    started: list[int] = []
+    await retainer.sweep(lambda state: started.append(state.stream_id))
+    assert started == [s.stream_id for s in over[:10]], "the first ten due, none within budget"
