@@ -20,10 +20,15 @@ import trio.testing
 
 from conftest import PREFIX, assert_error, inproc_settings_for, offset_of, parse_metrics
 from inproc import AsyncSseReader, InprocClient, running_app
-from trio_streams.clock import trio_driven_clock
+from trio_streams.clock import SYSTEM_CLOCK, trio_driven_clock
+from trio_streams.config import Settings
+from trio_streams.protocol.headers import Expiry
 from trio_streams.protocol.offsets import format_offset
+from trio_streams.protocol.retention import Retention
+from trio_streams.protocol.state import StreamState
 from trio_streams.storage.fileops import Fault, FaultyFileOps
 from trio_streams.storage.verify import verify_directory
+from trio_streams.streams.retention import Retainer
 
 OCTET = {"content-type": "application/octet-stream"}
 JSON_CT = {"content-type": "application/json"}
@@ -338,13 +343,6 @@ class _Streams:
 
 
 async def test_one_sweep_starts_at_most_its_share_of_trims(tmp_path: Path) -> None:
-    from trio_streams.clock import SYSTEM_CLOCK
-    from trio_streams.config import Settings
-    from trio_streams.protocol.headers import Expiry
-    from trio_streams.protocol.retention import Retention
-    from trio_streams.protocol.state import StreamState
-    from trio_streams.streams.retention import Retainer
-
     over = [StreamState(i, f"s{i}", "text/plain", Expiry(), 0.0, tail=100, retention=Retention(0, 10))
             for i in range(1, 26)]
     within = [StreamState(100 + i, f"w{i}", "text/plain", Expiry(), 0.0, tail=5, retention=Retention(0, 10))

@@ -125,3 +125,14 @@ def test_checkpoints_keep_policy_head_and_marks() -> None:
     assert loaded.by_id == table.by_id
     assert loaded.by_id[1].marks == [(50.0, 20)] and loaded.by_id[1].head == 10
     assert loaded.forks == {1: {3}}, "the fork limit is rebuilt from the checkpoint"
+
+
+def test_the_fork_index_forgets_deleted_forks() -> None:
+    table = StreamTable()
+    table.apply(_created(1, "src", b"x" * 10))
+    table.apply(_created(2, "a", b"", ForkOrigin(1, "src", 5, 0, 5)))
+    table.apply(_created(3, "b", b"", ForkOrigin(2, "a", 5, 0, 5)))
+    assert table.forks == {1: {2}, 2: {3}}
+    table.apply(Deleted(2))  # soft: b still reads it
+    table.apply(Deleted(3))  # removes b, then a (cascade)
+    assert table.forks == {} and set(table.by_id) == {1}

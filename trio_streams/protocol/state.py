@@ -211,7 +211,7 @@ class StreamTable:
             self.removed.append(state.stream_id)
             if state.fork is None:
                 return None
-            self.forks[state.fork.source_id].discard(state.stream_id)
+            self._forget_fork(state.fork.source_id, state.stream_id)
             state = self._changing(self.by_id[state.fork.source_id])
             state.refcount -= 1
             assert state.refcount >= 0
@@ -240,6 +240,12 @@ class StreamTable:
         self.next_stream_id = max(self.next_stream_id, state.stream_id + 1)
         if state.fork is not None:
             self.forks.setdefault(state.fork.source_id, set()).add(state.stream_id)
+
+    def _forget_fork(self, source_id: int, fork_id: int) -> None:
+        forks = self.forks[source_id]
+        forks.discard(fork_id)
+        if not forks:
+            del self.forks[source_id]
 
     def trim_limit(self, state: StreamState) -> int:
         """How far ``state`` may be trimmed: its tail, or less where a fork still reads it."""
