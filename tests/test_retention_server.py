@@ -82,3 +82,47 @@ def test_kill_9_between_the_trim_record_and_the_punch(tmp_path: Path) -> None:
         srv.kill_quietly()
     verified = subprocess.run([str(EXE), "verify", str(data)], capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_an_online_backup_holds_the_punches_of_trims_made_while_it_runs(tmp_path: Path) -> None:
+    """The archive's stream files are cut at the backup's checkpoint; a trim made after
+    it must not punch bytes the archive still holds above that checkpoint's head
+    (restore verifies them against their checksums)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"TRIO_STREAMS_RETENTION_TRIM_STEP_BYTES": str(BLOCK), "TRIO_STREAMS_BACKUP_READ_CHUNK_BYTES": "65536"}
+    srv = Server(data, ["--append-bytes-max", str(1024 * 1024)], env=env)
+    url = f"{srv.url}{PREFIX}held"
+    first = [os.urandom(BLOCK) for _ in range(8)]
+    try:
+        srv.start()
+        with httpx.Client(timeout=10) as client:
+            assert client.put(url, headers=OCTET | {"trio-streams-retention-max-bytes": str(BUDGET)}).status_code == 201
+            for part in first:
+                assert client.post(url, content=part, headers=OCTET).status_code == 204
+            at_backup = len(first) * BLOCK - BUDGET
+            deadline_poll(lambda: head_of(client, url) == at_backup, what="the trims before the backup")
+            with client.stream("GET", f"{srv.url}/admin/backup", timeout=60) as resp:
+                assert resp.status_code == 200  # its checkpoint is taken: the archive's cut
+                for _ in range(4):
+                    assert client.post(url, content=os.urandom(BLOCK), headers=OCTET).status_code == 204
+                deadline_poll(lambda: head_of(client, url) == at_backup + 4 * BLOCK, what="trims during the backup")
+                with open(tmp_path / "backup.tar", "wb") as out:
+                    for chunk in resp.iter_raw():
+                        out.write(chunk)
+            [data_file] = (data / "streams").glob("*.dat")
+            deadline_poll(lambda: disk_bytes(data_file) <= BUDGET + 2 * BLOCK, what="the held punch after the backup")
+    finally:
+        srv.kill_quietly()
+    restored = subprocess.run([str(EXE), "restore", str(tmp_path / "backup.tar"), str(tmp_path / "restored")],
+                              capture_output=True, text=True, timeout=120)
+    assert restored.returncode == 0 and "verify: OK" in restored.stdout, restored.stdout + restored.stderr
+    back = Server(tmp_path / "restored")
+    try:
+        back.start()
+        with httpx.Client(timeout=10) as client:
+            restored_url = f"{back.url}{PREFIX}held"
+            assert head_of(client, restored_url) == at_backup
+            assert client.get(restored_url, params={"offset": "-1"}).content == b"".join(first)[at_backup:]
+    finally:
+        back.kill_quietly()

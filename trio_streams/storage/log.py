@@ -330,8 +330,8 @@ class Log:
     def release_removals(self) -> None:
         self._removal_holds -= 1
         assert self._removal_holds >= 0
-        if not self._removal_holds and self._held_removals:
-            self._wake()  # the writer removes them (it owns the store's descriptors)
+        if not self._removal_holds and (self._held_removals or self._unpunched):
+            self._wake()  # the writer removes them and punches (it owns the store's descriptors)
 
     def _wake(self) -> None:
         if self._idle is not None:
