@@ -353,3 +353,16 @@ async def test_one_sweep_starts_at_most_its_share_of_trims(tmp_path: Path) -> No
     started: list[int] = []
     await retainer.sweep(lambda state: started.append(state.stream_id))
     assert started == [s.stream_id for s in over[:10]], "the first ten due, none within budget"
+
+
+async def test_each_trim_logs_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="trio_streams.storage")
+    async with running_app(settings(tmp_path)) as srv:
+        await srv.client.put(path("logged"), headers=OCTET | budget(max_bytes=100))
+        tail = await append_all(srv.client, "logged", [piece(1, 150)])
+        await until_head(srv.client, "logged", lambda h: h == tail - 100)
+        tail = await append_all(srv.client, "logged", [piece(2, 150)])
+        await until_head(srv.client, "logged", lambda h: h == tail - 100)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retention:")]
+    assert lines == ["retention: stream 'logged' (id 1) trimmed to offset 50, 100 bytes retained",
+                     "retention: stream 'logged' (id 1) trimmed to offset 200, 100 bytes retained"]

@@ -515,8 +515,8 @@ class Log:
             return
         for (stream_id, path, _, head), reclaimed in zip(trims, freed):
             self._trim_stats["trim_bytes_reclaimed"] += reclaimed
-            log.info("retention: stream %r (id %x) trimmed to offset %d, %d bytes of disk freed",
-                     path, stream_id, head, reclaimed)
+            log.debug("retention: %d bytes of disk freed below offset %d of stream %r (id %x)",
+                      reclaimed, head, path, stream_id)
 
     def _write_sync(self, events: list[Event], bases: dict[int, int]) -> tuple[int, int]:
         """Worker thread: data files, WAL bytes, then fsync (``always``) — one call per batch.
@@ -565,21 +565,30 @@ class Log:
         self._stats["syncs"] += 1
 
     def _apply(self, events: list[Event]) -> None:
-        trimmed = len(self._table.trimmed)
         for event in events:
             state = self._table.apply(event)
             if state is not None and isinstance(event, (Created, Appended)):
                 self._store.remember(event.stream_id, event_start(event), event.data)
             self.on_applied(state, event)
-        self._trim_stats["trims"] += len(self._table.trimmed) - trimmed
-        self._unpunched += self._table.trimmed
-        self._table.trimmed.clear()
+        if self._table.trimmed:
+            self._note_trims()
         for stream_id in self._table.removed:
             self._store.forget(stream_id)
         self._stats["batches"] += 1
         self._stats["events"] += len(events)
         self._stats["last_batch_events"] = len(events)
         self._observer.batch(len(events))
+
+    def _note_trims(self) -> None:
+        """One log line per trim the batch applied; their holes are punched after it."""
+        self._trim_stats["trims"] += len(self._table.trimmed)
+        for stream_id in self._table.trimmed:
+            state = self._table.by_id.get(stream_id)
+            if state is not None:  # else deleted later in the same batch
+                log.info("retention: stream %r (id %x) trimmed to offset %d, %d bytes retained",
+                         state.path, stream_id, state.head, state.tail - state.head)
+        self._unpunched += self._table.trimmed
+        self._table.trimmed.clear()
 
     async def _maybe_interval_sync(self) -> None:
         if self._settings.fsync != "interval" or not self._unsynced or self._failed is not None:
