@@ -22,12 +22,14 @@ from conftest import PREFIX, assert_error, inproc_settings_for, offset_of, parse
 from inproc import AsyncSseReader, InprocClient, running_app
 from trio_streams.clock import SYSTEM_CLOCK, trio_driven_clock
 from trio_streams.config import Settings
+from trio_streams.protocol.errors import ProtocolError
 from trio_streams.protocol.headers import Expiry
 from trio_streams.protocol.offsets import format_offset
 from trio_streams.protocol.retention import Retention
 from trio_streams.protocol.state import StreamState
 from trio_streams.storage.fileops import Fault, FaultyFileOps
 from trio_streams.storage.verify import verify_directory
+from trio_streams.streams.chunks import ChunkReader
 from trio_streams.streams.retention import Retainer
 
 OCTET = {"content-type": "application/octet-stream"}
@@ -366,3 +368,36 @@ async def test_each_trim_logs_one_line(tmp_path: Path, caplog: pytest.LogCapture
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retention:")]
     assert lines == ["retention: stream 'logged' (id 1) trimmed to offset 50, 100 bytes retained",
                      "retention: stream 'logged' (id 1) trimmed to offset 200, 100 bytes retained"]
+
+
+async def test_a_live_reader_woken_below_the_head_is_refused_before_any_read() -> None:
+    """A long-poll that waited at a position the head passed meanwhile reads through
+    ``read_chunk``: 410 there, never the (punched) bytes."""
+    class NoReads:
+        async def read(self, *args: object) -> bytes:
+            raise AssertionError("read below the head")
+
+    state = StreamState(1, "s", "text/plain", Expiry(), 0.0, tail=500, head=300)
+    reader = ChunkReader(NoReads(), 1000, 1 << 20)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError) as info:
+        await reader.read_chunk(state, 299)
+    assert info.value.status == 410 and dict(info.value.headers)[EARLIEST] == format_offset(300)
+
+
+async def test_a_read_that_raced_a_punch_is_410_not_data_corrupt(tmp_path: Path) -> None:
+    """A reader checks its offset, then the trim is applied and the hole punched before
+    its pread: the zeros fail their checksum below the head, which is gone, not damage."""
+    config = settings(tmp_path, retention_trim_step_bytes=BLOCK)
+    async with running_app(config) as srv:
+        await srv.client.put(path("raced"), headers=OCTET | budget(max_bytes=2 * BLOCK))
+        await append_all(srv.client, "raced", [os.urandom(BLOCK // 2) for _ in range(32)])
+        await until_head(srv.client, "raced", lambda h: h > BLOCK)
+        with trio.fail_after(SETTLE_S):
+            while data_file(config.data_dir).stat().st_blocks * 512 > 4 * BLOCK:
+                await trio.sleep(0.01)
+        view = srv.app.service.view
+        with pytest.raises(ProtocolError) as info:
+            await view.read(view.at("raced"), 0, BLOCK)  # below the head, past every check
+        assert info.value.status == 410
+        metrics = parse_metrics((await srv.client.get("/metrics")).text)
+        assert metrics["trio_streams_data_corrupt_reads_total"] == 0
