@@ -70,6 +70,8 @@ from trio_streams.auth.config import AuthConfig
 from trio_streams.clock import SYSTEM_CLOCK, Clock
 from trio_streams.config import Settings
 from trio_streams.http.app import App
+from trio_streams.service import Service
+from trio_streams.storage.fileops import FileOps
 
 HOST = "127.0.0.1"
 PORT = 4437
@@ -613,11 +615,14 @@ class _Lifespan:
 
 @contextlib.asynccontextmanager
 async def running_app(settings: Settings, clock: Clock = SYSTEM_CLOCK,
-                      auth: AuthConfig | None = None) -> AsyncIterator[InprocServer]:
-    """The app with its lifespan running: ready on entry, shut down cleanly on exit."""
+                      auth: AuthConfig | None = None, ops: FileOps | None = None) -> AsyncIterator[InprocServer]:
+    """The app with its lifespan running: ready on entry, shut down cleanly on exit.
+    ``ops``: the storage's file calls go through it (faults injected)."""
     threads = inline_worker_threads() if on_mock_clock() else contextlib.nullcontext()
     with threads:
         app = App(settings, clock, auth)
+        if ops is not None:
+            app.service = Service(settings, ops, clock, observer=app.metrics.observer)
         lifespan = _Lifespan()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan.receive, lifespan.send)

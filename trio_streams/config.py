@@ -14,6 +14,7 @@ from typing import Any
 from .auth.cors import parse_allow_origins
 from .protocol.urls import normalise_base_url
 from .protocol.jsonmode import DEPTH_ENCODABLE_MAX
+from .protocol.retention import parse_rules as parse_retention_rules
 from .storage.wal import RECORD_PAYLOAD_BYTES_MAX
 
 FSYNC_MODES = ("always", "interval", "never")
@@ -276,6 +277,24 @@ class Settings:
     # 0: not sharded, no such checks.
     shard_key_segments: int = 0
 
+    # -- Retention (docs/storage.md, "Retention"; README "Retention") --------
+    # The policy of a stream created without Trio-Streams-Retention-* headers and
+    # under no retention_rules prefix: drop data older than this (seconds), and
+    # beyond this many bytes, from the head of the stream. 0: no limit of that kind.
+    retention_max_age_s: int = 0
+    retention_max_bytes: int = 0
+    # Per-prefix policies of stream names, "PREFIX max_age_s=N max_bytes=N; PREFIX ...":
+    # the longest matching prefix wins, and replaces the default whole.
+    retention_rules: str = ""
+    # The sweep that trims by age (and any byte budget an append did not already
+    # trim): its interval, streams looked at between yields, trims started per pass.
+    retention_sweep_interval_s: float = 10.0
+    retention_sweep_slice_streams: int = 1000
+    retention_sweep_trims_max: int = 100
+    # A byte budget is trimmed once a stream holds this much more than it (trims come
+    # in steps, not after every append); disk space is freed in 64 KiB blocks.
+    retention_trim_step_bytes: int = 64 * 1024
+
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
@@ -305,6 +324,15 @@ class Settings:
         self._check_observability()
         self._check_webhooks()
         self._check_subscriptions()
+        self._check_retention()
+
+    def _check_retention(self) -> None:
+        parse_retention_rules(self.retention_rules)
+        if self.retention_sweep_interval_s <= 0:
+            raise ValueError("retention_sweep_interval_s must be positive")
+        if min(self.retention_sweep_slice_streams, self.retention_sweep_trims_max, self.retention_trim_step_bytes) < 1:
+            raise ValueError("retention_sweep_slice_streams, retention_sweep_trims_max and "
+                             "retention_trim_step_bytes must be at least 1")
 
     def _check_access_control(self) -> None:
         if self.cors_allow_origin and not self.cors_allow_origins:  # frozen: resolve the old name once

@@ -230,6 +230,7 @@ class Service:
             self.subscriptions = manager
             actors.start_soon(manager.run)
             actors.start_soon(registry.sweep_expired_forever)
+            actors.start_soon(registry.sweep_retention_forever)
             actors.start_soon(registry.fanout.run)
             self.ready.set()
             log.info("ready: %d streams in %s", self.view.count(), self.settings.data_dir)

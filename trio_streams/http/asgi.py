@@ -28,13 +28,15 @@ SMALL_BODY_BYTES_MAX = 64 * 1024
 EXPOSED_HEADERS = (
     "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, "
     "Stream-Expires-At, Stream-SSE-Data-Encoding, ETag, Location, Content-Type, "
-    "Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, X-Request-Id"
+    "Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, X-Request-Id, "
+    "Trio-Streams-Earliest-Offset"
 )
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 ALLOWED_REQUEST_HEADERS = (
     "Content-Type, If-None-Match, Stream-TTL, Stream-Expires-At, Stream-Closed, Stream-Seq, "
     "Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, "
-    "Producer-Id, Producer-Epoch, Producer-Seq, Authorization, Last-Event-ID, X-Request-Id"
+    "Producer-Id, Producer-Epoch, Producer-Seq, Authorization, Last-Event-ID, X-Request-Id, "
+    "Trio-Streams-Retention-Max-Age, Trio-Streams-Retention-Max-Bytes"
 )
 
 

@@ -145,6 +145,9 @@ STATISTICS: dict[str, tuple[str, str, str] | None] = {
     "log_wal_bytes": ("wal_bytes", "gauge", "WAL bytes on disk (the next checkpoint drops most of them)."),
     "log_last_checkpoint_at": ("last_checkpoint_timestamp_seconds", "gauge",
                                "UNIX time the last checkpoint was written (0: none since start)."),
+    "log_trims": ("retention_trims", "counter", "Retention trims applied (a stream's head moved)."),
+    "log_trim_bytes_reclaimed": ("retention_reclaimed_bytes", "counter",
+                                 "Disk space freed below trimmed heads (punched holes)."),
     # Exported as trio_streams_storage_state{state="failed"}, _storage_checkpoint_failures_total
     # and _storage_refused_batches_total.
     "log_failed": None,

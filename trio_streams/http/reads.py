@@ -20,7 +20,9 @@ from ..protocol import reads as rules
 from ..protocol import sse
 from ..protocol.cursor import next_cursor
 from ..protocol.offsets import NOW, format_offset
+from ..protocol.errors import ProtocolError
 from ..protocol.reads import Chunk, Outcome
+from ..protocol.retention import TRIMMED_CODE
 from ..protocol.state import StreamState
 from ..streams.facade import Streams
 from ..streams.live import Watch
@@ -133,7 +135,7 @@ class _SseSession:
             assert current is not None
             cursor = next_cursor(self.reads.clock.wall(), self.client_cursor)
             if waited.outcome is Outcome.DATA:
-                if await self._send_data(current, cursor):
+                if await self._send_trimmable(current, cursor):
                     return
                 continue
             await self._send_control(cursor, closed=waited.outcome is Outcome.CLOSED)
@@ -144,6 +146,17 @@ class _SseSession:
         control = sse.control_event(format_offset(self.position), cursor=cursor, up_to_date=True, closed=closed)
         await self.send({"type": "http.response.body", "body": control, "more_body": True})
         self.announced = True
+
+    async def _send_trimmable(self, current: StreamState, cursor: str) -> bool:
+        """``_send_data``, or True (the event stream ends) once retention trimmed the
+        reader's position: its reconnect from that offset is answered 410 with the
+        earliest offset, which an event stream already under way cannot say."""
+        try:
+            return await self._send_data(current, cursor)
+        except ProtocolError as error:
+            if error.code != TRIMMED_CODE:
+                raise
+            return True
 
     async def _send_data(self, current: StreamState, cursor: str) -> bool:
         """Sends the next chunk as a data+control pair; True once the final offset went out."""

@@ -17,6 +17,8 @@ from typing import Final
 
 from .errors import bad_request
 from .jsonmode import Framed
+from .retention import Retention
+from .retention import parse_headers as parse_retention
 
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 JS_SAFE_INT_MAX: Final = 2**53 - 1
@@ -59,6 +61,7 @@ class CreateRequest:
     fork: ForkSpec | None = None
     content_type_given: bool = True
     framed: Framed | None = None  # the body as stored messages, when it is JSON
+    retention: Retention | None = None  # Trio-Streams-Retention-*, when given
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,7 +151,7 @@ def parse_create(headers: Mapping[str, str], body: bytes) -> CreateRequest:
     content_type = DEFAULT_CONTENT_TYPE if not raw_type else parse_content_type(raw_type)
     return CreateRequest(
         content_type, parse_expiry(headers), flag(headers, "stream-closed"), body,
-        parse_fork(headers), content_type_given=bool(raw_type),
+        parse_fork(headers), content_type_given=bool(raw_type), retention=parse_retention(headers),
     )
 
 

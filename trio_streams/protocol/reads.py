@@ -19,6 +19,7 @@ from . import jsonmode, sse
 from .errors import ProtocolError, bad_request, not_found
 from .headers import is_sse_text
 from .offsets import NOW, START, format_offset, parse_offset
+from .retention import trimmed_error
 from .rules import gone
 from .state import StreamState
 
@@ -84,25 +85,36 @@ def gone_error(current: StreamState | None) -> ProtocolError:
 
 
 def resolve_start(token: str | None, state: StreamState, *, required: bool) -> int | str:
-    """The requested position, or NOW; 400 for malformed, missing or future offsets."""
+    """The requested position, or NOW; 400 for malformed, missing or future offsets.
+
+    The stream starts at its retained head: ``-1`` (or no offset) reads from
+    there, and an offset below it is 410 naming the head."""
     if token is None:
         if required:
             raise bad_request("live reads require an offset parameter", "MISSING_OFFSET")
-        return 0
+        return state.head
     position = parse_offset(token)
     if position == START:
-        return 0
+        return state.head
     if position == NOW:
         return NOW
     assert isinstance(position, int)
     if position > state.tail:
         raise bad_request("offset is beyond the stream's tail", "INVALID_OFFSET")
+    check_retained(state, position)
     return position
 
 
+def check_retained(state: StreamState, position: int) -> None:
+    """410 for a position retention has trimmed away (the table may have moved since the read began)."""
+    if position < state.head:
+        raise trimmed_error(state.head)
+
+
 def needs_boundary_check(state: StreamState, start: int | str) -> bool:
-    """A JSON stream's offset must fall between messages; only inner offsets need a look."""
-    return isinstance(start, int) and state.json_mode and 0 < start < state.tail
+    """A JSON stream's offset must fall between messages; only inner offsets need a look
+    (the head is a boundary, and the byte before it may be gone)."""
+    return isinstance(start, int) and state.json_mode and state.head < start < state.tail
 
 
 def require_message_boundary(byte_before: bytes) -> None:

@@ -71,7 +71,7 @@ def decide_create(
         content_type, expiry = _fork_config(req, fork.source)
         origin = ForkOrigin(fork.source.stream_id, fork.source_path, fork.anchor, fork.sub_offset, fork.base)
     data = stored_body(content_type, req.body, req.framed)
-    event = Created(stream_id, path, content_type, expiry, now, req.closed, data, origin)
+    event = Created(stream_id, path, content_type, expiry, now, req.closed, data, origin, req.retention)
     headers = [("content-type", content_type), ("stream-next-offset", format_offset(event_end(event)))]
     if req.closed:
         headers.append(("stream-closed", "true"))
@@ -104,7 +104,8 @@ def same_config(state: StreamState, req: CreateRequest) -> bool:
     if req.fork is None or explicit:
         if (state.expiry.ttl_s, state.expiry.expires_at_s) != (req.expiry.ttl_s, req.expiry.expires_at_s):
             return False
-    return state.closed == req.closed
+    # A stream's own retention policy is configuration like its TTL (never inherited by a fork).
+    return state.closed == req.closed and state.retention == req.retention
 
 
 def _same_fork(state: StreamState, req: CreateRequest) -> bool:

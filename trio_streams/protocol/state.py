@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Union
 
 from .headers import Expiry, Producer, is_json
+from .retention import Retention, add_age_mark, drop_marks_below, fork_limit
 from .subscriptions import SUBSCRIPTION_EVENTS, SubscriptionEvent, SubscriptionTable
 
 
@@ -48,6 +49,13 @@ class StreamState:
     # Why recovery fenced the stream off (its stored history may be incomplete
     # or wrong); every request to it is refused while this is set.
     damaged: str | None = None
+    # The policy the stream was created with (Trio-Streams-Retention-*); None: the
+    # server's rules decide (streams/retention.py).
+    retention: Retention | None = None
+    # The earliest retained position: reads below it are 410 (retention trimmed them).
+    head: int = 0
+    # (time, position) pairs dating the stream's data, for trims by age (protocol/retention.py).
+    marks: list[tuple[float, int]] = dataclasses.field(default_factory=list)
 
     @property
     def base(self) -> int:
@@ -60,7 +68,7 @@ class StreamState:
 
     def speculative_copy(self) -> StreamState:
         """A copy an actor may decide a batch against before it is durable."""
-        return dataclasses.replace(self, producers=dict(self.producers))
+        return dataclasses.replace(self, producers=dict(self.producers), marks=list(self.marks))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,6 +93,7 @@ class Created:
     closed: bool
     data: bytes  # initial content, already in stored form
     fork: ForkOrigin | None = None
+    retention: Retention | None = None  # as the create asked for it
 
     @property
     def position(self) -> int:
@@ -103,6 +112,8 @@ class Appended:
     seq: str | None = None
     producer: Producer | None = None
     close: bool = False
+    # When it was decided (wall clock), kept only for streams retained by age: it dates the data.
+    at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,10 +121,19 @@ class Deleted:
     stream_id: int
 
 
-StreamEvent = Union[Created, Appended, Deleted]
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trimmed:
+    """Retention dropped the stream's data below ``position`` (its new head). Apply
+    holds it below what the stream's forks still read and its tail."""
+
+    stream_id: int
+    position: int
+
+
+StreamEvent = Union[Created, Appended, Deleted, Trimmed]
 # Subscription state changes go through the same log, in the same order as the
 # stream data they refer to (protocol/subscriptions.py).
-Event = Union[Created, Appended, Deleted, SubscriptionEvent]
+Event = Union[Created, Appended, Deleted, Trimmed, SubscriptionEvent]
 
 
 class ContinuityError(AssertionError):
@@ -150,6 +170,10 @@ class StreamTable:
         self.before_change: Callable[[StreamState], None] | None = None
         # Subscriptions live beside the streams: applied, checkpointed and replayed with them.
         self.subscriptions = SubscriptionTable()
+        # Source id -> ids of its live forks (they limit how far the source may be trimmed).
+        self.forks: dict[int, set[int]] = {}
+        # Streams whose head moved; the owner of the files drains it (and punches the holes).
+        self.trimmed: list[int] = []
 
     def _changing(self, state: StreamState) -> StreamState:
         if self.before_change is not None:
@@ -168,6 +192,11 @@ class StreamTable:
             return state
         if isinstance(event, Created):
             return self._create(event)
+        if isinstance(event, Trimmed):
+            trimmed = self.by_id.get(event.stream_id)
+            # Gone already: a soft-deleted source can be removed by its last fork's delete,
+            # decided by another actor after this trim was.
+            return None if trimmed is None else self._trim(self._changing(trimmed), event.position)
         return self._delete(self._changing(self.by_id[event.stream_id]))
 
     def _delete(self, state: StreamState) -> StreamState | None:
@@ -182,6 +211,7 @@ class StreamTable:
             self.removed.append(state.stream_id)
             if state.fork is None:
                 return None
+            self._forget_fork(state.fork.source_id, state.stream_id)
             state = self._changing(self.by_id[state.fork.source_id])
             state.refcount -= 1
             assert state.refcount >= 0
@@ -193,7 +223,11 @@ class StreamTable:
         assert event.stream_id >= self.next_stream_id, event.stream_id
         state = state_from_created(event)
         if event.fork is not None:
-            self._changing(self.by_id[event.fork.source_id]).refcount += 1
+            source = self._changing(self.by_id[event.fork.source_id])
+            source.refcount += 1
+            self.forks.setdefault(source.stream_id, set()).add(state.stream_id)
+            # It reads its source from the source's head on (its base, should a trim have passed that).
+            state.head = min(source.head, event.fork.base)
         self.by_id[state.stream_id] = state
         self.by_path[state.path] = state
         self.next_stream_id = event.stream_id + 1
@@ -204,12 +238,38 @@ class StreamTable:
         self.by_id[state.stream_id] = state
         self.by_path[state.path] = state
         self.next_stream_id = max(self.next_stream_id, state.stream_id + 1)
+        if state.fork is not None:
+            self.forks.setdefault(state.fork.source_id, set()).add(state.stream_id)
+
+    def _forget_fork(self, source_id: int, fork_id: int) -> None:
+        forks = self.forks[source_id]
+        forks.discard(fork_id)
+        if not forks:
+            del self.forks[source_id]
+
+    def trim_limit(self, state: StreamState) -> int:
+        """How far ``state`` may be trimmed: its tail, or less where a fork still reads it."""
+        limit = state.tail
+        for fork_id in self.forks.get(state.stream_id, ()):
+            fork = self.by_id[fork_id]
+            pinned = fork_limit(fork.head, fork.base)
+            if pinned is not None:
+                limit = min(limit, pinned)
+        return limit
+
+    def _trim(self, state: StreamState, position: int) -> StreamState:
+        head = min(position, self.trim_limit(state))
+        if head > state.head:
+            state.head = head
+            drop_marks_below(state.marks, head)
+            self.trimmed.append(state.stream_id)
+        return state
 
 
 def state_from_created(event: Created) -> StreamState:
     return StreamState(
         event.stream_id, event.path, event.content_type, event.expiry, event.created_at,
-        tail=event_end(event), closed=event.closed, fork=event.fork,
+        tail=event_end(event), closed=event.closed, fork=event.fork, retention=event.retention,
     )
 
 
@@ -231,6 +291,8 @@ def apply_append(state: StreamState, event: Appended) -> None:
     if event.close:
         state.closed = True
         state.closed_by = event.producer
+    if event.at is not None and event.data:
+        add_age_mark(state.marks, event.at, state.tail)
 
 
 def check_batch(table: StreamTable, events: Sequence[Event]) -> dict[int, int]:
@@ -241,7 +303,7 @@ def check_batch(table: StreamTable, events: Sequence[Event]) -> dict[int, int]:
     ends: dict[int, int] = {}
     bases: dict[int, int] = {}
     for event in events:
-        if isinstance(event, (Deleted, *SUBSCRIPTION_EVENTS)):
+        if isinstance(event, (Deleted, Trimmed, *SUBSCRIPTION_EVENTS)):
             continue
         if isinstance(event, Created):
             bases[event.stream_id] = event.position

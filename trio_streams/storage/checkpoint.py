@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..protocol.headers import Expiry, Producer
+from ..protocol.retention import Retention
 from ..protocol.state import ForkOrigin, ProducerState, StreamState, StreamTable
 from ..protocol.subscriptions import table_from_json, table_to_json
 from .fileops import REAL, FileOps
@@ -119,8 +120,8 @@ class TableSnapshot:
 # field names and all: four times the bytes and twice the load time.
 _REQUIRED = 5  # id, path, content type, created at, tail
 # ttl, expires at, expires at (seconds form), closed, closed by, last seq,
-# producers, fork, refcount, soft deleted, damaged
-_OPTIONAL_DEFAULTS: tuple[Any, ...] = (None, None, None, False, None, None, {}, None, 0, False, None)
+# producers, fork, refcount, soft deleted, damaged, retention, head, age marks
+_OPTIONAL_DEFAULTS: tuple[Any, ...] = (None, None, None, False, None, None, {}, None, 0, False, None, None, 0, [])
 
 
 def _encode_stream(s: StreamState) -> list[Any]:
@@ -128,13 +129,15 @@ def _encode_stream(s: StreamState) -> list[Any]:
     expiry = s.expiry
     if expiry.ttl_s is None and expiry.expires_at is None and expiry.expires_at_s is None and not s.closed \
             and s.last_seq is None and not s.producers and s.fork is None and not s.refcount \
-            and not s.soft_deleted and s.damaged is None:
+            and not s.soft_deleted and s.damaged is None and s.retention is None and not s.head and not s.marks:
         return required
     optional = [
         expiry.ttl_s, expiry.expires_at, expiry.expires_at_s, s.closed,
         dataclasses.astuple(s.closed_by) if s.closed_by else None, s.last_seq,
         {k: [v.epoch, v.last_seq] for k, v in s.producers.items()},
         dataclasses.astuple(s.fork) if s.fork else None, s.refcount, s.soft_deleted, s.damaged,
+        [s.retention.max_age_s, s.retention.max_bytes] if s.retention is not None else None, s.head,
+        [list(mark) for mark in s.marks],
     ]
     kept = len(optional)
     while kept and optional[kept - 1] == _OPTIONAL_DEFAULTS[kept - 1]:
@@ -187,9 +190,12 @@ def _stream(s: list[Any], no_expiry: Expiry) -> StreamState:
     if not _REQUIRED <= len(s) <= _REQUIRED + len(_OPTIONAL_DEFAULTS):
         raise ValueError(f"a checkpointed stream has {len(s)} fields")
     (stream_id, path, ct, at, tail, ttl, exp, exp_s, closed, closed_by, seq, producers, fork, refcount,
-     soft_deleted, damaged) = [*s, *_OPTIONAL_DEFAULTS[len(s) - _REQUIRED:]]
-    return _state(stream_id, path, ct, at, tail, no_expiry if ttl is None and exp is None and exp_s is None
-                  else Expiry(ttl, exp, exp_s), closed, closed_by, seq, producers, fork, refcount, soft_deleted, damaged)
+     soft_deleted, damaged, retention, head, marks) = [*s, *_OPTIONAL_DEFAULTS[len(s) - _REQUIRED:]]
+    state = _state(stream_id, path, ct, at, tail, no_expiry if ttl is None and exp is None and exp_s is None
+                   else Expiry(ttl, exp, exp_s), closed, closed_by, seq, producers, fork, refcount, soft_deleted, damaged)
+    state.retention = Retention(*retention) if retention is not None else None
+    state.head, state.marks = head, [(at, end) for at, end in marks]
+    return state
 
 
 def _stream_v1(s: dict[str, Any], no_expiry: Expiry) -> StreamState:

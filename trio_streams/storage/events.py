@@ -19,7 +19,8 @@ from typing import Any, Final
 import orjson
 
 from ..protocol.headers import Expiry, Producer
-from ..protocol.state import Appended, Created, Deleted, Event, ForkOrigin, StreamTable
+from ..protocol.retention import Retention
+from ..protocol.state import Appended, Created, Deleted, Event, ForkOrigin, StreamTable, Trimmed
 from ..protocol.subscriptions import SUBSCRIPTION_EVENTS, event_from_json, event_to_json
 
 CREATED: Final = 1
@@ -27,6 +28,8 @@ APPENDED: Final = 2
 DELETED: Final = 3
 # Every subscription event: its kind and fields as the metadata, no data.
 SUBSCRIPTION: Final = 4
+# Retention moved a stream's head: ``id`` and ``to``, no data.
+TRIMMED: Final = 5
 _META_LENGTH = struct.Struct("<I")
 
 
@@ -43,6 +46,8 @@ def encode_event_parts(event: Event) -> tuple[int, list[bytes | memoryview]]:
         return CREATED, _parts(_create_meta(event), event.data)
     if isinstance(event, SUBSCRIPTION_EVENTS):
         return SUBSCRIPTION, _parts(event_to_json(event), b"")
+    if isinstance(event, Trimmed):
+        return TRIMMED, _parts({"id": event.stream_id, "to": event.position}, b"")
     return DELETED, _parts({"id": event.stream_id}, b"")
 
 
@@ -60,9 +65,13 @@ def _decode_other(rtype: int, meta: Any, data: bytes) -> Event:
     if rtype == CREATED:
         expiry = Expiry(meta.get("ttl"), meta.get("exp"), meta.get("exp_s"))
         fork = ForkOrigin(*meta["fork"]) if "fork" in meta else None
-        return Created(meta["id"], meta["path"], meta["ct"], expiry, meta["at"], meta.get("closed", False), data, fork)
+        retention = Retention(*meta["ret"]) if "ret" in meta else None
+        return Created(meta["id"], meta["path"], meta["ct"], expiry, meta["at"], meta.get("closed", False), data, fork,
+                       retention)
     if rtype == DELETED:
         return Deleted(meta["id"])
+    if rtype == TRIMMED:
+        return Trimmed(meta["id"], meta["to"])
     if rtype == SUBSCRIPTION:
         return event_from_json(meta)
     raise ValueError(f"unknown event record type {rtype}")
@@ -84,6 +93,8 @@ def _create_meta(event: Created) -> dict[str, object]:
         meta["closed"] = True
     if event.fork is not None:
         meta["fork"] = dataclasses.astuple(event.fork)
+    if event.retention is not None:
+        meta["ret"] = [event.retention.max_age_s, event.retention.max_bytes]
     return meta
 
 
@@ -97,6 +108,8 @@ def _append_meta(event: Appended) -> dict[str, object]:
         meta["p"] = [event.producer.id, event.producer.epoch, event.producer.seq]
     if event.close:
         meta["close"] = True
+    if event.at is not None:
+        meta["at"] = event.at
     return meta
 
 
@@ -107,7 +120,9 @@ def _decode_append(meta: dict[str, object], data: bytes) -> Appended:
         producer = Producer(pid, epoch, seq)
     pos = meta.get("pos")
     position = pos if isinstance(pos, int) else None
-    return Appended(meta["id"], position, data, meta.get("seq"), producer, bool(meta.get("close", False)))  # type: ignore[arg-type]
+    at = meta.get("at")
+    return Appended(meta["id"], position, data, meta.get("seq"), producer, bool(meta.get("close", False)),  # type: ignore[arg-type]
+                    at if isinstance(at, (int, float)) else None)
 
 
 def positioned(table: StreamTable, event: Event) -> Event:

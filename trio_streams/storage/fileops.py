@@ -1,7 +1,7 @@
 """The file-operations seam: every mutating file call the storage engine makes.
 
 Owns: the narrow interface (open, write, writev, pwrite, fsync, fdatasync,
-ftruncate, replace, unlink, close) that ``wal.py``, ``store.py`` and
+ftruncate, punch_hole, replace, unlink, close) that ``wal.py``, ``store.py`` and
 ``snapshot.py`` call instead of ``os``, the classification of what a failed
 call means (disk full, or a failed sync that makes the page cache
 untrustworthy), and ``FaultyFileOps``, which fails a chosen call with ENOSPC,
@@ -19,6 +19,8 @@ the ``os`` functions themselves, so the seam costs one attribute lookup, as
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import errno
 import fnmatch
@@ -32,6 +34,32 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+# fallocate(2) modes: free the blocks of a range, keeping the file's size (reads of it give zeros).
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _libc_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """glibc's fallocate (os has posix_fallocate only, which cannot punch); None off Linux."""
+    name = ctypes.util.find_library("c")
+    fallocate = getattr(ctypes.CDLL(name, use_errno=True), "fallocate", None) if name else None
+    if fallocate is not None:
+        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+_FALLOCATE = _libc_fallocate()
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Frees the disk blocks of ``[offset, offset + length)``; the file keeps its size.
+    OSError (EOPNOTSUPP where the file system cannot) when it fails."""
+    if _FALLOCATE is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate is not available on this platform")
+    if _FALLOCATE(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 class SyncFailed(OSError):
@@ -60,6 +88,7 @@ class FileOps:
     writev = staticmethod(os.writev)
     pwrite = staticmethod(os.pwrite)
     ftruncate = staticmethod(os.ftruncate)
+    punch_hole = staticmethod(punch_hole)
     replace = staticmethod(os.replace)
     unlink = staticmethod(os.unlink)
     close = staticmethod(os.close)
@@ -183,6 +212,10 @@ class FaultyFileOps(FileOps):
     def ftruncate(self, fd: int, length: int) -> None:  # type: ignore[override]
         self._check("ftruncate", self._paths.get(fd, "?"))
         os.ftruncate(fd, length)
+
+    def punch_hole(self, fd: int, offset: int, length: int) -> None:  # type: ignore[override]
+        self._check("punch_hole", self._paths.get(fd, "?"))
+        punch_hole(fd, offset, length)
 
     def replace(self, source: PathLike, target: PathLike) -> None:  # type: ignore[override]
         self._check("replace", os.fspath(target))

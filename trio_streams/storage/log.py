@@ -45,7 +45,9 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..config import EVENT_DATA_BYTES_MAX, Settings
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import is_json
-from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, check_batch, event_start
+from ..protocol.state import (
+    Appended, Created, Deleted, Event, StreamState, StreamTable, Trimmed, check_batch, event_start,
+)
 from ..quick import send_soon, taken
 from . import checkpoint
 from .events import encode_event_parts
@@ -150,6 +152,9 @@ class LogStatistics:
     failed: bool
     checkpoint_failures: int
     disk_full_batches: int
+    # Retention: heads moved (Trimmed events applied) and the disk space their holes freed.
+    trims: int = 0
+    trim_bytes_reclaimed: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -249,6 +254,12 @@ class Log:
         self._stopped = False
         self._held_removals: list[int] = []
         self._last_checkpoint_at = 0.0
+        # Streams whose trimmed head still needs its hole punched: at start every trimmed
+        # stream (a crash may have come between a Trimmed record and its punch, and
+        # replay rewrites data below heads), then each one a batch trims.
+        self._unpunched: list[int] = [s.stream_id for s in table.by_id.values() if s.head > s.base]
+        table.trimmed.clear()  # recovery's replay moved them: not this run's trims
+        self._trim_stats = dict(trims=0, trim_bytes_reclaimed=0)
 
     # -- producers' side -------------------------------------------------
 
@@ -285,6 +296,7 @@ class Log:
             failed=self._failed is not None,
             checkpoint_failures=self.health.checkpoint_failures,
             disk_full_batches=self.health.refused_batches,
+            **self._trim_stats,
         )
 
     @property
@@ -318,8 +330,8 @@ class Log:
     def release_removals(self) -> None:
         self._removal_holds -= 1
         assert self._removal_holds >= 0
-        if not self._removal_holds and self._held_removals:
-            self._wake()  # the writer removes them (it owns the store's descriptors)
+        if not self._removal_holds and (self._held_removals or self._unpunched):
+            self._wake()  # the writer removes them and punches (it owns the store's descriptors)
 
     def _wake(self) -> None:
         if self._idle is not None:
@@ -354,6 +366,7 @@ class Log:
             if batch:
                 await self._commit(batch)
             await self._remove_files()
+            await self._punch_trimmed()
             await self._maybe_interval_sync()
             await self._maybe_checkpoint(nursery)
 
@@ -410,7 +423,7 @@ class Log:
         made while a checkpoint is being written waits for that one's end, which wakes
         the writer again: returning at once then would spin without yielding.)"""
         return (bool(self._checkpoint_requests) and self._checkpointing is None) or \
-            (bool(self._held_removals) and not self._removal_holds)
+            (bool(self._held_removals or self._unpunched) and not self._removal_holds)
 
     async def _commit(self, batch: list[_Submission]) -> None:
         events = [e for s in batch for e in s.events]
@@ -482,6 +495,29 @@ class Log:
                 # the next recovery removes. Nothing reads them meanwhile.
                 log.error("removing files of %d deleted streams failed: %s", len(removed), error)
 
+    async def _punch_trimmed(self) -> None:
+        """Frees the disk space below the heads retention moved (their records are fsynced),
+        unless a backup holds it: a backup copies data as of its checkpoint, trimmed later."""
+        if self._removal_holds or not self._unpunched:
+            return
+        pending, self._unpunched = dict.fromkeys(self._unpunched), []
+        trims = [(s.stream_id, s.path, s.base, s.head) for i in pending if (s := self._table.by_id.get(i)) is not None]
+
+        def punch_all() -> list[int]:
+            return [self._store.punch_sync(stream_id, base, head) for stream_id, _, base, head in trims]
+
+        try:
+            with trio.CancelScope(shield=True):
+                freed = await trio.to_thread.run_sync(punch_all)
+        except OSError as error:
+            # The Trimmed records are durable; the space comes back at the next start.
+            log.error("freeing the trimmed data of %d streams failed: %s", len(trims), error)
+            return
+        for (stream_id, path, _, head), reclaimed in zip(trims, freed):
+            self._trim_stats["trim_bytes_reclaimed"] += reclaimed
+            log.debug("retention: %d bytes of disk freed below offset %d of stream %r (id %x)",
+                      reclaimed, head, path, stream_id)
+
     def _write_sync(self, events: list[Event], bases: dict[int, int]) -> tuple[int, int]:
         """Worker thread: data files, WAL bytes, then fsync (``always``) — one call per batch.
         Returns the appends and messages written (counted here: a large JSON body's
@@ -499,8 +535,8 @@ class Log:
             parts += encode_record_parts(*encode_event_parts(event))
         self._wal.append_parts(parts)
         self._unsynced = True
-        if self._settings.fsync == "always" or any(isinstance(e, Deleted) for e in events):
-            # Files are only removed once their DELETE record is on disk.
+        if self._settings.fsync == "always" or any(isinstance(e, (Deleted, Trimmed)) for e in events):
+            # Files are only removed, and holes punched, once their record is on disk.
             self._sync_wal_sync()
         return self._count_messages_sync(events)
 
@@ -531,15 +567,28 @@ class Log:
     def _apply(self, events: list[Event]) -> None:
         for event in events:
             state = self._table.apply(event)
-            if state is not None and not isinstance(event, Deleted):
+            if state is not None and isinstance(event, (Created, Appended)):
                 self._store.remember(event.stream_id, event_start(event), event.data)
             self.on_applied(state, event)
+        if self._table.trimmed:
+            self._note_trims()
         for stream_id in self._table.removed:
             self._store.forget(stream_id)
         self._stats["batches"] += 1
         self._stats["events"] += len(events)
         self._stats["last_batch_events"] = len(events)
         self._observer.batch(len(events))
+
+    def _note_trims(self) -> None:
+        """One log line per trim the batch applied; their holes are punched after it."""
+        self._trim_stats["trims"] += len(self._table.trimmed)
+        for stream_id in self._table.trimmed:
+            state = self._table.by_id.get(stream_id)
+            if state is not None:  # else deleted later in the same batch
+                log.info("retention: stream %r (id %x) trimmed to offset %d, %d bytes retained",
+                         state.path, stream_id, state.head, state.tail - state.head)
+        self._unpunched += self._table.trimmed
+        self._table.trimmed.clear()
 
     async def _maybe_interval_sync(self) -> None:
         if self._settings.fsync != "interval" or not self._unsynced or self._failed is not None:

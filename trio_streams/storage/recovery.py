@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 from ..config import Settings
-from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, event_end
+from ..protocol.state import Appended, Created, Deleted, Event, StreamState, StreamTable, Trimmed, event_end
 from ..protocol.subscriptions import SUBSCRIPTION_EVENTS, SubscriptionEvent, unappliable_subscription
 from .blocksums import DataCorrupt, last_entry
 from .checkpoint import Recovered, decode_table
@@ -344,6 +344,8 @@ class _Replayer:
             self._unknown(event, record)
         elif isinstance(event, Appended):
             self._appended(event, gap, record)
+        elif isinstance(event, Trimmed):
+            self._table.apply(event)
         else:
             self._seen_deleted.add(event.stream_id)
             self._table.apply(event)
@@ -387,9 +389,9 @@ class _Replayer:
         self._written.start_created(event.stream_id)
         self._written.add(event.stream_id, 0, event.data, event_end(event))
 
-    def _unknown(self, event: Appended | Deleted, record: Record) -> None:
-        if isinstance(event, Deleted):
-            return  # deleting what is not there loses nothing
+    def _unknown(self, event: Appended | Deleted | Trimmed, record: Record) -> None:
+        if isinstance(event, (Deleted, Trimmed)):
+            return  # deleting or trimming what is not there loses nothing
         if not self._fence:
             self._wrong(record, event, unappliable(self._table, event) or "", None)
         self._table.next_stream_id = max(self._table.next_stream_id, event.stream_id + 1)
@@ -456,7 +458,7 @@ class _Replayer:
                 store.truncate_sync(stream_id, tail - state.base, tail)
         for record in records:
             event = decode_event(record.rtype, record.payload)
-            if isinstance(event, (Deleted, *SUBSCRIPTION_EVENTS)):
+            if isinstance(event, (Deleted, Trimmed, *SUBSCRIPTION_EVENTS)):
                 continue
             owner = self._table.by_id.get(event.stream_id)
             if owner is None or owner.stream_id in held or \
@@ -534,9 +536,9 @@ def unappliable(table: StreamTable, event: Event) -> str | None:
         return _uncreatable(table, event)
     state = table.by_id.get(event.stream_id)
     if state is None:
-        verb = "appends to" if isinstance(event, Appended) else "deletes"
+        verb = "appends to" if isinstance(event, Appended) else "trims" if isinstance(event, Trimmed) else "deletes"
         return f"{verb} stream id {event.stream_id}, which does not exist"
-    if isinstance(event, Deleted):
+    if isinstance(event, (Deleted, Trimmed)):
         return None
     if state.soft_deleted or state.closed:
         return f"appends to the stream after it was {'deleted' if state.soft_deleted else 'closed'}"

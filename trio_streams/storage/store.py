@@ -28,6 +28,7 @@ import trio
 
 from ..protocol.errors import data_corrupt
 from ..protocol.jsonmode import TERMINATOR
+from ..protocol.retention import trimmed_error
 from ..protocol.state import Appended, Created, StreamState, StreamTable, event_end, event_start
 from . import blocksums
 from .blocksums import BLOCK_BYTES, INDEX_ENTRY, SUM, DataCorrupt, IndexEntry, StreamFds
@@ -198,6 +199,21 @@ class Store:
             except FileNotFoundError:
                 pass
 
+    def punch_sync(self, stream_id: int, base: int, head: int) -> int:
+        """Frees the disk blocks of the stream's data below ``head`` (retention trimmed
+        it): whole checksum blocks only, so every block a read may still verify keeps
+        its bytes. Returns the bytes of disk space freed. Positions stay file offsets.
+
+        Holes read as zeros; nothing reads below the head (410), and ``verify``
+        skips these blocks."""
+        end = blocksums.block_start(head - base) if head > base else 0
+        if end <= 0:
+            return 0
+        fd = self._fd(stream_id, _DATA)
+        before = os.fstat(fd).st_blocks
+        self.ops.punch_hole(fd, 0, end)
+        return max(0, before - os.fstat(fd).st_blocks) * 512
+
     def adopt_sync(self, stream_id: int) -> None:
         """Takes over files recovery found already written (``WrittenChecks``): the
         process that wrote them may have died before syncing them, so the next
@@ -313,6 +329,9 @@ class Store:
             return await trio.to_thread.run_sync(fn, *args)
         except DataCorrupt as damage:
             owner = table.by_id.get(damage.stream_id)
+            if owner is not None and damage.start < owner.head:
+                # Trimmed (its hole punched) while we read: gone, not damaged.
+                raise trimmed_error(owner.head) from None
             self.report(damage, owner.path if owner is not None else None)
             raise data_corrupt() from None
 

@@ -115,7 +115,8 @@ def verify_directory(directory: Path, progress: Progress = lambda n: None) -> Re
     ids = set(table.by_id) | _stream_ids(streams)
     for stream_id in sorted(ids):
         state = table.by_id.get(stream_id)
-        finding = verify_stream(streams, stream_id, state.base if state else 0, state.tail if state else None, progress)
+        finding = verify_stream(streams, stream_id, state.base if state else 0, state.tail if state else None, progress,
+                                head=state.head if state else 0)
         finding.path = state.path if state else None
         if state is None:
             finding.note = "not in the log: deleted, or created after the scan"
@@ -246,8 +247,12 @@ def _stream_ids(folder: Path) -> set[int]:
     return ids
 
 
-def verify_stream(folder: Path, stream_id: int, base: int, tail: int | None, progress: Progress) -> StreamFinding:
+def verify_stream(folder: Path, stream_id: int, base: int, tail: int | None, progress: Progress,
+                  head: int = 0) -> StreamFinding:
     """Checks one stream's files up to its last index entry (and its durable ``tail`` when known).
+
+    Whole blocks below the retained ``head`` are skipped: retention punched
+    them out (they read as zeros), and nothing will ever read them.
 
     Reads the index first, then checksums, then data: the writer writes them
     in the opposite order, so everything an entry covers is already there.
@@ -265,14 +270,14 @@ def verify_stream(folder: Path, stream_id: int, base: int, tail: int | None, pro
         return finding
     progress(len(index) + len(sums))
     try:
-        _check_stream(finding, data_fd, index, sums, base, tail, progress)
+        _check_stream(finding, data_fd, index, sums, base, tail, progress, head)
     finally:
         os.close(data_fd)
     return finding
 
 
 def _check_stream(finding: StreamFinding, data_fd: int, index: bytes, sums: bytes, base: int,
-                  tail: int | None, progress: Progress) -> None:
+                  tail: int | None, progress: Progress, head: int = 0) -> None:
     entries = _index_entries(finding, index, base)
     end = entries[-1].end if entries else base
     if tail is not None and end < tail:
@@ -280,8 +285,9 @@ def _check_stream(finding: StreamFinding, data_fd: int, index: bytes, sums: byte
     crcs = [c for (c,) in SUM.iter_unpack(sums[: len(sums) - len(sums) % SUM.size])]
     length = end - base
     finding.length = length
-    pending = entries[::-1]  # pop() gives them in order
-    for block in range(0, (length + BLOCK_BYTES - 1) // BLOCK_BYTES):
+    punched = blocksums.block_start(head - base) if head > base else 0
+    pending = [e for e in entries if e.end - base > punched][::-1]  # pop() gives them in order
+    for block in range(punched // BLOCK_BYTES, (length + BLOCK_BYTES - 1) // BLOCK_BYTES):
         at = block * BLOCK_BYTES
         raw = blocksums.pread_exact(data_fd, min(BLOCK_BYTES, length - at), at)
         progress(len(raw))

@@ -26,7 +26,7 @@ from ..protocol.headers import AppendRequest, CreateRequest
 from ..protocol.rules import (
     Reply, ResolvedFork, after_delete, check_stream_limit, decide_append, decide_create, decide_delete,
 )
-from ..protocol.state import Deleted, Event, StreamState, apply_append, state_from_created
+from ..protocol.state import Deleted, Event, StreamState, Trimmed, apply_append, state_from_created
 from ..storage.log import StorageFailed
 from .context import ActorContext
 from .forks import resolve_fork, with_default_offset
@@ -36,7 +36,7 @@ log = logging.getLogger("trio_streams.actor")
 
 @dataclasses.dataclass(slots=True)
 class Command:
-    request: Union[CreateRequest, AppendRequest, "DeleteRequest"]
+    request: Union[CreateRequest, AppendRequest, "DeleteRequest", "TrimRequest"]
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     reply: Reply | None = None
     error: Exception | None = None
@@ -52,6 +52,13 @@ class Command:
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeleteRequest:
     only_stream_id: int | None = None  # expiry sweeps delete one incarnation, never a newer one
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrimRequest:
+    """Retention asks for a trim of this incarnation (never a newer one at the path)."""
+
+    stream_id: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -187,6 +194,11 @@ class StreamActor:
         try:
             fork = None
             request = command.request
+            if isinstance(request, TrimRequest):
+                trim, command.reply = await self._decide_trim(request, view)
+                if trim is not None:
+                    events.append(trim)
+                return view
             if isinstance(request, CreateRequest) and request.fork is not None:
                 if view is None:
                     fork = await resolve_fork(self._context, request.fork)
@@ -207,6 +219,15 @@ class StreamActor:
             events.append(event)
         return view
 
+    async def _decide_trim(self, request: TrimRequest, view: StreamState | None) -> tuple[Trimmed | None, Reply]:
+        """A trim decided against the durable stream: its index says where a JSON stream's
+        messages end, and the batch's own appends only move the tail further."""
+        durable = self._context.view.at(self.path)
+        if view is None or durable is None or not view.stream_id == durable.stream_id == request.stream_id:
+            return None, Reply(204)  # deleted or re-created meanwhile: nothing of it to trim
+        target = await self._context.retainer.target(durable)
+        return (None if target is None else Trimmed(durable.stream_id, target)), Reply(204)
+
     def _decide_one(
         self, request: object, view: StreamState | None, now: float, fork: ResolvedFork | None
     ) -> tuple[Event | None, StreamState | None, Reply]:
@@ -214,6 +235,8 @@ class StreamActor:
             if view is None:
                 raise not_found()
             event, reply = decide_append(view, request)
+            if event is not None and self._context.retainer.dates_appends(view):
+                event = dataclasses.replace(event, at=now)  # dates the data for trims by age
             if event is not None:
                 view = view.speculative_copy()
                 apply_append(view, event)

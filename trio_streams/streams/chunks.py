@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from ..protocol import jsonmode
 from ..protocol.errors import not_found
-from ..protocol.reads import Chunk, chunk_of
+from ..protocol.reads import Chunk, check_retained, chunk_of
 from ..protocol.state import StreamState
 from .view import DurableView
 
@@ -59,6 +59,7 @@ class ChunkReader:
         self.cache = ChunkCache(cache_bytes_max)
 
     async def read_chunk(self, state: StreamState, start: int) -> Chunk:
+        check_retained(state, start)  # a live reader may have fallen behind a trim while it waited
         tail, closed = state.tail, state.closed  # the table may move on while we read
         key = (state.stream_id, start, min(tail, start + self._limit))
         hit = self.cache.get(key)

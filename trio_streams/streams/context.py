@@ -17,6 +17,7 @@ from ..clock import Clock
 from ..config import Settings
 from ..protocol.state import Event
 from .lifetimes import Lifetimes
+from .retention import Retainer
 from .view import DurableView
 
 
@@ -31,3 +32,4 @@ class ActorContext:
     # Held for batches that touch two streams (fork creates and deletes: source refcounts).
     topology_lock: trio.Lock
     clock: Clock
+    retainer: Retainer

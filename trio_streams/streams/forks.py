@@ -20,7 +20,9 @@ async def resolve_fork(context: ActorContext, spec: ForkSpec) -> ResolvedFork:
     source = context.view.at(spec.source)
     source = rules.fork_source(source, source is not None and context.lifetimes.is_expired(source))
     anchor = rules.fork_anchor(spec, source)
-    if source.json_mode and 0 < anchor < source.tail:
+    # At or below the head a fork reads nothing of its source (its head is its base), and the
+    # byte before may be trimmed away.
+    if source.json_mode and source.head < anchor < source.tail:
         rules.require_fork_boundary(await context.view.read(source, anchor - 1, anchor))
     base = anchor
     if spec.sub_offset:

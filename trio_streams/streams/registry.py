@@ -34,11 +34,12 @@ from ..protocol.headers import AppendRequest, CreateRequest
 from ..protocol.rules import Reply
 from ..protocol.state import Deleted, Event, StreamState
 from ..quick import send_soon
-from .actor import Command, DeleteRequest, StreamActor
+from .actor import Command, DeleteRequest, StreamActor, TrimRequest
 from .context import ActorContext
 from .fanout import FanOut, Wakeup
 from .framing import JsonFraming
 from .lifetimes import Lifetimes
+from .retention import Retainer
 from .view import DurableView
 
 
@@ -62,10 +63,12 @@ class Registry:
         self._actors: dict[str, StreamActor] = {}
         self.fanout = FanOut(settings.subscribers_per_stream_max, settings.fanout_wakes_per_round)
         self._expiring: set[int] = set()
+        self._trimming: set[int] = set()
+        self.retainer = Retainer(settings, view, clock)
         self._next_stream_id = view.next_stream_id
         self.framing = JsonFraming(settings)
         self.context = ActorContext(
-            view, submit, self._allocate_stream_id, self.lifetimes, settings, trio.Lock(), clock
+            view, submit, self._allocate_stream_id, self.lifetimes, settings, trio.Lock(), clock, self.retainer
         )
 
     # -- writes (through the path's actor) ------------------------------
@@ -79,7 +82,9 @@ class Registry:
     async def append(self, path: str, request: AppendRequest) -> Reply:
         request = await self.framing.append(request)
         reply = await self._command(path, request)
-        self._touch_path(path)
+        state = self._touch_path(path)
+        if state is not None and self.retainer.over_budget(state):
+            self.start_trim(state)
         return reply
 
     def _expected_content_type(self, request: CreateRequest) -> str | None:
@@ -161,10 +166,11 @@ class Registry:
         """A read or write resets the sliding TTL (HEAD does not call this)."""
         self.lifetimes.touch(state.stream_id)
 
-    def _touch_path(self, path: str) -> None:
+    def _touch_path(self, path: str) -> StreamState | None:
         state = self.view.at(path)
         if state is not None:
             self.touch(state)
+        return state
 
     # -- expiry ------------------------------------------------------------
 
@@ -202,6 +208,24 @@ class Registry:
         while True:
             await trio.sleep(self.settings.expiry_sweep_interval_s)
             await self.sweep_expired()
+
+    # -- retention -----------------------------------------------------------
+
+    def start_trim(self, state: StreamState) -> None:
+        """Asks the stream's actor for a trim (one at a time per stream), in the background."""
+        if state.stream_id not in self._trimming:
+            self._trimming.add(state.stream_id)
+            self._nursery.start_soon(self._trim, state.path, state.stream_id)
+
+    async def _trim(self, path: str, stream_id: int) -> None:
+        try:
+            with contextlib.suppress(ProtocolError):
+                await self._command(path, TrimRequest(stream_id))
+        finally:
+            self._trimming.discard(stream_id)
+
+    async def sweep_retention_forever(self) -> None:
+        await self.retainer.sweep_forever(self.start_trim)
 
     # -- fan-out -----------------------------------------------------------
 

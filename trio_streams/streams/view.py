@@ -35,6 +35,10 @@ class DurableView:
         """Every stream, as a snapshot: safe to iterate across checkpoints."""
         return list(self._table.by_id.values())
 
+    def trim_limit(self, state: StreamState) -> int:
+        """How far retention may trim ``state``: its tail, or less where forks still read it."""
+        return self._table.trim_limit(state)
+
     def stream_ids(self) -> Iterable[int]:
         return self._table.by_id.keys()
 
