@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TypedDict, assert_type
 
 from trio_streams.client import (
-    CloseResult, DurableStream, HeadResult, IdempotentProducer, JsonBatch, RetryOpts, StreamResponse, stream,
+    CloseResult, DurableStream, HeadResult, IdempotentProducer, JsonBatch, OffsetTrimmedError, RetryOpts,
+    StreamResponse, TrimmedGap, stream,
 )
 from trio_streams.client import sync
 
@@ -31,6 +32,17 @@ async def async_reads(url: str) -> None:
         assert_type(batch.items, list[Event])
     async for text in res.text_stream():
         assert_type(text, str)
+    try:
+        await stream(url, offset="0_0")
+    except OffsetTrimmedError as error:
+        assert_type(error.earliest_offset, str)
+
+    async def lost(gap: TrimmedGap) -> None:
+        assert_type(gap.to_offset, str)
+
+    await stream(url, live=True, on_trimmed=lost)
+    await stream(url, on_trimmed=lambda gap: print(gap.from_offset))
+    await stream(url, on_trimmed="resume")  # type: ignore[arg-type]
 
 
 async def async_writes(url: str) -> None:
@@ -50,6 +62,7 @@ def sync_usage(url: str) -> None:
     res: sync.StreamResponse[Event] = sync.stream(url, live=True)
     for event in res.json_stream():
         assert_type(event, Event)
+    sync.stream(url, on_trimmed=lambda gap: print(gap.to_offset))
     assert_type(stream_.append_stream(open(__file__, "rb")), str | None)
     producer = sync.IdempotentProducer(stream_, "writer", linger_ms=1, auto_claim=True)
     assert_type(producer.append("x"), None)

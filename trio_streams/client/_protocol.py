@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Union
 
-from .errors import PARSE_ERROR, DurableStreamError
+from .errors import PARSE_ERROR, DurableStreamError, OffsetTrimmedError
 
 NEXT_OFFSET = "stream-next-offset"
 CURSOR = "stream-cursor"
@@ -103,6 +103,27 @@ def chunk_from_response(status: int, headers: Mapping[str, str], body: bytes, *,
     up_to_date = status == 204 or closed or (UP_TO_DATE in headers and headers[UP_TO_DATE].lower() != "false")
     parts = (body,) if body and status == 200 else ()
     return Chunk(parts, next_offset, headers.get(CURSOR) or cursor, up_to_date, closed)
+
+
+@dataclass(frozen=True)
+class TrimmedGap:
+    """Data a reader skipped: retention removed ``[from_offset, to_offset)`` before it was read.
+
+    ``from_offset`` is where the reader was (everything before it was handed
+    out); ``to_offset`` is the stream's earliest retained offset, where it
+    goes on reading."""
+
+    from_offset: str
+    to_offset: str
+
+
+def trimmed_gap(error: OffsetTrimmedError, offset: str, *, resume: bool) -> TrimmedGap:
+    """What a reader at ``offset`` skips to go on after ``error``. Re-raises it unless
+    the reader resumes, and when the earliest offset is not ahead of ``offset``
+    (offsets sort as strings, PROTOCOL.md 8): reading there again would loop."""
+    if not resume or error.earliest_offset <= offset:
+        raise error
+    return TrimmedGap(offset, error.earliest_offset)
 
 
 def check_live(live: object) -> LiveMode:

@@ -19,14 +19,16 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._protocol import SSE, START, Backoff, Chunk, LiveMode, check_live
+from ._protocol import SSE, START, Backoff, Chunk, LiveMode, TrimmedGap, check_live, trimmed_gap
 from ._sync_transport import SyncTransport
 from ._transport import HeadersSpec, OnError, ParamsSpec
+from .errors import OffsetTrimmedError
 from .response import ByteBatch, JsonBatch, ResponseCore, Shape, TextBatch, _bytes, _NotSse
 
 T = TypeVar("T")
 O = TypeVar("O")
 B = TypeVar("B")
+OnTrimmed = Callable[[TrimmedGap], object]
 
 
 def stream(
@@ -39,24 +41,37 @@ def stream(
     client: httpx.Client | None = None,
     backoff: Backoff | None = None,
     on_error: OnError | None = None,
+    on_trimmed: OnTrimmed | None = None,
 ) -> StreamResponse[Any]:
     """Starts reading ``url`` from ``offset``; returns after the first answer (see the async ``stream``).
 
     Header and param providers must be plain callables returning ``str``;
-    ``on_error`` must return ``RetryOpts`` or None without awaiting.
+    ``on_error`` must return ``RetryOpts`` or None without awaiting, and
+    ``on_trimmed`` is a plain callable too.
     """
     transport = SyncTransport(client=client, headers=headers, params=params, backoff=backoff, on_error=on_error)
     try:
-        return open_response(transport, url, offset, live, owns_transport=True)
+        return open_response(transport, url, offset, live, owns_transport=True, on_trimmed=on_trimmed)
     except BaseException:
         transport.close()
         raise
 
 
-def open_response(transport: SyncTransport, url: str, offset: str, live: LiveMode, *, owns_transport: bool) -> StreamResponse[Any]:
+def open_response(
+    transport: SyncTransport, url: str, offset: str, live: LiveMode, *, owns_transport: bool,
+    on_trimmed: OnTrimmed | None = None,
+) -> StreamResponse[Any]:
     live = check_live(live)
-    first = transport.read(url, params=[("offset", offset)])
-    return StreamResponse(transport, url, live, offset, first, owns_transport=owns_transport)
+    while True:
+        try:
+            first = transport.read(url, params=[("offset", offset)])
+            break
+        except OffsetTrimmedError as error:
+            gap = trimmed_gap(error, offset, resume=on_trimmed is not None)
+            if on_trimmed:
+                on_trimmed(gap)
+            offset = gap.to_offset
+    return StreamResponse(transport, url, live, offset, first, owns_transport=owns_transport, on_trimmed=on_trimmed)
 
 
 class StreamResponse(ResponseCore[T, SyncTransport]):
@@ -155,11 +170,14 @@ class StreamResponse(ResponseCore[T, SyncTransport]):
             yield chunk
         while not state.finished(stop_at_up_to_date=stop_at_up_to_date):
             mode = state.next_mode()
-            if mode == SSE:
-                yield from self._sse(stop_at_up_to_date)
-            else:
-                params, timeout = self._poll_request(mode)
-                yield self._polled(self._transport.read(self.url, params=params, timeout=timeout))
+            try:
+                if mode == SSE:
+                    yield from self._sse(stop_at_up_to_date)
+                else:
+                    params, timeout = self._poll_request(mode)
+                    yield self._polled(self._transport.read(self.url, params=params, timeout=timeout))
+            except OffsetTrimmedError as error:
+                self._skip_trimmed(error)
 
     def _sse(self, stop_at_up_to_date: bool) -> Generator[Chunk, None, None]:
         """SSE connections, one after another, until the session is over or SSE is given up on."""

@@ -1,8 +1,8 @@
 """Command line client: ``trio-streams create|append|read|tail|head|close|delete URL``.
 
 Owns: these subcommands' flags, stdin → appends, stream → stdout, and exit
-statuses (0 done, 1 a stream or network error, 2 bad usage, 130
-interrupted). Built only on the public client API, run under Trio when it
+statuses (0 done, 1 a stream or network error, 2 bad usage, 3 the data at
+the read's offset was removed by the stream's retention, 130 interrupted). Built only on the public client API, run under Trio when it
 is installed, else asyncio (a client-only install has no Trio).
 
 Never touches the server: the server's ``trio_streams.__main__`` adds these
@@ -26,14 +26,14 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
 import anyio
 
-from ._protocol import Backoff, is_json
-from .errors import DurableStreamError
+from ._protocol import Backoff, TrimmedGap, is_json
+from .errors import DurableStreamError, OffsetTrimmedError
 from .producer import MAX_BATCH_BYTES, IdempotentProducer
 from .response import stream
 from .stream import DurableStream
@@ -41,6 +41,8 @@ from .stream import DurableStream
 COMMANDS = ("create", "append", "read", "tail", "head", "close", "delete")
 STDIN_READ_BYTES = 64 * 1024
 LIVE_CHOICES = {"auto": True, "sse": "sse", "long-poll": "long-poll"}
+# Its own status, so a script can tell "start again from the earliest offset" from a failure.
+EXIT_TRIMMED = 3
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,6 +74,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         r.add_argument("--json", action="store_true", help="one JSON object per batch, with its offset")
         if name == "tail":
             r.add_argument("--live", choices=sorted(LIVE_CHOICES), default="auto", help="live mode (default auto)")
+        r.add_argument("--resume-trimmed", action="store_true",
+                       help="where retention removed data before it was read, note the skipped offsets on stderr "
+                            f"and go on from the earliest retained offset (default: stop with status {EXIT_TRIMMED})")
     h = commands.add_parser("head", parents=[common], help="print the stream's metadata")
     h.add_argument("--json", action="store_true", help="as a JSON object")
     cl = commands.add_parser("close", parents=[common], help="close the stream (EOF)")
@@ -87,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"trio-streams {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OffsetTrimmedError as exc:
+        print(f"trio-streams {args.command}: {exc.code} {exc.status}: {exc.message}; the earliest retained offset "
+              f"is {exc.earliest_offset} (read from there with --offset, or pass --resume-trimmed)", file=sys.stderr)
+        return EXIT_TRIMMED
     except DurableStreamError as exc:
         status = f" {exc.status}" if exc.status else ""
         print(f"trio-streams {args.command}: {exc.code}{status}: {exc.message}", file=sys.stderr)
@@ -211,7 +220,8 @@ async def _tail(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 async def _print_stream(args: argparse.Namespace, options: dict[str, Any], live: Any) -> int:
     out = sys.stdout.buffer
-    async with await stream(args.url, args.offset, live, **options) as res:
+    on_trimmed = _report_gap(args.command) if args.resume_trimmed else None
+    async with await stream(args.url, args.offset, live, on_trimmed=on_trimmed, **options) as res:
         if res.is_json:
             async for json_batch in res.json_batches():
                 _write_batch(out, args.json, json_batch.items, json_batch, json_items=True)
@@ -219,6 +229,14 @@ async def _print_stream(args: argparse.Namespace, options: dict[str, Any], live:
             async for byte_batch in res.byte_batches():
                 _write_batch(out, args.json, byte_batch.data, byte_batch, json_items=False)
     return 0
+
+
+def _report_gap(command: str) -> Callable[[TrimmedGap], None]:
+    def report(gap: TrimmedGap) -> None:
+        print(f"trio-streams {command}: skipped data removed by the stream's retention, "
+              f"from offset {gap.from_offset} to {gap.to_offset}", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _write_batch(out: BinaryIO, as_json: bool, payload: Any, batch: Any, *, json_items: bool) -> None:

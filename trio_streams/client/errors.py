@@ -31,6 +31,7 @@ FORBIDDEN = "FORBIDDEN"
 RATE_LIMITED = "RATE_LIMITED"
 BUSY = "BUSY"
 STREAM_CLOSED = "STREAM_CLOSED"
+OFFSET_TRIMMED = "OFFSET_TRIMMED"
 STALE_EPOCH = "STALE_EPOCH"
 SEQUENCE_GAP = "SEQUENCE_GAP"
 PARSE_ERROR = "PARSE_ERROR"
@@ -50,6 +51,9 @@ _BY_STATUS = {
     503: BUSY,
 }
 _BODY_DETAIL_CHARS_MAX = 300
+# The server's answer to a read below the stream's earliest retained offset
+# names that offset here (a trio_streams extension; PROTOCOL.md 5.6 gives only the 410).
+EARLIEST_OFFSET = "trio-streams-earliest-offset"
 
 
 class DurableStreamError(Exception):
@@ -76,6 +80,19 @@ class StreamClosedError(DurableStreamError):
     def __init__(self, final_offset: str | None, *, url: str | None = None) -> None:
         super().__init__(f"stream is closed (final offset {final_offset})", STREAM_CLOSED, 409, url=url)
         self.final_offset = final_offset
+
+
+class OffsetTrimmedError(DurableStreamError):
+    """A read asked for data the stream's retention policy has removed (410); the stream itself lives on.
+
+    ``earliest_offset`` is where its retained data now starts: read from there
+    to go on, knowing that what lay between is lost. Only servers that name it
+    (``Trio-Streams-Earliest-Offset``) raise this; a bare 410 stays ``GONE``.
+    """
+
+    def __init__(self, message: str, earliest_offset: str, *, url: str | None = None) -> None:
+        super().__init__(message, OFFSET_TRIMMED, 410, url=url)
+        self.earliest_offset = earliest_offset
 
 
 class StaleEpochError(DurableStreamError):
@@ -123,6 +140,8 @@ def error_for_response(
         expected = _int_or_none(headers.get("producer-expected-seq"))
         return SequenceGapError(expected, _int_or_none(headers.get("producer-received-seq")), url=url)
     message = f"{op} {url}: HTTP {status}{_detail(body)}"
+    if status == 410 and headers.get(EARLIEST_OFFSET):
+        return OffsetTrimmedError(message, headers[EARLIEST_OFFSET], url=url)
     if status == 409:
         code = CONFLICT_EXISTS if op == "create" else CONFLICT_SEQ if seq_sent else CONFLICT
         return DurableStreamError(message, code, status, url=url)

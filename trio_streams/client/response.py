@@ -37,12 +37,12 @@ import anyio
 import httpx
 
 from ._protocol import (
-    CATCH_UP, SSE, SSE_ENCODING, START, Backoff, Chunk, LiveMode, Mode, ReadState, check_live, chunk_from_response,
-    decode_json_parts, is_json, media_type,
+    CATCH_UP, SSE, SSE_ENCODING, START, Backoff, Chunk, LiveMode, Mode, ReadState, TrimmedGap, check_live,
+    chunk_from_response, decode_json_parts, is_json, media_type, trimmed_gap,
 )
 from ._sse import SseChunker, SseDecoder
 from ._transport import LIVE_TIMEOUT, HeadersSpec, OnError, ParamsSpec, Transport, TransportCore
-from .errors import ALREADY_CONSUMED, NETWORK, DurableStreamError, FetchError
+from .errors import ALREADY_CONSUMED, NETWORK, DurableStreamError, FetchError, OffsetTrimmedError
 
 # After this many SSE connections in a row that broke or ended without a
 # single event, live=True gives up on SSE (a buffering proxy) for long-poll.
@@ -93,6 +93,7 @@ class TextBatch:
 
 B = TypeVar("B")
 Callback = Callable[[B], Union[None, Awaitable[None]]]
+OnTrimmed = Callback[TrimmedGap]
 Shape = Callable[[Chunk], list[O]]
 
 
@@ -106,6 +107,7 @@ async def stream(
     client: httpx.AsyncClient | None = None,
     backoff: Backoff | None = None,
     on_error: OnError | None = None,
+    on_trimmed: OnTrimmed | None = None,
 ) -> StreamResponse[Any]:
     """Starts reading ``url`` from ``offset`` (``"-1"`` start, ``"now"`` tail); returns after the first answer.
 
@@ -117,27 +119,43 @@ async def stream(
     protocol answer (after the automatic retries): return ``RetryOpts`` with
     new headers/params to try again, or None to raise. Annotate the result
     (``res: StreamResponse[Event]``) to type the JSON items.
+
+    A read below the stream's earliest retained offset (retention removed
+    that data) raises ``OffsetTrimmedError``, at the start or at any later
+    request of the session. With ``on_trimmed(gap)`` the session instead
+    calls it with the ``TrimmedGap`` skipped (awaited if async; raise in it
+    to stop) and goes on from the earliest offset.
     """
     transport = Transport(client=client, headers=headers, params=params, backoff=backoff, on_error=on_error)
     try:
-        return await open_response(transport, url, offset, live, owns_transport=True)
+        return await open_response(transport, url, offset, live, owns_transport=True, on_trimmed=on_trimmed)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await transport.aclose()
         raise
 
 
-async def open_response(transport: Transport, url: str, offset: str, live: LiveMode, *, owns_transport: bool) -> StreamResponse[Any]:
+async def open_response(
+    transport: Transport, url: str, offset: str, live: LiveMode, *, owns_transport: bool, on_trimmed: OnTrimmed | None = None
+) -> StreamResponse[Any]:
     live = check_live(live)
-    first = await transport.read(url, params=[("offset", offset)])
-    return StreamResponse(transport, url, live, offset, first, owns_transport=owns_transport)
+    while True:
+        try:
+            first = await transport.read(url, params=[("offset", offset)])
+            break
+        except OffsetTrimmedError as error:
+            gap = trimmed_gap(error, offset, resume=on_trimmed is not None)
+            await _settled(on_trimmed(gap) if on_trimmed else None)
+            offset = gap.to_offset
+    return StreamResponse(transport, url, live, offset, first, owns_transport=owns_transport, on_trimmed=on_trimmed)
 
 
 class ResponseCore(Generic[T, TransportT]):
     """A session's position and every decision about it that needs no IO."""
 
     def __init__(
-        self, transport: TransportT, url: str, live: LiveMode, start_offset: str, first: httpx.Response, *, owns_transport: bool
+        self, transport: TransportT, url: str, live: LiveMode, start_offset: str, first: httpx.Response, *,
+        owns_transport: bool, on_trimmed: Callable[[TrimmedGap], object] | None = None,
     ) -> None:
         self.url = url
         self.live = live
@@ -160,6 +178,7 @@ class ResponseCore(Generic[T, TransportT]):
             self._deliver(self._first)
         self._consumed = False
         self._sse_failures = 0
+        self._on_trimmed = on_trimmed
 
     @property
     def is_json(self) -> bool:
@@ -262,6 +281,15 @@ class ResponseCore(Generic[T, TransportT]):
         if not backoff.may_retry(self._sse_failures - 1):
             raise FetchError(f"SSE connection keeps failing: {failure!r}", NETWORK, None, url=self.url) from failure
         return backoff.delay_s(self._sse_failures - 1, random.random())
+
+    def _skip_trimmed(self, error: OffsetTrimmedError) -> object:
+        """Retention removed data past the session's position: re-raises ``error``
+        (the default), or reports the gap to ``on_trimmed`` and goes on from the
+        earliest offset. Returns what the callback returned (async loops await it)."""
+        gap = trimmed_gap(error, self._state.offset, resume=self._on_trimmed is not None)
+        assert self._on_trimmed is not None
+        self._state.offset = gap.to_offset
+        return self._on_trimmed(gap)
 
     def _note(self, response: httpx.Response) -> None:
         self.status = response.status_code
@@ -367,13 +395,16 @@ class StreamResponse(ResponseCore[T, Transport]):
             yield chunk
         while not state.finished(stop_at_up_to_date=stop_at_up_to_date):
             mode = state.next_mode()
-            if mode == SSE:
-                async with aclosing(self._sse(stop_at_up_to_date)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-            else:
-                params, timeout = self._poll_request(mode)
-                yield self._polled(await self._transport.read(self.url, params=params, timeout=timeout))
+            try:
+                if mode == SSE:
+                    async with aclosing(self._sse(stop_at_up_to_date)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+                else:
+                    params, timeout = self._poll_request(mode)
+                    yield self._polled(await self._transport.read(self.url, params=params, timeout=timeout))
+            except OffsetTrimmedError as error:
+                await _settled(self._skip_trimmed(error))
 
     async def _sse(self, stop_at_up_to_date: bool) -> AsyncGenerator[Chunk, None]:
         """SSE connections, one after another, until the session is over or SSE is given up on."""
@@ -420,6 +451,10 @@ def _text_decoder() -> Callable[[Chunk], str]:
 async def _drive(batches: AsyncIterator[B], callback: Callback[B]) -> None:
     async with aclosing(batches) as it:  # type: ignore[type-var]
         async for batch in it:
-            result = callback(batch)
-            if inspect.isawaitable(result):
-                await result
+            await _settled(callback(batch))
+
+
+async def _settled(result: object) -> None:
+    """Awaits what a user callback returned if it is awaitable (callbacks may be sync or async)."""
+    if inspect.isawaitable(result):
+        await result

@@ -35,7 +35,7 @@ from ._protocol import (
     create_headers, encode_message, fork_headers, frame_batch, head_result, is_json,
 )
 from ._transport import HeadersSpec, OnError, ParamsSpec, Transport, TransportCore, check
-from .response import StreamResponse, open_response
+from .response import OnTrimmed, StreamResponse, open_response
 
 # Appends coalesced into one POST stay below this: well under the 64 MiB
 # default request limit of servers, and small enough to retry cheaply.
@@ -236,11 +236,12 @@ class DurableStream(StreamCore[Transport]):
         return result
 
     async def stream(
-        self, offset: str = START, live: LiveMode = False, *, headers: HeadersSpec | None = None, params: ParamsSpec | None = None
+        self, offset: str = START, live: LiveMode = False, *, headers: HeadersSpec | None = None,
+        params: ParamsSpec | None = None, on_trimmed: OnTrimmed | None = None,
     ) -> StreamResponse[Any]:
         """Reads this stream (see ``trio_streams.client.stream``), on this handle's connections."""
         transport = self._transport.derive(headers=headers, params=params)
-        response = await open_response(transport, self.url, offset, live, owns_transport=False)
+        response = await open_response(transport, self.url, offset, live, owns_transport=False, on_trimmed=on_trimmed)
         self.content_type = response.content_type or self.content_type
         return response
 

@@ -37,13 +37,15 @@ import httpx
 
 from ._batching import APPEND, UPLOAD, Write
 from ._protocol import (
-    DEFAULT_CONTENT_TYPE, NEXT_OFFSET, START, Backoff, CloseResult, HeadResult, LiveMode, encode_message, is_json,
+    DEFAULT_CONTENT_TYPE, NEXT_OFFSET, START, Backoff, CloseResult, HeadResult, LiveMode, TrimmedGap, encode_message,
+    is_json,
 )
-from ._sync_response import StreamResponse, open_response, stream
+from ._sync_response import OnTrimmed, StreamResponse, open_response, stream
 from ._sync_transport import SyncTransport, check
 from ._transport import HeadersSpec, OnError, ParamsSpec, RetryOpts
 from .errors import (
-    DurableStreamError, FetchError, ProducerBufferFullError, SequenceGapError, StaleEpochError, StreamClosedError,
+    DurableStreamError, FetchError, OffsetTrimmedError, ProducerBufferFullError, SequenceGapError, StaleEpochError,
+    StreamClosedError,
 )
 from .producer import IdempotentProducer as AsyncIdempotentProducer
 from .producer import ProducerOptions, ProducerStatistics
@@ -53,8 +55,9 @@ from .stream import Post, StreamCore
 
 __all__ = [
     "Backoff", "ByteBatch", "CloseResult", "DurableStream", "DurableStreamError", "FetchError", "HeadResult",
-    "IdempotentProducer", "JsonBatch", "LiveMode", "ProducerBufferFullError", "ProducerStatistics", "RetryOpts",
-    "SequenceGapError", "StaleEpochError", "StreamClosedError", "StreamResponse", "TextBatch", "stream",
+    "IdempotentProducer", "JsonBatch", "LiveMode", "OffsetTrimmedError", "ProducerBufferFullError", "ProducerStatistics",
+    "RetryOpts", "SequenceGapError", "StaleEpochError", "StreamClosedError", "StreamResponse", "TextBatch", "TrimmedGap",
+    "stream",
 ]
 
 # Pieces a file object is read in by append_stream (one chunked POST either way).
@@ -161,11 +164,12 @@ class DurableStream(StreamCore[SyncTransport]):
         return CloseResult(self._post(self._close_request(piece)).headers.get(NEXT_OFFSET))
 
     def stream(
-        self, offset: str = START, live: LiveMode = False, *, headers: HeadersSpec | None = None, params: ParamsSpec | None = None
+        self, offset: str = START, live: LiveMode = False, *, headers: HeadersSpec | None = None,
+        params: ParamsSpec | None = None, on_trimmed: OnTrimmed | None = None,
     ) -> StreamResponse[Any]:
         """Reads this stream (see ``stream()``), on this handle's connections."""
         transport = self._transport.derive(headers=headers, params=params)
-        response = open_response(transport, self.url, offset, live, owns_transport=False)
+        response = open_response(transport, self.url, offset, live, owns_transport=False, on_trimmed=on_trimmed)
         self.content_type = response.content_type or self.content_type
         return response
 

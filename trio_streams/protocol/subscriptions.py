@@ -651,15 +651,25 @@ def pending_paths(sub: Subscription, tails: Tails) -> list[str]:
     return [path for path, link in sub.links.items() if (tail := tails(path)) is not None and tail > link.acked]
 
 
-def stream_views(sub: Subscription, tails: Tails) -> list[dict[str, Any]]:
-    """The ``streams`` of a wake (webhook body, claim answer), path order."""
+def stream_views(sub: Subscription, tails: Tails, heads: Tails | None = None) -> list[dict[str, Any]]:
+    """The ``streams`` of a wake (webhook body, claim answer), path order.
+
+    ``heads``: a stream's earliest retained position. A cursor retention has
+    passed gets ``earliest_offset``: a read at ``acked_offset`` would be 410,
+    the data up to ``earliest_offset`` is gone, and the worker decides what
+    the loss means (its acks go on from there as usual). The cursor itself
+    stays where it was acked, so the loss shows until a worker acks past it."""
     views = []
     for path in sorted(sub.links):
         link = sub.links[path]
         tail = tails(path)
         tail = link.acked if tail is None else max(tail, link.acked)
-        views.append({"path": path, "link_type": link.link_type, "acked_offset": format_offset(link.acked),
-                      "tail_offset": format_offset(tail), "has_pending": tail > link.acked})
+        view: dict[str, Any] = {"path": path, "link_type": link.link_type, "acked_offset": format_offset(link.acked),
+                                "tail_offset": format_offset(tail), "has_pending": tail > link.acked}
+        head = heads(path) if heads is not None else None
+        if head is not None and head > link.acked:
+            view["earliest_offset"] = format_offset(head)
+        views.append(view)
     return views
 
 

@@ -88,8 +88,17 @@ class SubscriptionManager:
         return self._streams_table.subscriptions
 
     def tail(self, path: str) -> int | None:
+        state = self._live_stream(path)
+        return None if state is None else state.tail
+
+    def head(self, path: str) -> int | None:
+        """The earliest retained position: a cursor below it points at data retention removed."""
+        state = self._live_stream(path)
+        return None if state is None else state.head
+
+    def _live_stream(self, path: str) -> StreamState | None:
         state = self._streams_table.by_path.get(path)
-        return None if state is None or state.soft_deleted else state.tail
+        return None if state is None or state.soft_deleted else state
 
     # -- the log writer's hook -------------------------------------------------
 
@@ -172,7 +181,7 @@ class SubscriptionManager:
                 "wake_id": sub.wake_id, "generation": sub.generation,
                 "token": ports.tokens.issue(sub.id, sub.generation, sub.wake_id or "",
                                             self.settings.subscription_wake_token_ttl_s),
-                "streams": S.stream_views(sub, self.tail), "lease_ttl_ms": sub.config.lease_ttl_ms,
+                "streams": S.stream_views(sub, self.tail, self.head), "lease_ttl_ms": sub.config.lease_ttl_ms,
             }
         self._dirty.set()  # its lease is a new deadline
         return answer
@@ -272,8 +281,8 @@ class SubscriptionManager:
         self._resend_webhook_wakes()
 
     def _start_and_tail(self, path: str) -> tuple[int, int] | None:
-        state = self._streams_table.by_path.get(path)
-        return None if state is None or state.soft_deleted else (state.base, state.tail)
+        state = self._live_stream(path)
+        return None if state is None else (state.base, state.tail)
 
     def _next_deadline(self) -> float:
         """The trio time of the soonest lease end or retry (inf: none)."""
@@ -384,7 +393,7 @@ class SubscriptionManager:
         if ports is None:
             log.error("webhook subscription %r cannot be delivered: no webhook package", sub.id)
             return
-        views = S.stream_views(sub, self.tail)
+        views = S.stream_views(sub, self.tail, self.head)
         snapshot = {v["path"]: _position(v["tail_offset"]) for v in views}
         body = orjson.dumps({
             "subscription_id": sub.id, "wake_id": sub.wake_id, "generation": sub.generation, "streams": views,
