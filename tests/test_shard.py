@@ -220,6 +220,16 @@ def test_the_rebalance_plan_lists_exactly_the_streams_whose_key_changes_node() -
     assert 0.15 < len(moved) / len(names) < 0.35
 
 
+def test_the_rebalance_plan_keys_names_by_the_pattern_when_given_one() -> None:
+    before, after = ["node-a:4437", "node-b:4437", "node-c:4437"], ["node-a:4437", "node-b:4437", "node-c:4437",
+                                                                    "node-d:4437"]
+    names = [f"t{i}-{suffix}" for i in range(300) for suffix in ("orders", "orders-2026/eu")]
+    moves = plan(before, after, names, Settings(shard_key_pattern=r"^([^/-]+)").shard_key_rule)
+    moved = {name for name, _, _ in moves}
+    assert moved == {n for n in names if Ketama(before).server(n.split("-")[0]) != Ketama(after).server(n.split("-")[0])}
+    assert moved and all(f"{n.split('-')[0]}-orders" in moved for n in moved)
+
+
 def map_variant(segments: int) -> str:
     """sharded.conf's map: as shipped (1 segment) or its commented 2-segment form."""
     text = SHARD_MAP.read_text()
