@@ -13,9 +13,8 @@ one server.
 With ``--shard-key-pattern`` the nodes run with TRIO_STREAMS_SHARD_KEY_PATTERN
 and nginx with sharded.conf's commented pattern map for it: with
 ``^([^/-]+)`` every ``fork-…`` name has the key ``fork``, so the fork block
-must pass (and the run checks the suite forked within keys through nginx,
-every such PUT answered 201 or another non-shard status); only the
-subscription block is expected to fail.
+must pass (and the run checks in nginx's log that the suite did fork within
+keys through it); only the subscription block is expected to fail.
 
 What the suite needs that sharding by one segment cannot give, so those tests
 are expected to fail:
@@ -121,8 +120,9 @@ def _ready(base: str) -> bool:
 
 
 def crossing_puts(access_log: Path, rule: shards.KeyRule) -> tuple[list[str], dict[str, int]]:
-    """Shard-checked PUTs in nginx's log: those answered wrongly, and how many of each kind.
-    Crossing ones must be 400; a fork within its key must not be (any other answer is the suite's)."""
+    """Shard-checked PUTs in nginx's log: crossing ones not refused, and how many of each kind.
+    A fork within its key may get any answer (the suite tests bad forks too): that its tests
+    pass is checked with the suite's results."""
     problems, seen = [], {"fork": 0, "subscription": 0, "fork within a key": 0}
     for line in access_log.read_text(errors="replace").splitlines():
         method, uri, status, source = line.split(FIELD_SEPARATOR)
@@ -130,7 +130,7 @@ def crossing_puts(access_log: Path, rule: shards.KeyRule) -> tuple[list[str], di
         if kind is None:
             continue
         seen[kind] += 1
-        if (status == "400") != (kind != "fork within a key"):
+        if kind != "fork within a key" and status != "400":
             problems.append(f"{kind} PUT {uri} (forked from {source!r}): {status}")
     return problems, seen
 
@@ -156,7 +156,7 @@ def verdict(summary: dict, access_log: Path, mode: KeyMode) -> list[str]:
             problems.append(f"no {prefix!r} test failed: the suite no longer crosses shards there; "
                             "drop it from KeyMode.crossing_blocks")
     wrong, seen = crossing_puts(access_log, mode.rule)
-    print(f"shard-checked PUTs: {seen}; crossing ones all 400, others none: {not wrong}")
+    print(f"shard-checked PUTs: {seen}; crossing ones all answered 400: {not wrong}")
     # What each rule must have made the suite send (else the check saw nothing).
     expected = ["subscription", "fork" if FORK_BLOCK in mode.crossing_blocks else "fork within a key"]
     problems += [f"the suite sent no {kind} PUT: is nginx's access log empty?" for kind in expected if not seen[kind]]
