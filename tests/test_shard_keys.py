@@ -202,7 +202,9 @@ def test_patterns_of_the_common_subset_are_accepted(pattern: str) -> None:
     (r"^(.{3})", "greedy"),                      # 3 characters in Python, 3 bytes in nginx
     (r"^([^/]+?)", "greedy"),
     (r"^([^/]+)([^-]+)", "greedy"),              # where they split differs in a multi-byte character
-    (r"^(\x80)", "greedy"),
+    (r"^(\x80)", "ASCII"),
+    (r"^([a-\xff]+)", "ASCII"),                # Python: code points up to \xff; nginx: every byte
+    (r"^([^\xe9]+)", "ASCII"),
     ("^(\u00e9)", "ASCII"),
     (r"(?P<k>x)", "named"),
     (r"(?i)(x)", "flags"),

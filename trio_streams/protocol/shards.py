@@ -18,7 +18,8 @@ refuses what would need two of them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 from re import _constants as C  # noqa: N812 (the parser's node kinds)
 from re import _parser
 
@@ -108,8 +109,9 @@ def _crosses(message: str) -> ProtocolError:
 # Matchers of one character (a class, a literal, any).
 _ONE_CHAR = {C.LITERAL, C.NOT_LITERAL, C.IN, C.ANY}
 _REPEATS = {C.MAX_REPEAT, C.MIN_REPEAT}
-_WIDTH_MESSAGE = ("shard_key_pattern: '.', negated classes and non-ASCII characters only in one greedy "
-                  "'*' or '+' repeat (nginx counts bytes, the server characters)")
+_WIDTH_MESSAGE = ("shard_key_pattern: '.' and negated classes only in one greedy '*' or '+' repeat "
+                  "(nginx counts bytes, the server characters)")
+_ASCII_MESSAGE = "shard_key_pattern: ASCII characters only, escapes included (nginx matches bytes)"
 
 
 def compile_key_pattern(text: str, name_chars_max: int, match_paths_max: int) -> re.Pattern[str]:
@@ -123,7 +125,7 @@ def compile_key_pattern(text: str, name_chars_max: int, match_paths_max: int) ->
     send), must be at most ``match_paths_max``, so no name can make a match slow.
     """
     if not text.isascii():
-        raise ValueError("shard_key_pattern must be ASCII (nginx matches bytes, the server characters)")
+        raise ValueError(_ASCII_MESSAGE)
     try:
         compiled = re.compile(text)
         parsed = _parser.parse(text)
@@ -143,7 +145,7 @@ def compile_key_pattern(text: str, name_chars_max: int, match_paths_max: int) ->
     return compiled
 
 
-def _paths(items: list, name_chars: int, top: bool = False) -> int:
+def _paths(items: list[Any], name_chars: int, top: bool = False) -> int:
     """Upper bound of the ways a backtracking match of this sequence can go."""
     total = 1
     for i, (op, arg) in enumerate(items):
@@ -151,7 +153,7 @@ def _paths(items: list, name_chars: int, top: bool = False) -> int:
     return total
 
 
-def _item_paths(op, arg, name_chars: int, first: bool) -> int:
+def _item_paths(op: Any, arg: Any, name_chars: int, first: bool) -> int:
     if op in _ONE_CHAR:
         if _width_dependent(op, arg):
             raise ValueError(_WIDTH_MESSAGE)
@@ -171,7 +173,7 @@ def _item_paths(op, arg, name_chars: int, first: bool) -> int:
                      "read alike (see README, shard_key_pattern)")
 
 
-def _repeat_paths(op, arg, name_chars: int) -> int:
+def _repeat_paths(op: Any, arg: Any, name_chars: int) -> int:
     """One more than the counts the repeat can take: a greedy one stops at the first
     character it cannot take (an ASCII one: the boundary is the same in bytes)."""
     low, high, body = arg
@@ -183,7 +185,7 @@ def _repeat_paths(op, arg, name_chars: int) -> int:
     return min(high, name_chars) - min(low, name_chars) + 1
 
 
-def _nodes(items: list):
+def _nodes(items: list[Any]) -> Iterator[tuple[Any, Any]]:
     """Every node of a parsed pattern, depth first."""
     for op, arg in items:
         yield op, arg
@@ -194,19 +196,28 @@ def _nodes(items: list):
                 yield from _nodes(list(branch))
 
 
-def _width_dependent(op, arg) -> bool:
-    """Whether this matcher can match a non-ASCII character: one code point in
-    Python, one byte of it in nginx. Only in an open repeat (* or +) do both stop
-    at the same (ASCII) character. Category escapes (\\d \\w \\s) are refused:
-    Python's match Unicode, PCRE's (nginx sets no UTF mode) ASCII."""
+def _width_dependent(op: Any, arg: Any) -> bool:
+    """Whether this matcher matches non-ASCII characters: one code point in Python,
+    one byte of it in nginx. Only in an open repeat (* or +) do both stop at the
+    same (ASCII) character. Refused outright: a non-ASCII character (\\xe9 is a
+    character in Python, a byte in nginx) and category escapes (\\d \\w \\s:
+    Unicode in Python, ASCII in PCRE without UTF mode, as nginx runs it)."""
     if op in (C.ANY, C.NOT_LITERAL):
+        _check_ascii(arg if op == C.NOT_LITERAL else 0)
         return True
     if op == C.LITERAL:
-        return arg > 0x7F
+        _check_ascii(arg)
+        return False
+    negated = False
     for kind, value in arg:  # a class
         if kind == C.CATEGORY:
             raise ValueError("shard_key_pattern: no \\d, \\w or \\s (Unicode in Python, ASCII in nginx): "
                              "spell the class out ([0-9], [A-Za-z0-9_])")
-        if kind == C.NEGATE or (kind == C.LITERAL and value > 0x7F) or (kind == C.RANGE and value[1] > 0x7F):
-            return True
-    return False
+        negated = negated or kind == C.NEGATE
+        _check_ascii(value[1] if kind == C.RANGE else value if kind == C.LITERAL else 0)
+    return negated
+
+
+def _check_ascii(code: int) -> None:
+    if code > 0x7F:
+        raise ValueError(_ASCII_MESSAGE)
