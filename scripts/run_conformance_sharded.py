@@ -14,7 +14,11 @@ With ``--shard-key-pattern`` the nodes run with TRIO_STREAMS_SHARD_KEY_PATTERN
 and nginx with sharded.conf's commented pattern map for it: with
 ``^([^/-]+)`` every ``fork-…`` name has the key ``fork``, so the fork block
 must pass (and the run checks in nginx's log that the suite did fork within
-keys through it); only the subscription block is expected to fail.
+keys through it), except its one fork from a source named otherwise
+(``nonexistent-<id>`` → ``fork-create-404-fork-<id>``, expecting 404): the
+node refuses it by name, 400 FORK_CROSSES_SHARDS, without knowing whether
+another node holds the source. That test and the subscription block are
+expected to fail.
 
 What the suite needs that sharding by one segment cannot give, so those tests
 are expected to fail:
@@ -58,6 +62,8 @@ from trio_streams.config import Settings  # noqa: E402
 
 NODES = 3
 FORK_BLOCK, SUBSCRIPTION_BLOCK = "Fork - ", "Reserved subscription APIs"
+# Under a pattern, the one fork test whose source is named otherwise (nonexistent-<id>).
+NONEXISTENT_SOURCE_TEST = "Fork - Creation > should return 404 when forking a nonexistent stream"
 PREFIX = "/v1/stream/"
 SUBSCRIPTIONS = PREFIX + "__ds/subscriptions/"
 FIELD_SEPARATOR = "\t"
@@ -74,9 +80,8 @@ class KeyMode:
         key_env = {"TRIO_STREAMS_SHARD_KEY_PATTERN": pattern} if pattern else {"TRIO_STREAMS_SHARD_KEY_SEGMENTS": "1"}
         self.node_env = {**key_env, "TRIO_STREAMS_WEBHOOK_DEV_MODE": "1"}
         # Describe blocks whose tests cross shard keys by construction (module docstring).
-        self.crossing_blocks = {SUBSCRIPTION_BLOCK: "SUBSCRIPTION_CROSSES_SHARDS"}
-        if not pattern:
-            self.crossing_blocks[FORK_BLOCK] = "FORK_CROSSES_SHARDS"
+        self.crossing_blocks = {SUBSCRIPTION_BLOCK: "SUBSCRIPTION_CROSSES_SHARDS",
+                                (NONEXISTENT_SOURCE_TEST if pattern else FORK_BLOCK): "FORK_CROSSES_SHARDS"}
 
     def shard_map(self, root: Path) -> Path:
         if not self.pattern:
@@ -158,7 +163,7 @@ def verdict(summary: dict, access_log: Path, mode: KeyMode) -> list[str]:
     wrong, seen = crossing_puts(access_log, mode.rule)
     print(f"shard-checked PUTs: {seen}; crossing ones all answered 400: {not wrong}")
     # What each rule must have made the suite send (else the check saw nothing).
-    expected = ["subscription", "fork" if FORK_BLOCK in mode.crossing_blocks else "fork within a key"]
+    expected = ["subscription", "fork"] + (["fork within a key"] if mode.pattern else [])
     problems += [f"the suite sent no {kind} PUT: is nginx's access log empty?" for kind in expected if not seen[kind]]
     return problems + wrong[:20]
 
