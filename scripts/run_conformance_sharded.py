@@ -6,10 +6,22 @@ and sharded-site.conf in front of them, and runs the suite (with its
 subscription block) against nginx, as scripts/run_conformance.py does against
 one server.
 
-    nice -n 19 .venv/bin/python scripts/run_conformance_sharded.py     (make conformance-sharded)
+    nice -n 19 .venv/bin/python scripts/run_conformance_sharded.py     (one key segment)
+    nice -n 19 .venv/bin/python scripts/run_conformance_sharded.py --shard-key-pattern '^([^/-]+)'
+                                                                    (make conformance-sharded)
 
-What the suite needs that sharding by path cannot give, so those tests are
-expected to fail:
+With ``--shard-key-pattern`` the nodes run with TRIO_STREAMS_SHARD_KEY_PATTERN
+and nginx with sharded.conf's commented pattern map for it: with
+``^([^/-]+)`` every ``fork-…`` name has the key ``fork``, so the fork block
+must pass (and the run checks in nginx's log that the suite did fork within
+keys through it), except its one fork from a source named otherwise
+(``nonexistent-<id>`` → ``fork-create-404-fork-<id>``, expecting 404): the
+node refuses it by name, 400 FORK_CROSSES_SHARDS, without knowing whether
+another node holds the source. That test and the subscription block are
+expected to fail.
+
+What the suite needs that sharding by one segment cannot give, so those tests
+are expected to fail:
 
 * ``Fork - …``: every fork test forks between two one-segment names
   (``fork-create-head-src-<id>`` → ``fork-create-head-fork-<id>``), so source
@@ -30,6 +42,7 @@ exception must go).
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import signal
 import subprocess
@@ -43,35 +56,59 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts import run_conformance as rc  # noqa: E402
 from trio_streams.protocol import shards  # noqa: E402
-from scripts.sharded_nginx import Nginx, NginxUnavailable, install_nginx, site_with, write_config  # noqa: E402
+from scripts.sharded_nginx import (  # noqa: E402
+    SHARD_MAP, Nginx, NginxUnavailable, install_nginx, pattern_map, site_with, write_config)
+from trio_streams.config import Settings  # noqa: E402
 
 NODES = 3
-# Describe blocks whose tests cross shard keys by construction (module docstring).
-CROSSING_BLOCKS = {"Fork - ": "FORK_CROSSES_SHARDS", "Reserved subscription APIs": "SUBSCRIPTION_CROSSES_SHARDS"}
-NODE_ENV = {"TRIO_STREAMS_SHARD_KEY_SEGMENTS": "1", "TRIO_STREAMS_WEBHOOK_DEV_MODE": "1"}
+FORK_BLOCK, SUBSCRIPTION_BLOCK = "Fork - ", "Reserved subscription APIs"
+# Under a pattern, the one fork test whose source is named otherwise (nonexistent-<id>).
+NONEXISTENT_SOURCE_TEST = "Fork - Creation > should return 404 when forking a nonexistent stream"
 PREFIX = "/v1/stream/"
 SUBSCRIPTIONS = PREFIX + "__ds/subscriptions/"
 FIELD_SEPARATOR = "\t"
 LOG_FORMAT = "log_format shard_check '$request_method\\t$uri\\t$status\\t$http_stream_forked_from';"
 
 
-def start_nodes(root: Path, procs: list[subprocess.Popen]) -> list[tuple[str, Path]]:
+class KeyMode:
+    """The key rule the nodes and nginx share, and what it makes the suite cross."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        # Settings validates the pattern as a node would at start-up.
+        self.rule = Settings(shard_key_pattern=pattern).shard_key_rule if pattern else 1
+        key_env = {"TRIO_STREAMS_SHARD_KEY_PATTERN": pattern} if pattern else {"TRIO_STREAMS_SHARD_KEY_SEGMENTS": "1"}
+        self.node_env = {**key_env, "TRIO_STREAMS_WEBHOOK_DEV_MODE": "1"}
+        # Describe blocks whose tests cross shard keys by construction (module docstring).
+        self.crossing_blocks = {SUBSCRIPTION_BLOCK: "SUBSCRIPTION_CROSSES_SHARDS",
+                                (NONEXISTENT_SOURCE_TEST if pattern else FORK_BLOCK): "FORK_CROSSES_SHARDS"}
+
+    def shard_map(self, root: Path) -> Path:
+        if not self.pattern:
+            return SHARD_MAP
+        path = root / "shard-map.conf"
+        path.write_text(pattern_map(self.pattern))
+        return path
+
+
+def start_nodes(root: Path, procs: list[subprocess.Popen], mode: KeyMode) -> list[tuple[str, Path]]:
     """Nodes as (base URL, log path); each process is added to ``procs`` as it starts."""
     nodes = []
     for i in range(NODES):
         data = root / f"node{i}"
         data.mkdir()
         log = rc.BUILD_DIR / f"conformance-sharded-node{i}.log"
-        proc, base = rc.start_server("ours", str(data), log, [], NODE_ENV)
+        proc, base = rc.start_server("ours", str(data), log, [], mode.node_env)
         procs.append(proc)
         nodes.append((base, log))
     return nodes
 
 
-def start_balancer(root: Path, nodes: list[tuple[str, Path]]) -> tuple[Nginx, str]:
+def start_balancer(root: Path, nodes: list[tuple[str, Path]], mode: KeyMode) -> tuple[Nginx, str]:
     port = rc.free_port()
     upstreams = [base.removeprefix("http://") for base, _ in nodes]
-    conf = write_config(root / "nginx", site_with(upstreams, port), access_log=f"{root / 'access.log'} shard_check",
+    site = site_with(upstreams, port, shard_map=mode.shard_map(root))
+    conf = write_config(root / "nginx", site, access_log=f"{root / 'access.log'} shard_check",
                         log_format=LOG_FORMAT)
     nginx = Nginx(install_nginx(), conf)
     base = f"http://127.0.0.1:{port}"
@@ -87,20 +124,23 @@ def _ready(base: str) -> bool:
         return False
 
 
-def crossing_puts(access_log: Path) -> tuple[list[str], dict[str, int]]:
-    """PUTs in nginx's log that cross shard keys: those not refused, and how many of each kind."""
-    problems, seen = [], {"fork": 0, "subscription": 0}
+def crossing_puts(access_log: Path, rule: shards.KeyRule) -> tuple[list[str], dict[str, int]]:
+    """Shard-checked PUTs in nginx's log: crossing ones not refused, and how many of each kind.
+    A fork within its key may get any answer (the suite tests bad forks too): that its tests
+    pass is checked with the suite's results."""
+    problems, seen = [], {"fork": 0, "subscription": 0, "fork within a key": 0}
     for line in access_log.read_text(errors="replace").splitlines():
         method, uri, status, source = line.split(FIELD_SEPARATOR)
-        kind = _crossing_kind(method, uri, source)
-        if kind is not None:
-            seen[kind] += 1
-            if status != "400":
-                problems.append(f"{kind} PUT {uri} (forked from {source!r}) crosses shard keys: {status}, not 400")
+        kind = _put_kind(method, uri, source, rule)
+        if kind is None:
+            continue
+        seen[kind] += 1
+        if kind != "fork within a key" and status != "400":
+            problems.append(f"{kind} PUT {uri} (forked from {source!r}): {status}")
     return problems, seen
 
 
-def _crossing_kind(method: str, uri: str, source: str) -> str | None:
+def _put_kind(method: str, uri: str, source: str, rule: shards.KeyRule) -> str | None:
     if method != "PUT" or not uri.startswith(PREFIX):
         return None
     if uri.startswith(SUBSCRIPTIONS) and uri.count("/") == SUBSCRIPTIONS.count("/"):
@@ -108,34 +148,35 @@ def _crossing_kind(method: str, uri: str, source: str) -> str | None:
     if source in ("", "-"):
         return None
     source = urllib.parse.unquote(urllib.parse.urlsplit(source).path)
-    crosses = shards.stream_key(uri[len(PREFIX):], 1) != shards.stream_key(source[len(PREFIX):], 1)
-    return "fork" if crosses else None
+    crosses = shards.stream_key(uri[len(PREFIX):], rule) != shards.stream_key(source[len(PREFIX):], rule)
+    return "fork" if crosses else "fork within a key"
 
 
-def verdict(summary: dict, access_log: Path) -> list[str]:
-    problems = rc.report_results(summary, list(CROSSING_BLOCKS))
-    for prefix, code in CROSSING_BLOCKS.items():
+def verdict(summary: dict, access_log: Path, mode: KeyMode) -> list[str]:
+    problems = rc.report_results(summary, list(mode.crossing_blocks))
+    for prefix, code in mode.crossing_blocks.items():
         failed = [name for name, _ in summary["allowed"] if name.startswith(prefix)]
         print(f"{prefix!r}: {len(failed)} tests failed by design ({code})")
         if not failed:
             problems.append(f"no {prefix!r} test failed: the suite no longer crosses shards there; "
-                            "drop it from CROSSING_BLOCKS")
-    wrong, seen = crossing_puts(access_log)
-    print(f"PUTs across shard keys: {seen}; each answered 400: {not wrong}")
-    problems += [f"the suite sent no {kind} PUT across shard keys: is nginx's access log empty?"
-                 for kind, n in seen.items() if n == 0]
+                            "drop it from KeyMode.crossing_blocks")
+    wrong, seen = crossing_puts(access_log, mode.rule)
+    print(f"shard-checked PUTs: {seen}; crossing ones all answered 400: {not wrong}")
+    # What each rule must have made the suite send (else the check saw nothing).
+    expected = ["subscription", "fork"] + (["fork within a key"] if mode.pattern else [])
+    problems += [f"the suite sent no {kind} PUT: is nginx's access log empty?" for kind in expected if not seen[kind]]
     return problems + wrong[:20]
 
 
-def conduct(root: Path, procs: list[subprocess.Popen]) -> int:
+def conduct(root: Path, procs: list[subprocess.Popen], mode: KeyMode) -> int:
     rc.BUILD_DIR.mkdir(exist_ok=True)
-    nodes = start_nodes(root, procs)
-    nginx, base = start_balancer(root, nodes)
+    nodes = start_nodes(root, procs, mode)
+    nginx, base = start_balancer(root, nodes, mode)
     try:
         report = rc.BUILD_DIR / "conformance-sharded.json"
         code = rc.run_vitest(base, report, None, 900.0, subscriptions=True)
-        summary = rc.summarise(report, list(CROSSING_BLOCKS))
-        problems = verdict(summary, root / "access.log")
+        summary = rc.summarise(report, list(mode.crossing_blocks))
+        problems = verdict(summary, root / "access.log", mode)
         if code != 0 and not (summary["failed"] or summary["allowed"]):
             problems.append(f"vitest exited with status {code} although no test failed")
         problems += [f"node {i} died (status {p.returncode})" for i, p in enumerate(procs) if p.poll() is not None]
@@ -143,19 +184,26 @@ def conduct(root: Path, procs: list[subprocess.Popen]) -> int:
         nginx.stop()
     for problem in problems:
         print(f"FAIL: {problem}")
-    print(f"\nconformance through the sharded balancer: {summary['passed']} passed, "
+    rule = f"shard_key_pattern {mode.pattern!r}" if mode.pattern else "shard_key_segments 1"
+    print(f"\nconformance through the sharded balancer ({rule}): {summary['passed']} passed, "
           f"{len(summary['allowed'])} crossing shards by design, {len(summary['failed'])} failed, "
           f"{summary['skipped']} skipped (of {summary['total']})")
     return 1 if problems else 0
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shard-key-pattern", default="", help="key rule of nodes and nginx (default: 1 segment)")
+    try:
+        mode = KeyMode(parser.parse_args().shard_key_pattern)
+    except ValueError as e:
+        parser.error(str(e))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     procs: list[subprocess.Popen] = []
     root = Path(tempfile.mkdtemp(prefix="conformance-sharded-"))
     started = time.monotonic()
     try:
-        return conduct(root, procs)
+        return conduct(root, procs, mode)
     except (rc.RunError, NginxUnavailable, RuntimeError) as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1

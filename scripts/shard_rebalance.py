@@ -18,6 +18,7 @@ them; the first form's nodes are loopback ports chosen at random.
 
     trio-streams stats --json --largest 100000000 /var/lib/trio-streams | jq -r '.largest[].path' \
       | .venv/bin/python scripts/shard_rebalance.py --plan --before A,B,C --after A,B,C,D [--segments 1]
+                                                    [--shard-key-pattern '^([^/-]+)']
 
 lists the stream names read from stdin whose key the new ring puts on another
 node: ``name<TAB>old node<TAB>new node`` (docs/deployment.md, "Scale-out").
@@ -42,6 +43,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from trio_streams.config import Settings  # noqa: E402
 from trio_streams.protocol import shards  # noqa: E402
 from scripts.sharded_nginx import Nginx, NginxUnavailable, install_nginx, site_with, write_config  # noqa: E402
 
@@ -82,12 +84,12 @@ class Ketama:
 
 
 def plan(before_nodes: Sequence[str], after_nodes: Sequence[str], names: Sequence[str],
-         segments: int) -> list[tuple[str, str, str]]:
+         rule: shards.KeyRule) -> list[tuple[str, str, str]]:
     """(name, old node, new node) for each stream whose key changes node."""
     ring_before, ring_after = Ketama(before_nodes), Ketama(after_nodes)
     moves = []
     for name in names:
-        key = shards.stream_key(name, segments)
+        key = shards.stream_key(name, rule)
         old, new = ring_before.server(key), ring_after.server(key)
         if old != new:
             moves.append((name, old, new))
@@ -140,11 +142,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--before", metavar="A,B,C", help="--plan: the upstream's server names now")
     p.add_argument("--after", metavar="A,B,C,D", help="--plan: the upstream's server names after the change")
     p.add_argument("--segments", type=int, default=1, help="--plan: shard_key_segments (default 1)")
+    p.add_argument("--shard-key-pattern", default="", help="--plan: shard_key_pattern, instead of --segments")
     args = p.parse_args(argv)
     if args.plan:
         if not (args.before and args.after):
             p.error("--plan needs --before and --after")
-        moves = plan(args.before.split(","), args.after.split(","), sys.stdin.read().splitlines(), args.segments)
+        try:
+            rule = Settings(shard_key_pattern=args.shard_key_pattern).shard_key_rule or args.segments
+        except ValueError as e:
+            p.error(str(e))
+        moves = plan(args.before.split(","), args.after.split(","), sys.stdin.read().splitlines(), rule)
         print("\n".join("\t".join(move) for move in moves))
         return 0
     if args.model_only:

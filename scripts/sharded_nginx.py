@@ -52,15 +52,30 @@ def install_nginx() -> str:
     return exe
 
 
-def site_with(upstreams: Sequence[str], listen_port: int, snippet: Path = SNIPPET) -> str:
+def site_with(upstreams: Sequence[str], listen_port: int, snippet: Path = SNIPPET, shard_map: Path = SHARD_MAP) -> str:
     """sharded-site.conf with these upstreams (``host:port``), this port and file paths."""
     servers = "".join(f"    server {u} max_fails=0;\n" for u in upstreams)
     site, found = _EXAMPLE_SERVERS.subn(servers, SHARDED_SITE.read_text(), count=1)
     if not found:
         raise ValueError(f"{SHARDED_SITE} has no example 'server 10.0.0.N:4437 max_fails=0;' lines")
-    site = site.replace("/etc/nginx/trio-streams/sharded.conf", str(SHARD_MAP))
+    site = site.replace("/etc/nginx/trio-streams/sharded.conf", str(shard_map))
     site = site.replace("/etc/nginx/snippets/trio-streams.conf", str(snippet))
     return site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
+
+
+def pattern_map(pattern: str) -> str:
+    """sharded.conf's commented shard_key_pattern map, uncommented, for ``pattern``
+    (a setting compile_key_pattern accepts)."""
+    block = re.search(r'^# map \$uri[^\n]*\n(?:#[^\n]*\n)*?#     "~\^/v1/stream/\([^\n]*\$1;\n.*?^# \}$',
+                      SHARD_MAP.read_text(), re.M | re.S)
+    if block is None:
+        raise ValueError(f"{SHARD_MAP} lost its commented shard_key_pattern map")
+    text = re.sub(r"^# ?", "", block.group(0), flags=re.M)
+    line = re.search(r'^ *"~\^/v1/stream/(\S+)" +\$1;$', text, re.M)
+    assert line is not None
+    # nginx unescapes \\ and \" in its configuration (and \t, \n, \r: kept by doubling).
+    quoted = pattern.removeprefix("^").replace("\\", "\\\\").replace('"', '\\"')
+    return text.replace(line.group(1), quoted, 1)
 
 
 def write_config(root: Path, site: str, extra_http: str = "", access_log: str = "off", log_format: str = "") -> Path:

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts.shard_rebalance import Ketama, plan  # noqa: E402
-from scripts.sharded_nginx import SHARD_MAP, Nginx, NginxUnavailable, install_nginx, site_with, write_config  # noqa: E402
+from scripts.sharded_nginx import (  # noqa: E402
+    SHARD_MAP, Nginx, NginxUnavailable, install_nginx, pattern_map, site_with, write_config)
+from trio_streams.config import Settings  # noqa: E402
 
 TEXT = {"content-type": "text/plain"}
 JSON = {"content-type": "application/json"}
@@ -217,6 +220,16 @@ def test_the_rebalance_plan_lists_exactly_the_streams_whose_key_changes_node() -
     assert 0.15 < len(moved) / len(names) < 0.35
 
 
+def test_the_rebalance_plan_keys_names_by_the_pattern_when_given_one() -> None:
+    before, after = ["node-a:4437", "node-b:4437", "node-c:4437"], ["node-a:4437", "node-b:4437", "node-c:4437",
+                                                                    "node-d:4437"]
+    names = [f"t{i}-{suffix}" for i in range(300) for suffix in ("orders", "orders-2026/eu")]
+    moves = plan(before, after, names, Settings(shard_key_pattern=r"^([^/-]+)").shard_key_rule)
+    moved = {name for name, _, _ in moves}
+    assert moved == {n for n in names if Ketama(before).server(n.split("-")[0]) != Ketama(after).server(n.split("-")[0])}
+    assert moved and all(f"{n.split('-')[0]}-orders" in moved for n in moved)
+
+
 def map_variant(segments: int) -> str:
     """sharded.conf's map: as shipped (1 segment) or its commented 2-segment form."""
     text = SHARD_MAP.read_text()
@@ -230,26 +243,45 @@ def map_variant(segments: int) -> str:
 @pytest.mark.parametrize("segments", [1, 2])
 def test_the_map_extracts_the_key_the_server_computes(nginx_exe: str, tmp_path: Path, segments: int) -> None:
     """For each form of the map: the key nginx hashes is protocol.shards' key."""
+    names = ["chat", "chat/room-1", "acme/chat/room-1/deep", "caf\u00e9/x", "a b/c"]
+    ids = ["acme", "acme~chat", "acme~chat~audit", "x.y-z~w"]
+    by_name, by_id = keys_by_nginx(nginx_exe, tmp_path, map_variant(segments), names, ids)
+    assert by_name == {name: shards.stream_key(name, segments) for name in names}
+    assert {i: k for i, k in by_id.items() if i.count("~") + 1 >= segments} == {
+        i: shards.subscription_key(i, segments) for i in ids if i.count("~") + 1 >= segments}
+
+
+@pytest.mark.parametrize("pattern", [r"^([^/-]+)", r"^([a-z]{1,8}\.)", r"(acme|globex)-", r"^(?:(t)-|x)"])
+def test_the_pattern_map_extracts_the_key_the_server_computes(nginx_exe: str, tmp_path: Path, pattern: str) -> None:
+    """sharded.conf's commented pattern map, for each pattern (quoting braces and
+    backslashes as nginx needs), hashes the key a node computes with that setting."""
+    rule = Settings(shard_key_pattern=pattern).shard_key_rule
+    names = ["acme-orders-2026", "acme-orders-2026/eu", "globex-x/y-z", "fork-create-head-src-7", "chat",
+             "t-1", "x1", "-lead", "caf\u00e9-x", "\u00e9t\u00e9/x-y", "a b-c", "ab.cd-e", "abcdefghi.j",
+             "tenant:stream", "acme-%", "__ds-x"]
+    ids = ["acme", "acme~audit", "x.y-z~w"]
+    by_name, by_id = keys_by_nginx(nginx_exe, tmp_path, pattern_map(pattern), names, ids)
+    assert by_name == {name: shards.stream_key(name, rule) for name in names}
+    assert by_id == {i: shards.subscription_key(i, rule) for i in ids}
+
+
+def keys_by_nginx(nginx_exe: str, tmp_path: Path, shard_map: str, names: list[str],
+                  ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The key nginx running ``shard_map`` gives each stream name and each subscription id."""
     port = free_port()
-    (tmp_path / "map.conf").write_text(map_variant(segments))
+    (tmp_path / "map.conf").write_text(shard_map)
     site = (f"include {tmp_path / 'map.conf'};\n"
             f"server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"$trio_streams_shard_key\"; }} }}")
     nginx = Nginx(nginx_exe, write_config(tmp_path, site))
     url = f"http://127.0.0.1:{port}"
-    names = ["chat", "chat/room-1", "acme/chat/room-1/deep", "caf\u00e9/x", "a b/c"]
-    ids = ["acme", "acme~chat", "acme~chat~audit", "x.y-z~w"]
     try:
         nginx.wait_until(lambda: _answers(url))
         with plain_client(timeout=10.0) as client:
-            for name in names:
-                got = client.get(url + PREFIX + name.replace(" ", "%20").replace("\u00e9", "%C3%A9")).text
-                assert got == shards.stream_key(name, segments), name
-            for sub_id in ids:
-                got = client.get(f"{url}{PREFIX}__ds/subscriptions/{sub_id}/claim").text
-                if sub_id.count("~") + 1 >= segments:
-                    assert got == shards.subscription_key(sub_id, segments), sub_id
+            by_name = {n: client.get(url + PREFIX + urllib.parse.quote(n, safe="/")).content.decode() for n in names}
+            by_id = {i: client.get(f"{url}{PREFIX}__ds/subscriptions/{i}/claim").content.decode() for i in ids}
     finally:
         nginx.stop()
+    return by_name, by_id
 
 
 def _answers(url: str) -> bool:

@@ -7,7 +7,9 @@ Owns: defaults, units (in the names), parsing from flags and from the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +17,7 @@ from .auth.cors import parse_allow_origins
 from .protocol.urls import normalise_base_url
 from .protocol.jsonmode import DEPTH_ENCODABLE_MAX
 from .protocol.retention import parse_rules as parse_retention_rules
+from .protocol import shards as shard_keys
 from .storage.wal import RECORD_PAYLOAD_BYTES_MAX
 
 FSYNC_MODES = ("always", "interval", "never")
@@ -276,6 +279,16 @@ class Settings:
     # streams of a key other than its id's is 400 SUBSCRIPTION_CROSSES_SHARDS.
     # 0: not sharded, no such checks.
     shard_key_segments: int = 0
+    # -- Scale-out: shard key by pattern (protocol/shards.py, compile_key_pattern) --
+    # Instead of segments: a regular expression (the subset nginx's PCRE and Python's
+    # re read alike) whose first capture group, matched at the start of a stream name,
+    # is the key; a name it does not match is its own key. Empty: use
+    # shard_key_segments (setting both is a start-up error).
+    shard_key_pattern: str = ""
+    # Ways (repeat counts times alternatives) the pattern may try on a name of the
+    # longest length a client can send; a pattern with more is refused at start-up,
+    # so no name can make a match slow (one open repeat on 1024 characters: 1025).
+    shard_key_pattern_paths_max: int = 65_536
 
     # -- Retention (docs/storage.md, "Retention"; README "Retention") --------
     # The policy of a stream created without Trio-Streams-Retention-* headers and
@@ -325,6 +338,24 @@ class Settings:
         self._check_webhooks()
         self._check_subscriptions()
         self._check_retention()
+        self._check_shard_key()
+
+    def _check_shard_key(self) -> None:
+        if self.shard_key_pattern and self.shard_key_segments:
+            raise ValueError("set shard_key_pattern or shard_key_segments, not both: they are two key rules")
+        if self.shard_key_pattern:
+            self._shard_key_pattern()
+
+    def _shard_key_pattern(self) -> re.Pattern[str]:
+        # Names and subscription patterns (the only texts matched) are bounded by these.
+        name_chars_max = max(self.stream_path_bytes_max, self.subscription_pattern_chars_max)
+        return shard_keys.compile_key_pattern(self.shard_key_pattern, name_chars_max,
+                                              self.shard_key_pattern_paths_max)
+
+    @functools.cached_property
+    def shard_key_rule(self) -> shard_keys.KeyRule:
+        """What protocol.shards computes keys with: the compiled pattern, else the segments."""
+        return self._shard_key_pattern() if self.shard_key_pattern else self.shard_key_segments
 
     def _check_retention(self) -> None:
         parse_retention_rules(self.retention_rules)

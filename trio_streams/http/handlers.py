@@ -23,7 +23,7 @@ async def put(req: Request, path: str, streams: Streams, settings: Settings, bas
     request = h.parse_create(req.headers, body)
     if request.fork is not None:
         source = fork_source_name(request.fork.source, req, settings)
-        shards.check_fork(path, source, settings.shard_key_segments)
+        shards.check_fork(path, source, settings.shard_key_rule)
         request = dataclasses.replace(request, fork=dataclasses.replace(request.fork, source=source))
     reply = await streams.create(path, request)
     extra = [("location", stream_url(req, path, settings))] if reply.status == 201 else []

@@ -83,7 +83,7 @@ class SubscriptionRoutes:
     async def _put(self, req: Request, manager: SubscriptionManager, sub_id: str, send: Send) -> None:
         config = S.parse_config(await self._body(req), manager.limits)
         shards.check_subscription(sub_id, config.pattern, (*config.streams, config.wake_stream),
-                                  self._settings.shard_key_segments)
+                                  self._settings.shard_key_rule)
         status, sub = await manager.put(sub_id, config, base_url(req, self._settings) + self._settings.stream_prefix)
         await self._json(send, status, self._describe(req, manager, sub))
 
@@ -94,7 +94,7 @@ class SubscriptionRoutes:
     async def _add_streams(self, req: Request, manager: SubscriptionManager, sub_id: str, send: Send) -> None:
         doc = S.parse_json_object(await self._body(req))
         paths = S.parse_stream_list(doc.get("streams"), manager.limits)
-        shards.check_subscription(sub_id, None, paths, self._settings.shard_key_segments)
+        shards.check_subscription(sub_id, None, paths, self._settings.shard_key_rule)
         await manager.add_streams(sub_id, paths)
         await respond(send, 204, self._base)
 
