@@ -1,7 +1,7 @@
 """A real nginx running deploy/nginx/sharded.conf in front of given upstreams.
 
 Used by tests/test_shard.py, scripts/run_conformance_sharded.py and
-scripts/shard_rebalance.py: the shipped map and upstream block
+scripts/shard_rebalance.py (and ``install_nginx`` by tests/nginxproc.py): the shipped map and upstream block
 (deploy/nginx/sharded-site.conf) with the example's node addresses replaced
 by the ones given, the location snippet from this checkout, and temporary
 paths under one directory. ``install_nginx`` runs scripts/install_nginx.sh
@@ -32,7 +32,7 @@ TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _EXAMPLE_SERVERS = re.compile(r"(?:^ *server 10\.0\.0\.\d+:4437 max_fails=0;\n)+", re.M)
 
 
-class NginxUnavailable(Exception):
+class NginxUnavailable(RuntimeError):
     """nginx is not installed and cannot be; the message says why."""
 
 

@@ -1,8 +1,9 @@
 """A real nginx for tests and scripts (tests/test_deploy.py, tests/test_edge.py,
 scripts/edge_fanout.py, scripts/conformance_edge.py).
 
-Owns: installing it (scripts/install_nginx.sh; a test skips with the script's
-reason where that cannot be done), a main nginx.conf in a temporary directory
+Owns: the fixture that installs it (``install_nginx`` of scripts/sharded_nginx.py,
+which runs scripts/install_nginx.sh; a test skips with the script's reason
+where that cannot be done), a main nginx.conf in a temporary directory
 around the deploy/nginx files as shipped (only paths and ports replaced), one
 nginx process started and stopped, and for the scripts the origin behind it.
 Never: what the configuration says (deploy/nginx) or what the tests expect of it.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,39 +24,23 @@ import pytest
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))  # after tests/: no shadowing
 from serverproc import ManagedProcess, free_port  # noqa: E402
+from sharded_nginx import NginxUnavailable, install_nginx  # noqa: E402,F401 - the scripts import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_DIR = ROOT / "deploy" / "nginx"
 SNIPPET = NGINX_DIR / "trio-streams.conf"
 EDGE = NGINX_DIR / "edge.conf"
 EDGE_SNIPPET = NGINX_DIR / "trio-streams-edge.conf"
-NGINX_INSTALL = ROOT / "scripts" / "install_nginx.sh"
-INSTALL_TIMEOUT_S = 900
 START_TIMEOUT_S = 20.0
 EXE = ROOT / ".venv" / "bin" / "trio-streams"
 ORIGIN_READY_TIMEOUT_S = 60.0
-
-
-def install_nginx() -> str:
-    """The nginx executable, installed when missing; RuntimeError with the reason where it cannot be."""
-    try:
-        done = subprocess.run(["bash", str(NGINX_INSTALL)], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=INSTALL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"installing nginx took over {INSTALL_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
-        raise RuntimeError(f"{NGINX_INSTALL.name}: {lines[-1]}")
-    exe = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    assert exe is not None
-    return exe
 
 
 @pytest.fixture(scope="module")
 def nginx_exe() -> str:
     try:
         return install_nginx()
-    except RuntimeError as exc:
+    except NginxUnavailable as exc:
         pytest.skip(str(exc))
 
 

@@ -29,6 +29,7 @@ import orjson
 import pytest
 
 from conftest import EXE, PREFIX, ROOT, Server, assert_error, deadline_poll, free_port, plain_client, unique
+from nginxproc import nginx_exe  # noqa: F401 - a fixture
 from trio_streams.protocol import shards
 
 if str(ROOT) not in sys.path:
@@ -36,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 from scripts.shard_rebalance import Ketama, plan  # noqa: E402
 from scripts.sharded_nginx import (  # noqa: E402
-    SHARD_MAP, Nginx, NginxUnavailable, install_nginx, pattern_map, site_with, write_config)
+    SHARD_MAP, Nginx, pattern_map, site_with, write_config)
 from trio_streams.config import Settings  # noqa: E402
 
 TEXT = {"content-type": "text/plain"}
@@ -47,14 +48,6 @@ SHARDED_ENV = {"TRIO_STREAMS_SHARD_KEY_SEGMENTS": "1"}
 # (the chance one is: about (2/3)^60, never seen).
 SPREAD_KEYS = 60
 WEBHOOK_KEYS = "webhook-keys"
-
-
-@pytest.fixture(scope="module")
-def nginx_exe() -> str:
-    try:
-        return install_nginx()
-    except NginxUnavailable as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
